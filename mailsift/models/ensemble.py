@@ -1,0 +1,174 @@
+"""The spam model: naive Bayes and two online linear models, combined and calibrated.
+
+Members, each seeing the message differently (their errors differ, which is why the
+sum beats each of them):
+
+* ``words``  — :class:`OnlineLogistic` on prefixed word and word-pair tokens;
+* ``chars``  — :class:`OnlineLogistic` on byte 4-grams of the raw message start;
+* ``bayes``  — :class:`NaiveBayes` on the word tokens (learns fastest from few examples,
+  and is the member that can exactly unlearn).
+
+Their log-odds are combined by a tiny online logistic regression (the *calibrator*),
+started at fixed weights and trained on each example's pre-learning scores, so the
+output is a probability that tracks the observed error rates of the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from mailsift.models.features import FeatureConfig, Features, extract
+from mailsift.models.linear import OnlineLogistic, sigmoid
+from mailsift.models.naive_bayes import NaiveBayes
+from mailsift.models.parse import ParsedMessage
+
+__all__ = ["Label", "Score", "SpamModel", "TokenWeight", "label_to_int"]
+
+Label = Literal["ham", "spam"]
+MEMBERS = ("words", "chars", "bayes")
+
+
+def label_to_int(label: Label) -> int:
+    if label not in ("ham", "spam"):
+        raise ValueError(f"label must be 'ham' or 'spam', not {label!r}")
+    return 1 if label == "spam" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenWeight:
+    token: str
+    weight: float
+    """Contribution to the combined log-odds: > 0 pushes towards spam."""
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    probability: float
+    """Calibrated probability that the message is spam, 0..1."""
+    logit: float
+    members: dict[str, float]
+    """Each member's own log-odds, before combination."""
+    spam_tokens: list[TokenWeight] = field(default_factory=list)
+    ham_tokens: list[TokenWeight] = field(default_factory=list)
+
+
+class SpamModel:
+    """Score, learn and unlearn messages; all state is in plain numpy arrays.
+
+    >>> from mailsift.models.parse import parse_message
+    >>> model = SpamModel()
+    >>> spam = model.features(parse_message(b"Subject: cheap pills now\\r\\n\\r\\nbuy cheap pills"))
+    >>> ham = model.features(parse_message(b"Subject: lunch tomorrow\\r\\n\\r\\nsee you at noon"))
+    >>> model.score(spam).probability
+    0.5
+    >>> model.learn(spam, "spam").learn(ham, "ham").score(spam).probability > 0.5
+    True
+    """
+
+    def __init__(
+        self,
+        config: FeatureConfig | None = None,
+        learning_rate: float = 2.0,
+        bayes_weight: float = 0.1,
+        calibration_rate: float = 0.01,
+    ) -> None:
+        self.config = config or FeatureConfig()
+        self.learning_rate = learning_rate
+        self.bayes_weight = bayes_weight
+        self.calibration_rate = calibration_rate
+        n = 2**self.config.n_bits
+        self.words = OnlineLogistic(n_features=n, learning_rate=learning_rate)
+        self.chars = OnlineLogistic(n_features=n, learning_rate=learning_rate)
+        self.bayes = NaiveBayes(n_features=n)
+        # Calibrator weights per member, then the bias.
+        self.calibration_ = np.array([1.0, 1.0, bayes_weight, 0.0])
+
+    @property
+    def n_spam(self) -> int:
+        return int(self.bayes.n_spam_)
+
+    @property
+    def n_ham(self) -> int:
+        return int(self.bayes.n_ham_)
+
+    def features(self, msg: ParsedMessage) -> Features:
+        return extract(msg, self.config)
+
+    def _member_logits(self, f: Features) -> npt.NDArray[np.float64]:
+        return np.array(
+            [
+                self.words.decision_one(f.word_idx, f.word_val),
+                self.chars.decision_one(f.char_idx, f.char_val),
+                self.bayes.decision_one(f.word_idx),
+                1.0,
+            ]
+        )
+
+    def score(self, f: Features, explain: int = 0) -> Score:
+        """Spam probability of one message, with the ``explain`` most telling tokens each way."""
+        logits = self._member_logits(f)
+        z = float(logits @ self.calibration_)
+        members = dict(zip(MEMBERS, (float(v) for v in logits[:3]), strict=True))
+        spam_tokens, ham_tokens = self._explain(f, explain) if explain else ([], [])
+        return Score(sigmoid(z), z, members, spam_tokens, ham_tokens)
+
+    def learn(self, f: Features, label: Label) -> SpamModel:
+        """Learn one labelled message (the calibrator first sees how it scored before)."""
+        y = label_to_int(label)
+        self._calibrate(self._member_logits(f), y)
+        self.words.learn_one(f.word_idx, f.word_val, y)
+        if f.char_idx.size:
+            self.chars.learn_one(f.char_idx, f.char_val, y)
+        self.bayes.learn_one(f.word_idx, y)
+        return self
+
+    def unlearn(self, f: Features, label: Label) -> SpamModel:
+        """Take back a message learned with ``label``.
+
+        Naive Bayes forgets it exactly; the linear members cannot subtract an
+        example, so they take a step towards the opposite label instead.
+        """
+        y = label_to_int(label)
+        self.bayes.unlearn_one(f.word_idx, y)
+        self.words.learn_one(f.word_idx, f.word_val, 1 - y)
+        if f.char_idx.size:
+            self.chars.learn_one(f.char_idx, f.char_val, 1 - y)
+        return self
+
+    def relabel(self, f: Features, old: Label, new: Label) -> SpamModel:
+        """A message learned as ``old`` is really ``new``: undo, then learn."""
+        y = label_to_int(new)
+        self.bayes.unlearn_one(f.word_idx, label_to_int(old))
+        self.bayes.learn_one(f.word_idx, y)
+        self.words.learn_one(f.word_idx, f.word_val, y)
+        if f.char_idx.size:
+            self.chars.learn_one(f.char_idx, f.char_val, y)
+        return self
+
+    def _calibrate(self, logits: npt.NDArray[np.float64], y: int) -> None:
+        p = sigmoid(float(logits @ self.calibration_))
+        norm = float(np.sqrt(1.0 + logits @ logits))
+        self.calibration_ += self.calibration_rate * (y - p) * logits / norm
+
+    def _explain(self, f: Features, top: int) -> tuple[list[TokenWeight], list[TokenWeight]]:
+        """Per-token share of the combined log-odds from the word-level members."""
+        weights = self.calibration_
+        contrib = (self.words.coef_[f.word_idx] * f.word_val).astype(np.float64) * weights[0]
+        pos, nb_logodds = self.bayes.telling_tokens(f.word_idx)
+        contrib[pos] += nb_logodds * weights[2]
+        order = np.argsort(contrib)
+        spam = [
+            TokenWeight(f.tokens[i], round(float(contrib[i]), 4))
+            for i in order[::-1][:top]
+            if contrib[i] > 0
+        ]
+        ham = [
+            TokenWeight(f.tokens[i], round(float(contrib[i]), 4))
+            for i in order[:top]
+            if contrib[i] < 0
+        ]
+        return spam, ham

@@ -1,0 +1,204 @@
+"""ParsedMessage -> tokens -> hashed sparse vectors.
+
+Two views of a message feed the models:
+
+* **words** — word unigrams and adjacent word pairs, each prefixed with where it was
+  found (``subject:``, ``body:``, ``from:``, ``url:``, ``hdr:`` …), so the same word in
+  different places is a different feature;
+* **chars** — byte 4-grams of the first few kilobytes of the raw message (headers
+  included), which survive the obfuscation spammers use against word filters
+  (``V1agra``, split words, odd spacing) and need no tokeniser at all.
+
+Both are hashed into a fixed space with hashes that do not depend on the process
+(``zlib.crc32`` and a multiplicative mix, never Python's salted ``hash()``), so every
+worker and replica maps a message to the same vector.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from mailsift.models.parse import ParsedMessage
+
+__all__ = ["FeatureConfig", "Features", "extract", "tokenize"]
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float32]
+
+_GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)
+_WORD_RE = re.compile(r"[^\W_][\w'$%.,@-]*[^\W_]|[^\W_]|[$!€£]")
+_MAX_TOKEN_CHARS = 40
+
+# Header fields whose words are features. Names of *all* fields are features too
+# (presence of e.g. List-Id or X-Mailer says a lot); values of the rest are mostly
+# noise (dates, ids) that would only grow the model.
+_WORD_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "reply-to",
+        "return-path",
+        "sender",
+        "x-mailer",
+        "user-agent",
+        "content-type",
+        "content-transfer-encoding",
+        "received",
+        "x-priority",
+        "x-msmail-priority",
+        "mime-version",
+        "list-id",
+        "list-unsubscribe",
+        "precedence",
+        "organization",
+        "errors-to",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """How messages become vectors; a snapshot is only valid for the config it was made with."""
+
+    n_bits: int = 20
+    """Hash space is 2**n_bits per view."""
+    body_chars: int = 20_000
+    """Characters of body text (plain + HTML-visible) tokenised."""
+    word_pairs: bool = True
+    """Add adjacent word pairs of the subject and body."""
+    header_words: int = 50
+    """Words taken from one header field value."""
+    char_ngram: int = 4
+    """Byte n-gram length of the chars view; 0 turns the view off."""
+    char_bytes: int = 3000
+    """Bytes of the raw message the chars view reads."""
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.n_bits <= 26:
+            raise ValueError("n_bits must be between 16 and 26")
+        if self.char_ngram not in (0, 2, 3, 4, 5, 6, 7, 8):
+            raise ValueError("char_ngram must be 0 (off) or 2..8")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """One message's vectors; word indices are unique and parallel to ``tokens``."""
+
+    tokens: tuple[str, ...]
+    word_idx: IntArray
+    word_val: FloatArray
+    char_idx: IntArray
+    char_val: FloatArray
+
+
+def tokenize(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
+    """Prefixed tokens of the words view, in message order, with repeats.
+
+    >>> from mailsift.models.parse import parse_message
+    >>> m = parse_message(b"Subject: Cheap pills\\r\\nFrom: x@spam.test\\r\\n\\r\\nBuy now")
+    >>> [t for t in tokenize(m, FeatureConfig()) if t.startswith(("subject:", "body:"))]
+    ['subject:cheap', 'subject:pills', 'subject:cheap pills', 'body:buy', 'body:now', 'body:buy now']
+    """
+    out: list[str] = []
+    subject = _words(msg.subject)
+    out += ["subject:" + w for w in subject]
+    if config.word_pairs:
+        out += ["subject:" + a + " " + b for a, b in zip(subject, subject[1:], strict=False)]
+    address = msg.from_addr
+    domain = address.rpartition("@")[2]
+    out += ["from:" + address, "from-name:" + msg.from_name.lower()[:_MAX_TOKEN_CHARS]]
+    out += ["from-domain:" + d for d in _parent_domains(domain)]
+    if msg.reply_to and msg.reply_to != address:
+        out.append("reply-to-domain:" + msg.reply_to.rpartition("@")[2])
+    body = _words((msg.text + "\n" + msg.html_text)[: config.body_chars])
+    out += ["body:" + w for w in body]
+    if config.word_pairs:
+        out += ["body:" + a + " " + b for a, b in zip(body, body[1:], strict=False)]
+    for url_domain in msg.url_domains:
+        out += ["url:" + d for d in _parent_domains(url_domain)]
+    for name, value in msg.headers:
+        out.append("hdr:" + name[:_MAX_TOKEN_CHARS])
+        if name in _WORD_HEADERS:
+            prefix = "hdr:" + name + ":"
+            out += [prefix + w for w in _words(value)[: config.header_words]]
+    out.append("type:" + msg.content_type)
+    if msg.mailer:
+        out.append("mailer:" + msg.mailer.lower()[:_MAX_TOKEN_CHARS])
+    out += ["attach:" + a.content_type for a in msg.attachments]
+    out.append(f"shape:hops={min(msg.received_hops, 10)}")
+    if msg.html_text and not msg.text:
+        out.append("shape:html-only")
+    out += ["shape:" + d for d in msg.defects]
+    return out
+
+
+def extract(msg: ParsedMessage, config: FeatureConfig) -> Features:
+    """Both hashed views of a message, L2-normalised so long mail does not shout."""
+    tokens = tokenize(msg, config)
+    # Keep the first token text seen for each distinct token; order is irrelevant to
+    # the models but deterministic for explanations.
+    unique = tuple(dict.fromkeys(tokens))
+    word_idx = hash_tokens(unique, config.n_bits)
+    word_idx, first = np.unique(word_idx, return_index=True)
+    kept = tuple(unique[i] for i in first)
+    word_val = np.full(word_idx.size, _inv_sqrt(word_idx.size), dtype=np.float32)
+    char_idx = _char_ngrams(msg.prefix[: config.char_bytes], config)
+    char_val = np.full(char_idx.size, _inv_sqrt(char_idx.size), dtype=np.float32)
+    return Features(kept, word_idx, word_val, char_idx, char_val)
+
+
+def hash_tokens(tokens: tuple[str, ...] | list[str], n_bits: int) -> IntArray:
+    """Deterministic token -> index in [0, 2**n_bits)."""
+    crc = np.fromiter(
+        (zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in tokens),
+        dtype=np.uint64,
+        count=len(tokens),
+    )
+    return _mix(crc, n_bits)
+
+
+def _mix(values: npt.NDArray[np.uint64], n_bits: int) -> IntArray:
+    """Fibonacci hashing: spreads CRC (linear, clustered low bits) over the top bits."""
+    with np.errstate(over="ignore"):
+        mixed = (values * _GOLDEN64) >> np.uint64(64 - n_bits)
+    return mixed.astype(np.int64)
+
+
+def _char_ngrams(data: bytes, config: FeatureConfig) -> IntArray:
+    """Unique hashed byte n-grams, computed as whole-array operations (no Python loop)."""
+    n = config.char_ngram
+    if n == 0 or len(data) < n:
+        return np.zeros(0, dtype=np.int64)
+    b = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
+    width = b.size - n + 1
+    packed = np.zeros(width, dtype=np.uint64)
+    for i in range(n):
+        packed = (packed << np.uint64(8)) | b[i : i + width]
+    return np.unique(_mix(packed + np.uint64(n), config.n_bits))
+
+
+def _words(text: str) -> list[str]:
+    return [w[:_MAX_TOKEN_CHARS] for w in _WORD_RE.findall(text.lower())]
+
+
+def _parent_domains(domain: str) -> list[str]:
+    """``a.b.example.com`` -> the domain and its parents down to two labels."""
+    if not domain:
+        return []
+    labels = domain.lower().split(".")
+    start = max(0, len(labels) - 4)
+    return [".".join(labels[i:]) for i in range(start, max(start + 1, len(labels) - 1))]
+
+
+def _inv_sqrt(n: int) -> float:
+    return float(n) ** -0.5 if n else 0.0
