@@ -77,8 +77,10 @@ class FeatureConfig:
     """Words taken from one header field value."""
     char_ngram: int = 4
     """Byte n-gram length of the chars view; 0 turns the view off."""
-    char_bytes: int = 3000
-    """Bytes of the raw message the chars view reads."""
+    char_bytes: int = 5000
+    """Bytes the chars view reads."""
+    char_source: str = "text"
+    """What the chars view reads: ``raw`` message bytes (headers first) or decoded ``text``."""
 
     def __post_init__(self) -> None:
         if not 16 <= self.n_bits <= 26:
@@ -152,7 +154,7 @@ def extract(msg: ParsedMessage, config: FeatureConfig) -> Features:
     word_idx, first = np.unique(word_idx, return_index=True)
     kept = tuple(unique[i] for i in first)
     word_val = np.full(word_idx.size, _inv_sqrt(word_idx.size), dtype=np.float32)
-    char_idx = _char_ngrams(msg.prefix[: config.char_bytes], config)
+    char_idx = _char_ngrams(_char_input(msg, config), config)
     char_val = np.full(char_idx.size, _inv_sqrt(char_idx.size), dtype=np.float32)
     return Features(kept, word_idx, word_val, char_idx, char_val)
 
@@ -185,6 +187,13 @@ def _char_ngrams(data: bytes, config: FeatureConfig) -> IntArray:
     for i in range(n):
         packed = (packed << np.uint64(8)) | b[i : i + width]
     return np.unique(_mix(packed + np.uint64(n), config.n_bits))
+
+
+def _char_input(msg: ParsedMessage, config: FeatureConfig) -> bytes:
+    if config.char_source == "raw":
+        return msg.prefix[: config.char_bytes]
+    text = f"{msg.subject}\n{msg.from_name} {msg.from_addr}\n{msg.text}\n{msg.html_text}"
+    return text[: config.char_bytes].encode("utf-8", "surrogatepass")
 
 
 def _words(text: str) -> list[str]:
