@@ -1,0 +1,154 @@
+"""Database engines for mailsift's durable state: SQLite by default, PostgreSQL by DSN.
+
+Both backends share one SQLAlchemy Core code path. Only what must differ lives here:
+URL normalisation, SQLite's pragmas and ``BEGIN IMMEDIATE``, PostgreSQL's write lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+SQLITE_FILENAME = "mailsift.db"
+# How long a writer waits for another writer before giving up with an error: a wedged
+# writer must surface as a failed request (and a failed /readyz), not as a hang.
+LOCK_WAIT_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 10
+
+_WRITE_OPTION = "mailsift_write"
+# pg_advisory_xact_lock key: the bytes of "mailsift" read as a positive 64-bit integer.
+_PG_WRITE_LOCK_KEY = int.from_bytes(b"mailsift", "big")
+_PG_WRITE_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def resolve_url(database_url: str | None, data_dir: Path) -> URL:
+    """Turn the configured DSN into a URL for a driver we ship.
+
+    Raises ValueError with a message that never contains the password.
+    """
+    if not database_url:
+        return URL.create("sqlite+pysqlite", database=str(data_dir / SQLITE_FILENAME))
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):
+        # from None: the parser's own message may quote the DSN, password included.
+        raise ValueError(
+            "database URL cannot be parsed; expected sqlite:///PATH or "
+            "postgresql://USER@HOST[:PORT]/DATABASE"
+        ) from None
+    backend = url.drivername.partition("+")[0]
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            raise ValueError("an in-memory SQLite database is not durable; use sqlite:///PATH")
+        return url.set(drivername="sqlite+pysqlite")
+    raise ValueError(f"unsupported database {backend!r}; use sqlite:///PATH or postgresql://...")
+
+
+def redact(message: str, url: URL) -> str:
+    """Remove the URL's password from a message, in every spelling a driver might use."""
+    password = url.password
+    if not password:
+        return message
+    for spelling in {password, quote(password, safe=""), quote_plus(password)}:
+        message = message.replace(spelling, "***")
+    return message
+
+
+def describe(url: URL) -> str:
+    """Where the database is, safe to log."""
+    return url.render_as_string(hide_password=True)
+
+
+def create_db_engine(url: URL) -> Engine:
+    """An engine for a URL from `resolve_url`; connecting is deferred to first use."""
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return _postgresql_engine(url)
+
+
+@contextmanager
+def write_transaction(engine: Engine, *, dry_run: bool = False) -> Iterator[Connection]:
+    """A transaction holding the database-wide write lock from its first statement.
+
+    Writers run one at a time and commit in the order they took the lock, so anything
+    numbered under the lock becomes visible in number order. ``dry_run`` rolls back
+    instead of committing (for readiness probes).
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{_WRITE_OPTION: True})
+        transaction = conn.begin()
+        try:
+            if conn.dialect.name == "postgresql":
+                conn.execute(_PG_WRITE_LOCK, {"key": _PG_WRITE_LOCK_KEY})
+            yield conn
+        except BaseException:
+            transaction.rollback()
+            raise
+        if dry_run:
+            transaction.rollback()
+        else:
+            transaction.commit()
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    assert url.database is not None
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    # sqlite3's timeout is SQLite's busy timeout: wait for the write lock, don't fail.
+    engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_SECONDS})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # sqlite3 would otherwise open a deferred transaction itself; we emit BEGIN ourselves
+    # so that writers can take the write lock up front (see _sqlite_on_begin).
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    try:
+        mode = cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"SQLite cannot use WAL here (journal_mode={mode})")
+        # FULL: a commit is on disk (WAL fsynced) before it returns.
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # A deferred writer that read first can hit SQLITE_BUSY without waiting; IMMEDIATE
+    # takes the write lock at BEGIN, honouring the busy timeout. Readers stay deferred.
+    writes = bool(conn.get_execution_options().get(_WRITE_OPTION, False))
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
+    engine = create_engine(
+        url,
+        connect_args=connect_args,
+        # Each statement must see every commit made before it took the write lock;
+        # a server default of REPEATABLE READ would freeze the snapshot too early.
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+    )
+    event.listen(engine, "connect", _postgresql_on_connect)
+    return engine
+
+
+def _postgresql_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = '{int(LOCK_WAIT_SECONDS * 1000)}ms'")
+    dbapi_conn.commit()

@@ -1,0 +1,477 @@
+"""Training log: semantics, durability and ordering, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import random
+import secrets
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from mailsift.service.trainlog import (
+    AppendResult,
+    Label,
+    LogEntry,
+    TrainingLog,
+    TrainingLogError,
+    open_training_log,
+)
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+WORKERS = 4
+APPENDS_PER_WORKER = 50
+SHARED_FINGERPRINTS = 12
+DEADLINE_SECONDS = 120.0
+
+# (fingerprint, label or None for forget, raw, result, position) as acknowledged to a writer.
+Ack = tuple[str, Label | None, bytes, str, int]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's log lives; picklable so child processes can open it too."""
+
+    database_url: str | None
+    data_dir: Path
+
+    def open(self) -> TrainingLog:
+        return open_training_log(self.database_url, self.data_dir)
+
+
+def fp(n: int) -> str:
+    return f"{n:064x}"
+
+
+def _pg_listening() -> bool:
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_admin(user: str, dbname: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database for this module: (user, database name)."""
+    if not _pg_listening():
+        pytest.skip(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT}")
+    user = "postgres"
+    try:
+        _pg_admin(user, "test").close()
+    except psycopg.OperationalError:
+        user = "root"
+    name = f"mailsift_test_{secrets.token_hex(6)}"
+    with _pg_admin(user, "test") as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield user, name
+    finally:
+        with _pg_admin(user, "test") as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """An empty log location on each backend (SQLite through the default path)."""
+    if request.param == "sqlite":
+        return Backend(None, tmp_path / "data")
+    user, name = request.getfixturevalue("pg_database")
+    with _pg_admin(user, name) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return Backend(f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}", tmp_path)
+
+
+@pytest.fixture
+def log(backend: Backend) -> Iterator[TrainingLog]:
+    opened = backend.open()
+    yield opened
+    opened.close()
+
+
+# --- semantics ---------------------------------------------------------------------------
+
+
+def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
+    assert log.head() == 0
+    assert log.append(fp(1), "spam", b"a", source="feedback", actor="u@x") == AppendResult(
+        "learned", 1
+    )
+    assert log.append(fp(1), "spam", b"a", source="feedback", actor="v@x") == AppendResult(
+        "unchanged", 1
+    )
+    assert log.append(fp(2), "ham", b"b", source="outbound", actor="mta") == AppendResult(
+        "learned", 2
+    )
+    assert log.append(fp(1), "ham", b"a", source="feedback", actor="u@x") == AppendResult(
+        "relabelled", 3
+    )
+    assert log.append(fp(1), "ham", b"a", source="train", actor="admin") == AppendResult(
+        "unchanged", 3
+    )
+    assert log.counts() == {"ham": 2, "spam": 0}
+    assert log.forget(fp(1), source="feedback", actor="u@x") == AppendResult("forgotten", 4)
+    assert log.forget(fp(1), source="feedback", actor="u@x") == AppendResult("unchanged", 0)
+    assert log.forget(fp(9), source="feedback", actor="u@x") == AppendResult("unchanged", 0)
+    assert log.label_of(fp(1)) is None
+    assert log.label_of(fp(2)) == "ham"
+    assert log.counts() == {"ham": 1, "spam": 0}
+    assert log.append(fp(1), "spam", b"a", source="feedback", actor="u@x") == AppendResult(
+        "learned", 5
+    )
+    assert log.head() == 5
+
+    ops = [(e.position, e.fingerprint, e.undo_label, e.label) for e in log.read(0)]
+    assert ops == [
+        (1, fp(1), None, "spam"),
+        (2, fp(2), None, "ham"),
+        (3, fp(1), "spam", "ham"),
+        (4, fp(1), "ham", None),
+        (5, fp(1), None, "spam"),
+    ]
+
+
+def test_entry_fields_round_trip(log: TrainingLog) -> None:
+    raw = b"Subject: hi\r\n\r\n" + bytes(range(256)) * 400
+    before = time.time()
+    log.append(fp(7), "spam", raw, source="train", actor="token:ci")
+    (entry,) = log.read(0)
+    assert entry == LogEntry(1, fp(7), "spam", None, raw, "train", "token:ci", entry.created_at)
+    assert before - 1 <= entry.created_at <= time.time() + 1
+
+
+def test_read_pages_in_order(log: TrainingLog) -> None:
+    for n in range(1, 8):
+        log.append(fp(n), "ham" if n % 2 else "spam", b"m%d" % n, source="train", actor="a")
+    pages = [log.read(0, limit=3), log.read(3, limit=3), log.read(6, limit=3)]
+    assert [[e.position for e in page] for page in pages] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert [e.raw for e in log.read(4, limit=2)] == [b"m5", b"m6"]
+    assert log.read(7) == []
+    assert log.read(-5, limit=1)[0].position == 1
+
+
+def test_persists_across_reopen(backend: Backend) -> None:
+    first = backend.open()
+    first.append(fp(1), "spam", b"one", source="feedback", actor="u")
+    first.append(fp(2), "ham", b"two", source="outbound", actor="mta")
+    first.append(fp(1), "ham", b"one", source="feedback", actor="u")
+    written = first.read(0)
+    first.close()
+
+    second = backend.open()
+    try:
+        assert second.read(0) == written
+        assert second.head() == 3
+        assert second.label_of(fp(1)) == "ham"
+        assert second.counts() == {"ham": 2, "spam": 0}
+        assert second.append(fp(2), "ham", b"two", source="train", actor="a").result == "unchanged"
+        assert second.append(fp(3), "spam", b"3", source="train", actor="a").position == 4
+    finally:
+        second.close()
+
+
+def test_rejects_invalid_input(log: TrainingLog) -> None:
+    with pytest.raises(ValueError):
+        log.append("not-hex", "spam", b"", source="train", actor="a")
+    with pytest.raises(ValueError):
+        log.append(fp(1), "eggs", b"", source="train", actor="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        log.append(fp(1), "spam", b"", source="s" * 33, actor="a")
+    with pytest.raises(ValueError):
+        log.forget(fp(1), source="train", actor="a" * 321)
+    with pytest.raises(ValueError):
+        log.read(0, limit=0)
+    assert log.head() == 0
+
+
+def test_ping_and_close(log: TrainingLog) -> None:
+    log.ping()
+    log.append(fp(1), "spam", b"x", source="train", actor="a")
+    log.ping()
+    assert log.head() == 1  # the probe's write was rolled back
+    log.close()
+    with pytest.raises(TrainingLogError, match="closed"):
+        log.ping()
+    with pytest.raises(TrainingLogError, match="closed"):
+        log.append(fp(2), "spam", b"x", source="train", actor="a")
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+
+def _mixed_writer(backend: Backend, worker: int, barrier: Barrier, out: Queue[list[Ack]]) -> None:
+    """Appends, relabels and forgets, half on fingerprints every worker also uses."""
+    rng = random.Random(worker)
+    log = backend.open()
+    acks: list[Ack] = []
+    barrier.wait(timeout=DEADLINE_SECONDS)
+    for i in range(APPENDS_PER_WORKER):
+        if rng.random() < 0.5:
+            fingerprint = fp(rng.randrange(SHARED_FINGERPRINTS))
+        else:
+            fingerprint = fp(1_000_000 * (worker + 1) + rng.randrange(20))
+        if rng.random() < 0.1:
+            result = log.forget(fingerprint, source="feedback", actor=f"w{worker}")
+            acks.append((fingerprint, None, b"", result.result, result.position))
+        else:
+            label: Label = rng.choice(["ham", "spam"])
+            raw = f"worker {worker} op {i}".encode()
+            result = log.append(fingerprint, label, raw, source="feedback", actor=f"w{worker}")
+            acks.append((fingerprint, label, raw, result.result, result.position))
+    log.close()
+    out.put(acks)
+
+
+def _same_label_writer(
+    backend: Backend, worker: int, barrier: Barrier, out: Queue[list[Ack]]
+) -> None:
+    """Every worker teaches the same fingerprints the same label at the same moment."""
+    log = backend.open()
+    barrier.wait(timeout=DEADLINE_SECONDS)
+    acks: list[Ack] = []
+    for n in range(25):
+        result = log.append(fp(n), "spam", b"same", source="train", actor=f"w{worker}")
+        acks.append((fp(n), "spam", b"same", result.result, result.position))
+    log.close()
+    out.put(acks)
+
+
+def _cold_start_writer(
+    backend: Backend, worker: int, barrier: Barrier, out: Queue[list[Ack]]
+) -> None:
+    """Processes that open a log that does not exist yet, all at once."""
+    barrier.wait(timeout=DEADLINE_SECONDS)
+    log = backend.open()
+    result = log.append(fp(worker), "ham", b"cold", source="train", actor=f"w{worker}")
+    log.close()
+    out.put([(fp(worker), "ham", b"cold", result.result, result.position)])
+
+
+Writer = Callable[[Backend, int, Barrier, "Queue[list[Ack]]"], None]
+
+
+def _run_workers(
+    backend: Backend, target: Writer, on_tick: Callable[[TrainingLog], None] | None = None
+) -> tuple[list[Ack], TrainingLog]:
+    """Run WORKERS processes released together, calling ``on_tick`` while they write.
+
+    Returns every acknowledgement and an open log for checking.
+    """
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, like real workers
+    barrier = ctx.Barrier(WORKERS + 1)
+    out: Queue[list[Ack]] = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(backend, w, barrier, out)) for w in range(WORKERS)]
+    for proc in procs:
+        proc.start()
+    reader = backend.open() if on_tick is not None else None
+    acks: list[Ack] = []
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def check_writers() -> None:
+        crashed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+        if crashed:
+            barrier.abort()
+        assert not crashed, f"writer processes failed with exit codes {crashed}"
+        assert time.monotonic() < deadline, "writers did not finish in time"
+
+    try:
+        while barrier.n_waiting < WORKERS:  # fail fast if a writer dies while starting
+            check_writers()
+            time.sleep(0.005)
+        barrier.wait(timeout=DEADLINE_SECONDS)
+        for _ in range(WORKERS):
+            while True:
+                check_writers()
+                if on_tick is not None and reader is not None:
+                    on_tick(reader)
+                try:
+                    acks.extend(out.get(timeout=0.005))
+                    break
+                except queue.Empty:
+                    continue
+    finally:
+        for proc in procs:
+            proc.join(timeout=DEADLINE_SECONDS)
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0] * WORKERS
+    return acks, reader if reader is not None else backend.open()
+
+
+def _check_log_against_acks(log: TrainingLog, acks: list[Ack]) -> list[LogEntry]:
+    entries = log.read(0, limit=10_000)
+    written = [a for a in acks if a[3] != "unchanged"]
+    assert [e.position for e in entries] == list(range(1, len(entries) + 1))
+    assert len(entries) == len(written) == log.head()
+    by_position = {e.position: e for e in entries}
+    for fingerprint, label, raw, result, position in acks:
+        if result == "unchanged" and label is None:
+            assert position == 0
+            continue
+        entry = by_position[position]
+        assert (entry.fingerprint, entry.label) == (fingerprint, label)
+        if result != "unchanged":
+            assert entry.raw == raw
+            expected = {"learned": False, "relabelled": True, "forgotten": True}[result]
+            assert (entry.undo_label is not None) is expected
+
+    replayed: dict[str, Label | None] = {}
+    for entry in entries:
+        assert entry.undo_label == replayed.get(entry.fingerprint)
+        replayed[entry.fingerprint] = entry.label
+    for fingerprint, label in replayed.items():
+        assert log.label_of(fingerprint) == label
+    current = [label for label in replayed.values() if label is not None]
+    assert log.counts() == {"ham": current.count("ham"), "spam": current.count("spam")}
+    return entries
+
+
+@pytest.mark.slow
+def test_concurrent_processes_keep_a_gap_free_ordered_log(backend: Backend) -> None:
+    seen: list[LogEntry] = []
+
+    def poll(reader: TrainingLog) -> None:
+        last = seen[-1].position if seen else 0
+        batch = reader.read(after=last, limit=7)
+        assert [e.position for e in batch] == list(range(last + 1, last + 1 + len(batch)))
+        seen.extend(batch)
+
+    acks, reader = _run_workers(backend, _mixed_writer, poll)
+    try:
+        assert len(acks) == WORKERS * APPENDS_PER_WORKER
+        while True:  # drain what committed after the last poll
+            before = len(seen)
+            poll(reader)
+            if len(seen) == before:
+                break
+        entries = _check_log_against_acks(reader, acks)
+        assert seen == entries
+        assert {a[3] for a in acks} >= {"learned", "unchanged", "relabelled", "forgotten"}
+    finally:
+        reader.close()
+
+
+@pytest.mark.slow
+def test_same_fingerprint_same_label_learned_once(backend: Backend) -> None:
+    acks, log = _run_workers(backend, _same_label_writer)
+    try:
+        for n in range(25):
+            results = sorted((a[3], a[4]) for a in acks if a[0] == fp(n))
+            learned = [r for r in results if r[0] == "learned"]
+            assert len(learned) == 1
+            assert results == sorted(learned + [("unchanged", learned[0][1])] * (WORKERS - 1))
+        assert log.head() == 25
+        _check_log_against_acks(log, acks)
+    finally:
+        log.close()
+
+
+@pytest.mark.slow
+def test_processes_creating_the_log_together(backend: Backend) -> None:
+    acks, log = _run_workers(backend, _cold_start_writer)
+    try:
+        assert sorted(a[4] for a in acks) == list(range(1, WORKERS + 1))
+        _check_log_against_acks(log, acks)
+    finally:
+        log.close()
+
+
+def test_threads_share_one_log(log: TrainingLog) -> None:
+    acks: list[Ack] = []
+    guard = threading.Lock()
+
+    def work(worker: int) -> None:
+        for i in range(20):
+            fingerprint = fp(i % 10 + 1000 * (worker % 2))
+            label: Label = "spam" if (i + worker) % 3 else "ham"
+            raw = b"t%d-%d" % (worker, i)
+            result = log.append(fingerprint, label, raw, source="feedback", actor="t")
+            with guard:
+                acks.append((fingerprint, label, raw, result.result, result.position))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(acks) == 120
+    _check_log_against_acks(log, acks)
+
+
+# --- opening -----------------------------------------------------------------------------
+
+
+def test_default_sqlite_file_in_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "a" / "b"
+    for url in (None, ""):
+        log = open_training_log(url, data_dir)
+        log.append(fp(1), "spam", b"x", source="train", actor="a")
+        log.close()
+    db = data_dir / "mailsift.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    explicit = open_training_log(f"sqlite:///{db}", tmp_path / "unused")
+    try:
+        assert explicit.head() == 1
+    finally:
+        explicit.close()
+    assert not (tmp_path / "unused").exists()
+
+
+def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
+    open_training_log(None, tmp_path).close()
+    with sqlite3.connect(tmp_path / "mailsift.db") as conn:
+        conn.execute("UPDATE trainlog_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(TrainingLogError, match="schema version 99"):
+        open_training_log(None, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://mailsift:hunter2secret@db/mail",
+        "this is not a url hunter2secret",
+        "sqlite://",
+        "sqlite:///:memory:",
+    ],
+)
+def test_bad_url_is_a_clear_error(url: str, tmp_path: Path) -> None:
+    with pytest.raises(TrainingLogError) as caught:
+        open_training_log(url, tmp_path)
+    assert "hunter2secret" not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize("password", ["Sup3rS3cret-pw", "p@ss/w:rd%20Secret"])
+def test_unreachable_postgres_hides_password(password: str, tmp_path: Path) -> None:
+    url = f"postgresql://mailsift:{quote(password, safe='')}@127.0.0.1:1/mail"
+    with pytest.raises(TrainingLogError, match=r"127\.0\.0\.1") as caught:
+        open_training_log(url, tmp_path)
+    chain: list[BaseException] = []
+    error: BaseException | None = caught.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for exc in chain:
+        for text in (str(exc), repr(exc)):
+            assert password not in text
+            assert quote(password, safe="") not in text
