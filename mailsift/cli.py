@@ -36,6 +36,68 @@ def _sources(specs: list[str]) -> tuple[Iterator[LabelledMessage], int | None]:
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind; keep loopback unless TLS is set up.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the gateway API.")] = 8470,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+) -> None:
+    """Run the HTTP service (settings from MAILSIFT_* variables)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from mailsift.service.settings import Settings
+
+    try:
+        Settings()
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] invalid settings:\n{exc}")
+        raise typer.Exit(2) from exc
+    uvicorn.run(
+        "mailsift.service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=access_log,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@app.command()
+def bench(
+    corpus: Annotated[str, typer.Argument(help="Messages to send (any corpus source).")],
+    workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent keep-alive connections.")] = 16,
+    model: Annotated[Optional[Path], typer.Option(help="Snapshot to serve; default: train one on the corpus first.")] = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Times each message is sent.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Start the service with W workers and measure messages/s, latency and memory."""
+    import tempfile
+
+    from mailsift.training.bench import run_bench
+    from mailsift.training.train import train_snapshot
+
+    try:
+        messages = list(open_source(corpus))
+        if model is None and all(m.label for m in messages):
+            model = Path(tempfile.mkdtemp(prefix="mailsift-bench-model-")) / "model.joblib"
+            err.print(f"training a model on {len(messages)} messages first")
+            train_snapshot(iter(messages), model)
+    except CorpusError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    result = run_bench([m.raw for m in messages], workers=workers, concurrency=concurrency, model=model, rounds=rounds)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        for key, value in result.as_dict().items():
+            typer.echo(f"{key:20s} {value}")
+
+
+@app.command()
 def train(
     sources: Annotated[list[str], typer.Argument(help="Corpora: TREC dir, ham/spam folder, or spam:/ham: + mbox/Maildir/file.")],
     model: Annotated[Path, typer.Option("--model", help="Snapshot to create or continue.")] = Path("data/model.joblib"),
@@ -88,3 +150,7 @@ def eval_(
     else:
         for key, value in result.summary.items():
             typer.echo(f"{key:32s} {value}")
+
+
+if __name__ == "__main__":
+    app()

@@ -148,13 +148,16 @@ class SpamModel:
         self._step_linear(f, 1 - y)
         return self
 
-    def relabel(self, f: Features, old: Label, new: Label) -> SpamModel:
-        """A message learned as ``old`` is really ``new``: undo, then learn."""
-        y = label_to_int(new)
-        self.bayes.unlearn_one(f.word_idx, label_to_int(old))
-        self.bayes.learn_one(f.word_idx, y)
-        self._step_linear(f, y)
-        return self
+    def relabel(
+        self, f: Features, old: Label, new: Label, learned_as: Features | None = None
+    ) -> SpamModel:
+        """A message learned as ``old`` is really ``new``: undo, then learn.
+
+        ``learned_as`` is the copy that was learned, when it differs from ``f`` (the
+        same content reached the learner twice with different transport headers).
+        """
+        self.unlearn(learned_as if learned_as is not None else f, old)
+        return self.learn(f, new)
 
     def _calibrate(self, logits: npt.NDArray[np.float64], y: int) -> None:
         p = sigmoid(float(logits @ self.calibration_))

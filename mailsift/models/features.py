@@ -87,6 +87,10 @@ class FeatureConfig:
             raise ValueError("n_bits must be between 16 and 26")
         if self.char_ngram not in (0, 2, 3, 4, 5, 6, 7, 8):
             raise ValueError("char_ngram must be 0 (off) or 2..8")
+        if self.char_source not in ("raw", "text"):
+            raise ValueError("char_source must be 'raw' or 'text'")
+        if min(self.body_chars, self.header_words, self.char_bytes) < 0:
+            raise ValueError("body_chars, header_words and char_bytes must not be negative")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

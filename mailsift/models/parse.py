@@ -11,10 +11,13 @@ from __future__ import annotations
 import codecs
 import email
 import email.message
+import email.parser
 import email.utils
+import functools
 import re
 from dataclasses import dataclass, field
 from email.header import decode_header
+from email.policy import Compat32
 
 from charset_normalizer import from_bytes
 from selectolax.lexbor import LexborHTMLParser
@@ -90,10 +93,26 @@ class ParsedMessage:
 _URL_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
 _DOMAIN_RE = re.compile(r"(?i)^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/?#\s]*@)?([^:/?#\s]+)")
 _MSGID_DOMAIN_RE = re.compile(r"@([^>\s@]+)>?")
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 _TEXT_ATTACHMENT_EXT = (".txt", ".csv", ".json", ".xml", ".html", ".htm", ".eml", ".log", ".md")
 _TEXT_ATTACHMENT_TYPES = frozenset(
     {"application/json", "application/xml", "application/csv", "message/rfc822"}
 )
+
+
+class _TextHeaders(Compat32):
+    """compat32, except that header values are always ``str`` with raw 8-bit bytes decoded.
+
+    Plain compat32 hands back a value holding undecodable bytes as an ``email.header.Header``
+    whose ``str()`` has already replaced them with U+FFFD (so raw UTF-8 headers are lost),
+    and which breaks code expecting a ``str``.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> str:
+        return _repair_surrogates(value) if isinstance(value, str) else value
+
+
+_POLICY = _TextHeaders()
 
 
 def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMessage:
@@ -109,7 +128,18 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
         data = data[: limits.max_bytes]
         out.defects.append("truncated_message")
     try:
-        msg = email.message_from_bytes(data)
+        msg = email.message_from_bytes(data, policy=_POLICY)
+    except RecursionError:
+        # The stdlib parser recurses once per multipart level, so nesting deeper than the
+        # interpreter stack fails inside it, before max_depth can apply: keep the top
+        # headers and read the undivided body as text.
+        out.defects.append("too_deep")
+        if _read_headers_only(out, data, limits):
+            return out
+        out.defects.append("unparseable")
+        out.text = data[: limits.max_part_bytes].decode("latin-1")
+        _collect_urls(out, out.text, limits)
+        return out
     except Exception:  # the stdlib parser is lenient, but guard anyway
         out.defects.append("unparseable")
         out.text = data[: limits.max_part_bytes].decode("latin-1")
@@ -126,6 +156,18 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     for body in (out.text, out.html_text):
         _collect_urls(out, body, limits)
     return out
+
+
+def _read_headers_only(out: ParsedMessage, data: bytes, limits: ParseLimits) -> bool:
+    """Top headers, and the whole body as text, without splitting MIME parts."""
+    try:
+        msg = email.parser.BytesHeaderParser(policy=_POLICY).parsebytes(data)
+    except Exception:
+        return False
+    _read_top_headers(out, msg, limits)
+    out.text = _decode_text(_decoded_payload(msg)[: limits.max_part_bytes], msg, out)
+    _collect_urls(out, out.text, limits)
+    return True
 
 
 @dataclass(slots=True)
@@ -240,13 +282,22 @@ def _read_top_headers(out: ParsedMessage, msg: email.message.Message, limits: Pa
 
 def decode_header_value(value: object, max_chars: int = 8192) -> str:
     """Decode RFC 2047 words and raw 8-bit junk in a header value; never raises."""
-    raw = str(value)[: max_chars * 4]
+    raw = _repair_surrogates(str(value)[: max_chars * 4])
     try:
         chunks = decode_header(raw)
     except Exception:
         chunks = [(raw, None)]
     pieces: list[str] = []
     for chunk, charset in chunks:
+        if isinstance(chunk, bytes) and charset is None and not raw.isascii():
+            # decode_header re-encodes the text between RFC 2047 words this way.
+            try:
+                piece = chunk.decode("raw-unicode-escape")
+                piece.encode("utf-8")  # no lone surrogates from literal "\udcxx" text
+                pieces.append(piece)
+                continue
+            except UnicodeError:
+                pass
         if isinstance(chunk, bytes):
             pieces.append(_decode_bytes(chunk, charset))
         else:
@@ -332,12 +383,27 @@ def _decode_bytes(body: bytes, charset: str | None) -> str:
     except UnicodeDecodeError:
         pass
     try:
-        best = from_bytes(body[:65536]).best()
+        guesses = [match.encoding for match in from_bytes(body[:65536])]
     except Exception:
-        best = None
-    if best is not None and best.encoding:
-        return body.decode(best.encoding, "replace")
+        guesses = []
+    for encoding in guesses:
+        if encoding and _keeps_ascii(encoding):
+            return body.decode(encoding, "replace")
     return body.decode("latin-1")
+
+
+@functools.cache
+def _keeps_ascii(encoding: str) -> bool:
+    """Whether a guessed charset reads ASCII as ASCII, as every 8-bit mail charset does.
+
+    On short input charset-normalizer may guess UTF-16 or EBCDIC, which turn the ASCII
+    words of the text into other characters and hide them from the filter
+    (b"buy\xc4 buy" -> "畢쑹戠祵"); real UTF-16 mail declares its charset.
+    """
+    try:
+        return _PRINTABLE_ASCII.decode(encoding) == _PRINTABLE_ASCII.decode("ascii")
+    except (LookupError, UnicodeDecodeError):
+        return False
 
 
 def _is_text_like(filename: str, ctype: str) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -94,7 +95,7 @@ def save_snapshot(model: SpamModel, path: Path, log_position: int = 0) -> Snapsh
             fh.flush()
             os.fsync(fh.fileno())
         if path.exists():
-            os.replace(path, path.with_name(path.name + ".prev"))
+            _keep_previous(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
@@ -211,6 +212,17 @@ def _checksum(state: dict[str, Any]) -> str:
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()
+
+
+def _keep_previous(path: Path) -> None:
+    """Link the current file as ``<name>.prev`` (renaming it would leave ``path`` missing
+    until the new file is moved in, and a reader in between would find no snapshot)."""
+    prev = path.with_name(path.name + ".prev")
+    prev.unlink(missing_ok=True)
+    try:
+        os.link(path, prev)
+    except OSError:  # no hard links on this filesystem
+        shutil.copyfile(path, prev)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -80,6 +80,10 @@ class LogEntry:
     label: Label | None
     undo_label: Label | None
     raw: bytes
+    undo_raw: bytes
+    """The bytes that were learned with ``undo_label`` (the earlier entry's ``raw``):
+    unlearning must see exactly the message that was learned, not today's copy of it,
+    whose transport headers differ."""
     source: str
     actor: str
     created_at: float
@@ -95,6 +99,7 @@ _entries = Table(
     Column("fingerprint", String(128), nullable=False),
     Column("label", String(4)),
     Column("undo_label", String(4)),
+    Column("undo_position", _position),  # the entry whose example undo_label takes back
     Column("raw", LargeBinary, nullable=False),
     Column("source", String(MAX_SOURCE), nullable=False),
     Column("actor", String(MAX_ACTOR), nullable=False),
@@ -145,7 +150,10 @@ class TrainingLog:
             if current is not None and current[0] == label:
                 return AppendResult("unchanged", current[1])
             undo = None if current is None else current[0]
-            position = _insert_entry(conn, fingerprint, label, undo, packed, source, actor)
+            undo_position = None if current is None else current[1]
+            position = _insert_entry(
+                conn, fingerprint, label, undo, undo_position, packed, source, actor
+            )
             if current is None:
                 conn.execute(
                     insert(_labels).values(fingerprint=fingerprint, label=label, position=position)
@@ -165,7 +173,9 @@ class TrainingLog:
             current = _current(conn, fingerprint)
             if current is None:
                 return AppendResult("unchanged", 0)
-            position = _insert_entry(conn, fingerprint, None, current[0], b"", source, actor)
+            position = _insert_entry(
+                conn, fingerprint, None, current[0], current[1], b"", source, actor
+            )
             conn.execute(delete(_labels).where(_labels.c.fingerprint == fingerprint))
             return AppendResult("forgotten", position)
 
@@ -173,8 +183,10 @@ class TrainingLog:
         """Entries with position > ``after``, ascending, at most ``limit`` of them."""
         if not 1 <= limit <= MAX_READ:
             raise ValueError(f"limit must be between 1 and {MAX_READ}")
+        undone = _entries.alias("undone")
         query = (
-            select(_entries)
+            select(_entries, undone.c.raw.label("undo_raw"))
+            .outerjoin(undone, undone.c.position == _entries.c.undo_position)
             .where(_entries.c.position > after)
             .order_by(_entries.c.position)
             .limit(limit)
@@ -188,6 +200,7 @@ class TrainingLog:
                 label=_as_label(row.label),
                 undo_label=_as_label(row.undo_label),
                 raw=zlib.decompress(row.raw) if row.raw else b"",
+                undo_raw=zlib.decompress(row.undo_raw) if row.undo_raw else b"",
                 source=row.source,
                 actor=row.actor,
                 created_at=row.created_at,
@@ -284,6 +297,7 @@ def _insert_entry(
     fingerprint: str,
     label: Label | None,
     undo_label: Label | None,
+    undo_position: int | None,
     packed: bytes,
     source: str,
     actor: str,
@@ -296,6 +310,7 @@ def _insert_entry(
             fingerprint=fingerprint,
             label=label,
             undo_label=undo_label,
+            undo_position=undo_position,
             raw=packed,
             source=source,
             actor=actor,

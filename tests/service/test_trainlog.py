@@ -150,12 +150,23 @@ def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
     ]
 
 
+def test_undo_carries_the_bytes_that_were_learned(log: TrainingLog) -> None:
+    """A relabel or forget must unlearn the copy that was learned, not the new copy."""
+    log.append(fp(1), "spam", b"copy seen by the gateway", source="train", actor="a")
+    log.append(fp(1), "ham", b"copy the user reported", source="feedback", actor="u@x")
+    log.forget(fp(1), source="feedback", actor="u@x")
+    first, relabel, forget = log.read(0)
+    assert first.undo_raw == b""
+    assert (relabel.raw, relabel.undo_raw) == (b"copy the user reported", b"copy seen by the gateway")
+    assert (forget.raw, forget.undo_raw) == (b"", b"copy the user reported")
+
+
 def test_entry_fields_round_trip(log: TrainingLog) -> None:
     raw = b"Subject: hi\r\n\r\n" + bytes(range(256)) * 400
     before = time.time()
     log.append(fp(7), "spam", raw, source="train", actor="token:ci")
     (entry,) = log.read(0)
-    assert entry == LogEntry(1, fp(7), "spam", None, raw, "train", "token:ci", entry.created_at)
+    assert entry == LogEntry(1, fp(7), "spam", None, raw, b"", "train", "token:ci", entry.created_at)
     assert before - 1 <= entry.created_at <= time.time() + 1
 
 

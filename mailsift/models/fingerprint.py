@@ -1,0 +1,36 @@
+"""Content fingerprints: one id for one message, however it travelled.
+
+The same message seen by the gateway and later reported by a user differs in its
+transport headers (Received, Delivered-To, added X- fields), so the id covers what the
+sender wrote: sender address, subject, decoded text and attachment names and sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from mailsift.models.parse import ParsedMessage
+
+__all__ = ["fingerprint"]
+
+
+def fingerprint(msg: ParsedMessage) -> str:
+    """128-bit hex id of a message's content.
+
+    >>> from mailsift.models.parse import parse_message
+    >>> a = parse_message(b"Received: by a\\r\\nSubject: hi\\r\\n\\r\\nsame  text\\r\\n")
+    >>> b = parse_message(b"Received: by b\\r\\nReceived: by c\\r\\nSubject: hi\\r\\n\\r\\nsame text\\n")
+    >>> fingerprint(a) == fingerprint(b)
+    True
+    """
+    digest = hashlib.sha256()
+    for piece in (
+        msg.from_addr,
+        msg.subject,
+        " ".join(msg.text.split()),
+        " ".join(msg.html_text.split()),
+        *(f"{a.filename}:{a.content_type}:{a.size}" for a in msg.attachments),
+    ):
+        digest.update(piece.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:32]

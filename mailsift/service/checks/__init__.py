@@ -1,0 +1,25 @@
+"""Checks: each looks at a message and its envelope and emits named, weighted reasons.
+
+A check is a function ``(CheckContext) -> Iterable[Reason]``, one module per check,
+registered in :data:`DEFAULT_CHECKS` the same way an extension would register its own.
+Weights are log-odds added to the model's; a reason may also force an action (a leak
+that must be rejected, a sender over its limit that must be deferred).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from mailsift.service.checks.base import CheckContext, Envelope, Reason
+from mailsift.service.checks.model import model_reasons
+from mailsift.service.checks.structure import structure_reasons
+
+__all__ = ["DEFAULT_CHECKS", "Check", "CheckContext", "Envelope", "Reason", "run_checks"]
+
+Check = Callable[[CheckContext], Iterable[Reason]]
+
+DEFAULT_CHECKS: tuple[Check, ...] = (model_reasons, structure_reasons)
+
+
+def run_checks(ctx: CheckContext, checks: Iterable[Check] = DEFAULT_CHECKS) -> list[Reason]:
+    return [reason for check in checks for reason in check(ctx)]

@@ -1,0 +1,48 @@
+"""The model this worker serves: what it knows, and picking up a newly published one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from mailsift.service.deps import State
+from mailsift.service.errors import ModelNotReady
+from mailsift.service.schemas import ERRORS, ModelOut
+from mailsift.service.trainlog import TrainingLogError
+
+router = APIRouter(prefix="/v1/model", tags=["model"])
+
+
+async def describe(state: State) -> dict[str, Any]:
+    status = state.learner.status()
+    try:
+        head = await run_in_threadpool(state.trainlog.head)
+    except TrainingLogError as exc:
+        raise ModelNotReady(str(exc)) from exc
+    return {
+        "version": status.version,
+        "ham": status.ham,
+        "spam": status.spam,
+        "learning": not state.model_ready,
+        "log_position": status.log_position,
+        "log_head": head,
+        "snapshot_position": status.snapshot_position,
+        "snapshot_created_at": status.snapshot_created_at,
+        "updated_at": status.updated_at,
+    }
+
+
+@router.get("", response_model=ModelOut, responses=ERRORS)
+async def get_model(state: State) -> dict[str, Any]:
+    """Model version, ham and spam learned, snapshot and training-log positions."""
+    return await describe(state)
+
+
+@router.post("/reload", response_model=ModelOut, responses=ERRORS)
+async def reload_model(state: State) -> dict[str, Any]:
+    """Load the published snapshot now (workers also notice one by themselves)."""
+    await state.learner.reload_if_changed()
+    await state.learner.catch_up()
+    return await describe(state)

@@ -1,0 +1,104 @@
+"""All service settings, read from ``MAILSIFT_*`` environment variables.
+
+One class, read through the cached :func:`get_settings` dependency, so tests build a
+``Settings(...)`` and hand it to ``create_app`` instead of patching globals.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mailsift.models.parse import ParseLimits
+
+__all__ = ["Action", "Settings", "get_settings"]
+
+Action = Literal["accept", "tag", "quarantine", "reject", "defer"]
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """mailsift service settings; every field is ``MAILSIFT_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILSIFT_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path("data"), description="SQLite file and model snapshots live here.")
+    database_url: str | None = Field(
+        None,
+        description="Training log database; unset = SQLite in the data dir, "
+        "`postgresql://user@host/db` to share learning between replicas.",
+    )
+    max_message_bytes: int = Field(
+        25 * MiB, ge=1024, description="Largest message accepted; larger bodies get 413."
+    )
+
+    # Verdict thresholds on the combined spam probability, per direction.
+    inbound_suspect_threshold: float = Field(0.3, gt=0, lt=1, description="Inbound: at or above, `suspect`.")
+    inbound_spam_threshold: float = Field(0.5, gt=0, lt=1, description="Inbound: at or above, `spam`.")
+    inbound_reject_threshold: float = Field(
+        0.999, gt=0, le=1, description="Inbound: at or above, reject during SMTP instead of quarantine."
+    )
+    outbound_suspect_threshold: float = Field(0.3, gt=0, lt=1, description="Outbound: at or above, `suspect`.")
+    outbound_spam_threshold: float = Field(0.5, gt=0, lt=1, description="Outbound: at or above, `spam`.")
+    suspect_action: Action = Field("tag", description="Action for a `suspect` verdict.")
+    spam_action: Action = Field("quarantine", description="Action for a `spam` verdict.")
+
+    # Training log replay and snapshots.
+    log_poll_seconds: float = Field(
+        0.25, gt=0, le=60, description="How often each worker looks for new training-log entries."
+    )
+    snapshot_every_entries: int = Field(
+        500, ge=1, description="Write a snapshot after this many new log entries…"
+    )
+    snapshot_every_seconds: float = Field(
+        300.0, gt=0, description="…or this long after the last one, if anything was learned."
+    )
+    snapshot_check_seconds: float = Field(
+        5.0, gt=0, description="How often workers look for a snapshot published by `mailsift train`."
+    )
+
+    # Bounds on the work one message may cost (see models.parse.ParseLimits).
+    parse_max_bytes: int = Field(4 * MiB, ge=1024, description="Bytes of a message the parser reads.")
+    parse_max_part_bytes: int = Field(256 * 1024, ge=1024, description="Decoded bytes read per text part.")
+    parse_max_parts: int = Field(256, ge=1, description="MIME parts visited per message.")
+    parse_max_depth: int = Field(16, ge=1, description="MIME nesting depth followed.")
+    parse_max_headers: int = Field(512, ge=1, description="Header fields read per message.")
+    offload_bytes: int = Field(
+        256 * 1024, ge=0, description="Messages larger than this are parsed off the event loop."
+    )
+
+    min_examples_per_class: int = Field(
+        10, ge=0, description="Until the model has learned this many ham and spam, its opinion does not count."
+    )
+    explain_tokens: int = Field(8, ge=0, le=50, description="Tokens reported each way per verdict.")
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Settings:
+        if not self.inbound_suspect_threshold <= self.inbound_spam_threshold <= self.inbound_reject_threshold:
+            raise ValueError("inbound thresholds must satisfy suspect <= spam <= reject")
+        if not self.outbound_suspect_threshold <= self.outbound_spam_threshold:
+            raise ValueError("outbound thresholds must satisfy suspect <= spam")
+        return self
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.data_dir / "model.joblib"
+
+    @property
+    def parse_limits(self) -> ParseLimits:
+        return ParseLimits(
+            max_bytes=self.parse_max_bytes,
+            max_part_bytes=self.parse_max_part_bytes,
+            max_parts=self.parse_max_parts,
+            max_depth=self.parse_max_depth,
+            max_headers=self.parse_max_headers,
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

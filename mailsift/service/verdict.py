@@ -1,0 +1,56 @@
+"""Score + reasons -> verdict and action. Pure: the policy is settings, not code paths."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from mailsift.service.checks.base import Direction, Reason
+from mailsift.service.settings import Action, Settings
+
+__all__ = ["Verdict", "decide"]
+
+VerdictName = Literal["ham", "suspect", "spam"]
+
+# Strictest first: the action a forced reason demands wins over a milder one.
+_SEVERITY: dict[Action, int] = {"accept": 0, "tag": 1, "quarantine": 2, "defer": 3, "reject": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    score: float
+    verdict: VerdictName
+    action: Action
+
+
+def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) -> Verdict:
+    """Add the reasons' log-odds, place the result against the direction's thresholds.
+
+    A reason that forces an action (a leak to reject, a sender to defer) overrides a
+    milder action the score alone would give.
+    """
+    logit = sum(r.weight for r in reasons)
+    score = 1.0 / (1.0 + math.exp(-max(-35.0, min(35.0, logit))))
+    if direction == "inbound":
+        suspect, spam = settings.inbound_suspect_threshold, settings.inbound_spam_threshold
+    else:
+        suspect, spam = settings.outbound_suspect_threshold, settings.outbound_spam_threshold
+    if any(r.name == "model_learning" for r in reasons):
+        # An untrained model has no opinion, and the thresholds are calibrated against
+        # its scores: a fresh install passes mail (forced actions still apply below).
+        verdict: VerdictName = "ham"
+    elif score >= spam:
+        verdict = "spam"
+    elif score >= suspect:
+        verdict = "suspect"
+    else:
+        verdict = "ham"
+    action: Action = {"ham": "accept", "suspect": settings.suspect_action, "spam": settings.spam_action}[verdict]
+    if direction == "inbound" and verdict == "spam" and score >= settings.inbound_reject_threshold:
+        action = "reject"
+    for reason in reasons:
+        if reason.action and _SEVERITY[reason.action] > _SEVERITY[action]:
+            action = reason.action
+    return Verdict(round(score, 6), verdict, action)

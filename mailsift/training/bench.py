@@ -1,0 +1,206 @@
+"""Load benchmark: a real ``mailsift serve`` on a free port, driven over keep-alive HTTP.
+
+The load generator is an asyncio client speaking raw HTTP/1.1 on persistent connections
+(no HTTP library per request), so on a 2-core machine it costs a few percent of a core
+and measures the server, not itself; ``baseline`` runs the same client against
+``/healthz`` to show its own ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["BenchResult", "run_bench"]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    requests: int
+    errors: int
+    seconds: float
+    msgs_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    rss_mb: float
+    """Peak resident memory of the largest server worker."""
+    rss_total_mb: float
+    """Peak resident memory of all server processes together."""
+    baseline_req_per_s: float | None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "msgs_per_s": round(self.msgs_per_s, 1),
+            "p50_ms": round(self.p50_ms, 2),
+            "p95_ms": round(self.p95_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "rss_mb": round(self.rss_mb, 1),
+            "rss_total_mb": round(self.rss_total_mb, 1),
+            "requests": self.requests,
+            "errors": self.errors,
+            "seconds": round(self.seconds, 2),
+            "baseline_req_per_s": None if self.baseline_req_per_s is None else round(self.baseline_req_per_s, 1),
+        }
+
+
+def run_bench(
+    messages: Sequence[bytes],
+    *,
+    workers: int = 2,
+    concurrency: int = 16,
+    model: Path | None = None,
+    rounds: int = 1,
+    baseline: bool = True,
+) -> BenchResult:
+    """Start a server, send every message ``rounds`` times, stop it, report."""
+    data_dir = Path(tempfile.mkdtemp(prefix="mailsift-bench-"))
+    try:
+        if model is not None:
+            shutil.copy(model, data_dir / "model.joblib")
+        port = _free_port()
+        env = {**os.environ, "MAILSIFT_DATA_DIR": str(data_dir), "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600"}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mailsift.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(port, workers, server)
+            base = None
+            if baseline:
+                base_latencies, base_seconds, _ = asyncio.run(
+                    _drive(port, "GET", "/healthz", [b""] * 5000, concurrency)
+                )
+                base = len(base_latencies) / base_seconds
+            payload = list(messages) * rounds
+            path = "/v1/score?direction=inbound"
+            latencies, seconds, errors = asyncio.run(_drive(port, "POST", path, payload, concurrency))
+            rss, rss_total = _peak_rss(server.pid)
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    ordered = sorted(latencies)
+    return BenchResult(
+        requests=len(latencies),
+        errors=errors,
+        seconds=seconds,
+        msgs_per_s=len(latencies) / seconds,
+        p50_ms=_pct(ordered, 50),
+        p95_ms=_pct(ordered, 95),
+        p99_ms=_pct(ordered, 99),
+        rss_mb=rss,
+        rss_total_mb=rss_total,
+        baseline_req_per_s=base,
+    )
+
+
+async def _drive(
+    port: int, method: str, path: str, bodies: Sequence[bytes], concurrency: int
+) -> tuple[list[float], float, int]:
+    """``concurrency`` keep-alive connections pull the next body from a shared queue."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    latencies: list[float] = []
+    errors = 0
+
+    async def connection() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: message/rfc822\r\n"
+        try:
+            while not queue.empty():
+                body = queue.get_nowait()
+                start = time.perf_counter()
+                writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                status = await _read_response(reader)
+                latencies.append((time.perf_counter() - start) * 1000)
+                if status != 200:
+                    errors += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started, errors
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, workers: int, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError("the server exited during start-up")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200 and len(_children(server.pid)) >= (workers if workers > 1 else 0):
+                    time.sleep(1.0)  # let every worker finish its own start-up
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not become ready in time")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    except FileNotFoundError:
+        return []
+    return [int(p) for p in out.split()]
+
+
+def _peak_rss(pid: int) -> tuple[float, float]:
+    """(largest process, all processes) peak RSS in MiB, from /proc's VmHWM."""
+    peaks = []
+    for proc in [pid, *_children(pid)]:
+        try:
+            status = Path(f"/proc/{proc}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return (max(peaks) if peaks else 0.0, sum(peaks))
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return float("nan")
+    if len(ordered) == 1:
+        return ordered[0]
+    return statistics.quantiles(ordered, n=100, method="inclusive")[int(q) - 1]
