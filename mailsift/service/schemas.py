@@ -63,6 +63,8 @@ class ModelOut(BaseModel):
     snapshot_position: int
     snapshot_created_at: float | None
     updated_at: float
+    worker: int
+    """Process id of the worker that answered (several workers each replay the log)."""
 
 
 ERRORS: dict[int | str, dict[str, object]] = {

@@ -5,8 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import random
-import secrets
-import socket
 import sqlite3
 import threading
 import time
@@ -17,9 +15,7 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from urllib.parse import quote
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from mailsift.service.trainlog import (
     AppendResult,
@@ -29,8 +25,8 @@ from mailsift.service.trainlog import (
     TrainingLogError,
     open_training_log,
 )
+from tests.service.conftest import PG_HOST, PG_PORT, pg_admin
 
-PG_HOST, PG_PORT = "127.0.0.1", 5432
 WORKERS = 4
 APPENDS_PER_WORKER = 50
 SHARED_FINGERPRINTS = 12
@@ -55,47 +51,13 @@ def fp(n: int) -> str:
     return f"{n:064x}"
 
 
-def _pg_listening() -> bool:
-    try:
-        with socket.create_connection((PG_HOST, PG_PORT), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _pg_admin(user: str, dbname: str) -> psycopg.Connection[tuple[object, ...]]:
-    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname=dbname, autocommit=True)
-
-
-@pytest.fixture(scope="module")
-def pg_database() -> Iterator[tuple[str, str]]:
-    """A fresh PostgreSQL database for this module: (user, database name)."""
-    if not _pg_listening():
-        pytest.skip(f"no PostgreSQL listening on {PG_HOST}:{PG_PORT}")
-    user = "postgres"
-    try:
-        _pg_admin(user, "test").close()
-    except psycopg.OperationalError:
-        user = "root"
-    name = f"mailsift_test_{secrets.token_hex(6)}"
-    with _pg_admin(user, "test") as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield user, name
-    finally:
-        with _pg_admin(user, "test") as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """An empty log location on each backend (SQLite through the default path)."""
     if request.param == "sqlite":
         return Backend(None, tmp_path / "data")
     user, name = request.getfixturevalue("pg_database")
-    with _pg_admin(user, name) as conn:
+    with pg_admin(user, name) as conn:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
     return Backend(f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}", tmp_path)
@@ -157,7 +119,10 @@ def test_undo_carries_the_bytes_that_were_learned(log: TrainingLog) -> None:
     log.forget(fp(1), source="feedback", actor="u@x")
     first, relabel, forget = log.read(0)
     assert first.undo_raw == b""
-    assert (relabel.raw, relabel.undo_raw) == (b"copy the user reported", b"copy seen by the gateway")
+    assert (relabel.raw, relabel.undo_raw) == (
+        b"copy the user reported",
+        b"copy seen by the gateway",
+    )
     assert (forget.raw, forget.undo_raw) == (b"", b"copy the user reported")
 
 
@@ -166,7 +131,9 @@ def test_entry_fields_round_trip(log: TrainingLog) -> None:
     before = time.time()
     log.append(fp(7), "spam", raw, source="train", actor="token:ci")
     (entry,) = log.read(0)
-    assert entry == LogEntry(1, fp(7), "spam", None, raw, b"", "train", "token:ci", entry.created_at)
+    assert entry == LogEntry(
+        1, fp(7), "spam", None, raw, b"", "train", "token:ci", entry.created_at
+    )
     assert before - 1 <= entry.created_at <= time.time() + 1
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter
@@ -31,6 +32,7 @@ async def describe(state: State) -> dict[str, Any]:
         "snapshot_position": status.snapshot_position,
         "snapshot_created_at": status.snapshot_created_at,
         "updated_at": status.updated_at,
+        "worker": os.getpid(),
     }
 
 

@@ -1,0 +1,129 @@
+"""Run the real ``mailsift serve`` in a subprocess, for end-to-end tests over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """A ``mailsift serve`` process with its own data dir; a context manager."""
+
+    def __init__(
+        self, data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None
+    ) -> None:
+        self.data_dir = data_dir
+        self.workers = workers
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "MAILSIFT_DATA_DIR": str(data_dir),
+            "MAILSIFT_LOG_POLL_SECONDS": "0.1",
+            "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "0.5",
+            "MAILSIFT_MIN_EXAMPLES_PER_CLASS": "0",
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"serve-{self.port}.log"
+
+    def start(self, timeout: float = 30.0) -> Service:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailsift.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready: {self.log_path.read_text()[-2000:]}")
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.kill(signal.SIGTERM)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[str, object]:
+    r = client.post(
+        "/v1/score",
+        params={"direction": direction},
+        content=raw,
+        headers={"content-type": "message/rfc822"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def feedback(
+    client: httpx.Client, raw: bytes, label: str, user: str = "alice@example.org"
+) -> dict[str, object]:
+    r = client.post(
+        "/v1/feedback",
+        params={"label": label, "user": user},
+        content=raw,
+        headers={"content-type": "message/rfc822"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def message(n: int, spammy: bool) -> bytes:
+    """A small distinct message; spammy ones share spam words, hammy ones work words."""
+    if spammy:
+        subject, body = (
+            f"Cheap pills offer {n}",
+            f"Buy cheap viagra now, limited offer {n}! Click here to win money.",
+        )
+    else:
+        subject, body = (
+            f"Meeting notes {n}",
+            f"Hi team, the quarterly review {n} moved to Thursday. Agenda attached.",
+        )
+    return (
+        f"From: sender{n}@example.{'biz' if spammy else 'org'}\r\nTo: alice@example.org\r\n"
+        f"Subject: {subject}\r\nMessage-ID: <{n}.{int(spammy)}@example>\r\n\r\n{body}\r\n"
+    ).encode()
