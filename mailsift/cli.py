@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,12 +55,15 @@ def serve(
     except ValidationError as exc:
         err.print(f"[red]error:[/red] invalid settings:\n{exc}")
         raise typer.Exit(2) from exc
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["mailsift"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     uvicorn.run(
         "mailsift.service.app:create_app",
         factory=True,
         host=host,
         port=port,
         workers=workers,
+        log_config=log_config,
         access_log=access_log,
         proxy_headers=False,
         server_header=False,
@@ -117,6 +122,21 @@ def train(
     typer.echo(f"learned {report.learned} messages -> {model} (ham {info.ham}, spam {info.spam}, version {info.model_version})")
 
 
+@app.command()
+def speed(
+    corpus: Annotated[str, typer.Argument(help="Labelled corpus.")],
+) -> None:
+    """Per-message medians of parse, features and scoring; model memory and snapshot size."""
+    from mailsift.training.speed import measure_speed
+
+    try:
+        messages = list(open_source(corpus))
+    except CorpusError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(measure_speed(messages)))
+
+
 @app.command("eval")
 def eval_(
     corpus: Annotated[str, typer.Argument(help="Labelled corpus (TREC dir or ham/spam folder).")],
@@ -138,17 +158,19 @@ def eval_(
         with _progress(total, f"eval {mode}") as bar:
             task = bar.add_task("eval", total=total)
             result = evaluate(messages, mode=mode, train_frac=train_frac, progress=lambda n: bar.advance(task, n))  # type: ignore[arg-type]
-    except (CorpusError, ValueError) as exc:
+        if scores:
+            scores.write_text("".join(f"{'spam' if s else 'ham'} {v:.6f}\n" for s, v in zip(result.is_spam, result.scores, strict=True)))
+        if plot:
+            plot_roc(result.is_spam, result.scores, plot, title=f"mailsift {mode}: {corpus}")
+    except (CorpusError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    if scores:
-        scores.write_text("".join(f"{'spam' if s else 'ham'} {v:.6f}\n" for s, v in zip(result.is_spam, result.scores, strict=True)))
-    if plot:
-        plot_roc(result.is_spam, result.scores, plot, title=f"mailsift {mode}: {corpus}")
+    # Undefined measures (a class missing from half the stream) are NaN: JSON says null.
+    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.summary.items()}
     if as_json:
-        typer.echo(json.dumps(result.summary))
+        typer.echo(json.dumps(summary))
     else:
-        for key, value in result.summary.items():
+        for key, value in summary.items():
             typer.echo(f"{key:32s} {value}")
 
 

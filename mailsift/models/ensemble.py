@@ -4,7 +4,7 @@ Members, each seeing the message differently (their errors differ, which is why 
 sum beats each of them):
 
 * ``words``  — :class:`OnlineLogistic` on prefixed word and word-pair tokens;
-* ``chars``  — :class:`OnlineLogistic` on byte 4-grams of the raw message start;
+* ``chars``  — :class:`OnlineLogistic` on byte 4-grams of the decoded text;
 * ``bayes``  — :class:`NaiveBayes` on the word tokens (learns fastest from few examples,
   and is the member that can exactly unlearn).
 
@@ -96,6 +96,19 @@ class SpamModel:
     @property
     def n_ham(self) -> int:
         return int(self.bayes.n_ham_)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the model's state arrays."""
+        return int(
+            self.words.coef_.nbytes
+            + self.words.grad_sq_.nbytes
+            + self.chars.coef_.nbytes
+            + self.chars.grad_sq_.nbytes
+            + self.bayes.spam_counts_.nbytes
+            + self.bayes.ham_counts_.nbytes
+            + self.calibration_.nbytes
+        )
 
     def features(self, msg: ParsedMessage) -> Features:
         return extract(msg, self.config)

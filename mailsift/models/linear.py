@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
-from sklearn.base import BaseEstimator
+from mailsift.models.estimator import EstimatorMixin, csr_rows, row
 
 __all__ = ["OnlineLogistic", "sigmoid"]
 
@@ -28,7 +27,7 @@ def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-_MAX_LOGIT, min(_MAX_LOGIT, z))))
 
 
-class OnlineLogistic(BaseEstimator):  # type: ignore[misc]
+class OnlineLogistic(EstimatorMixin):
     """Logistic-loss linear model over hashed features, trained one message at a time.
 
     >>> import numpy as np
@@ -71,14 +70,13 @@ class OnlineLogistic(BaseEstimator):  # type: ignore[misc]
 
     def partial_fit(self, X: Any, y: Any) -> OnlineLogistic:
         """Learn each row of a sparse matrix in order."""
-        rows = sparse.csr_matrix(X, dtype=np.float32)
+        rows = csr_rows(X)
         for i, label in enumerate(np.asarray(y)):
-            lo, hi = rows.indptr[i], rows.indptr[i + 1]
-            self.learn_one(rows.indices[lo:hi].astype(np.int64), rows.data[lo:hi], int(label))
+            self.learn_one(*row(rows, i), int(label))
         return self
 
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
-        rows = sparse.csr_matrix(X, dtype=np.float32)
+        rows = csr_rows(X)
         return np.asarray(rows @ self.coef_, dtype=np.float64)
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
-from sklearn.base import BaseEstimator
+from mailsift.models.estimator import EstimatorMixin, csr_rows, row
 
 __all__ = ["NaiveBayes"]
 
@@ -23,7 +22,7 @@ IntArray = npt.NDArray[np.int64]
 _CLIP = 0.99
 
 
-class NaiveBayes(BaseEstimator):  # type: ignore[misc]
+class NaiveBayes(EstimatorMixin):
     """Token-presence naive Bayes that can learn and unlearn one message at a time.
 
     >>> import numpy as np
@@ -76,9 +75,9 @@ class NaiveBayes(BaseEstimator):  # type: ignore[misc]
 
     def partial_fit(self, X: Any, y: Any) -> NaiveBayes:
         """Learn each row of a sparse matrix (non-zero columns = tokens present)."""
-        rows = sparse.csr_matrix(X)
+        rows = csr_rows(X)
         for i, label in enumerate(np.asarray(y)):
-            self.learn_one(np.unique(rows.indices[rows.indptr[i] : rows.indptr[i + 1]]), int(label))
+            self.learn_one(np.unique(row(rows, i)[0]), int(label))
         return self
 
     # -- scoring ---------------------------------------------------------------------
@@ -111,10 +110,10 @@ class NaiveBayes(BaseEstimator):  # type: ignore[misc]
         return float(self.telling_tokens(idx)[1].sum())
 
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
-        rows = sparse.csr_matrix(X)
+        rows = csr_rows(X)
         return np.array(
             [
-                self.decision_one(np.unique(rows.indices[rows.indptr[i] : rows.indptr[i + 1]]))
+                self.decision_one(np.unique(row(rows, i)[0]))
                 for i in range(rows.shape[0])
             ]
         )

@@ -100,19 +100,20 @@ _TEXT_ATTACHMENT_TYPES = frozenset(
 )
 
 
-class _TextHeaders(Compat32):
-    """compat32, except that header values are always ``str`` with raw 8-bit bytes decoded.
+class _RawHeaders(Compat32):
+    """compat32, except that header values are always the raw ``str``.
 
-    Plain compat32 hands back a value holding undecodable bytes as an ``email.header.Header``
+    Plain compat32 hands back a value holding 8-bit bytes as an ``email.header.Header``
     whose ``str()`` has already replaced them with U+FFFD (so raw UTF-8 headers are lost),
-    and which breaks code expecting a ``str``.
+    and which breaks code expecting a ``str``. Here the bytes stay lone surrogates, which
+    :func:`decode_header_value` decodes (only for the headers actually read).
     """
 
     def header_fetch_parse(self, name: str, value: str) -> str:
-        return _repair_surrogates(value) if isinstance(value, str) else value
+        return value
 
 
-_POLICY = _TextHeaders()
+_POLICY = _RawHeaders()
 
 
 def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMessage:
@@ -330,7 +331,7 @@ def _count_addresses(text: str) -> int:
 
 def _safe_content_type(part: email.message.Message) -> str:
     try:
-        return part.get_content_type().lower()
+        return _repair_surrogates(part.get_content_type().lower())
     except Exception:
         return "application/octet-stream"
 
@@ -382,6 +383,10 @@ def _decode_bytes(body: bytes, charset: str | None) -> str:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         pass
+    if len(body) < _MIN_GUESS_BYTES:
+        # Too little text for a statistical guess to beat the commonest undeclared
+        # 8-bit charset in mail.
+        return body.decode("cp1252", "replace")
     try:
         guesses = [match.encoding for match in from_bytes(body[:65536])]
     except Exception:
@@ -390,6 +395,9 @@ def _decode_bytes(body: bytes, charset: str | None) -> str:
         if encoding and _keeps_ascii(encoding):
             return body.decode(encoding, "replace")
     return body.decode("latin-1")
+
+
+_MIN_GUESS_BYTES = 64
 
 
 @functools.cache

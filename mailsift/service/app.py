@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if learner.pending_entries:
+                await learner.write_snapshot()  # a shorter replay at the next start
             trainlog.close()
 
     app = FastAPI(

@@ -83,6 +83,11 @@ class Learner:
             updated_at=self.updated_at,
         )
 
+    @property
+    def pending_entries(self) -> int:
+        """Entries applied since the last snapshot this process wrote or loaded."""
+        return self._unsnapshotted
+
     # -- snapshots -------------------------------------------------------------------
 
     def load_initial(self) -> None:
