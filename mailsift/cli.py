@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -39,7 +39,9 @@ def _sources(specs: list[str]) -> tuple[Iterator[LabelledMessage], int | None]:
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to bind; keep loopback unless TLS is set up.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; keep loopback unless TLS is set up.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the gateway API.")] = 8470,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
@@ -56,7 +58,11 @@ def serve(
         err.print(f"[red]error:[/red] invalid settings:\n{exc}")
         raise typer.Exit(2) from exc
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["mailsift"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    log_config["loggers"]["mailsift"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
     uvicorn.run(
         "mailsift.service.app:create_app",
         factory=True,
@@ -74,9 +80,17 @@ def serve(
 def bench(
     corpus: Annotated[str, typer.Argument(help="Messages to send (any corpus source).")],
     workers: Annotated[int, typer.Option(min=1, help="Server worker processes.")] = 2,
-    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent keep-alive connections.")] = 16,
-    model: Annotated[Optional[Path], typer.Option(help="Snapshot to serve; default: train one on the corpus first.")] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Concurrent keep-alive connections.")
+    ] = 16,
+    model: Annotated[
+        Path | None,
+        typer.Option(help="Snapshot to serve; default: train one on the corpus first."),
+    ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Times each message is sent.")] = 1,
+    direction: Annotated[
+        str, typer.Option(help="inbound, or outbound (500 simulated senders).")
+    ] = "inbound",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Start the service with W workers and measure messages/s, latency and memory."""
@@ -94,7 +108,17 @@ def bench(
     except CorpusError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    result = run_bench([m.raw for m in messages], workers=workers, concurrency=concurrency, model=model, rounds=rounds)
+    if direction not in ("inbound", "outbound"):
+        err.print("[red]error:[/red] --direction must be inbound or outbound")
+        raise typer.Exit(2)
+    result = run_bench(
+        [m.raw for m in messages],
+        workers=workers,
+        concurrency=concurrency,
+        model=model,
+        rounds=rounds,
+        direction=direction,
+    )
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
@@ -104,8 +128,15 @@ def bench(
 
 @app.command()
 def train(
-    sources: Annotated[list[str], typer.Argument(help="Corpora: TREC dir, ham/spam folder, or spam:/ham: + mbox/Maildir/file.")],
-    model: Annotated[Path, typer.Option("--model", help="Snapshot to create or continue.")] = Path("data/model.joblib"),
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Corpora: TREC dir, ham/spam folder, or spam:/ham: + mbox/Maildir/file."
+        ),
+    ],
+    model: Annotated[Path, typer.Option("--model", help="Snapshot to create or continue.")] = Path(
+        "data/model.joblib"
+    ),
 ) -> None:
     """Train (or continue training) a model snapshot from labelled corpora."""
     from mailsift.training.train import train_snapshot
@@ -119,7 +150,10 @@ def train(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     info = report.info
-    typer.echo(f"learned {report.learned} messages -> {model} (ham {info.ham}, spam {info.spam}, version {info.model_version})")
+    typer.echo(
+        f"learned {report.learned} messages -> {model} "
+        f"(ham {info.ham}, spam {info.spam}, version {info.model_version})"
+    )
 
 
 @app.command()
@@ -140,14 +174,16 @@ def speed(
 @app.command("eval")
 def eval_(
     corpus: Annotated[str, typer.Argument(help="Labelled corpus (TREC dir or ham/spam folder).")],
-    mode: Annotated[str, typer.Option(help="online (score then learn each message) or split.")] = "online",
+    mode: Annotated[
+        str, typer.Option(help="online (score then learn each message) or split.")
+    ] = "online",
     train_frac: Annotated[float, typer.Option(help="Split mode: fraction learned first.")] = 0.7,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    scores: Annotated[Optional[Path], typer.Option(help="Write 'label score' per message.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a ROC curve PNG.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Write 'label score' per message.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a ROC curve PNG.")] = None,
 ) -> None:
     """Measure accuracy and speed by the TREC spam-track protocols."""
-    from mailsift.training.evaluate import evaluate
+    from mailsift.training.evaluate import Mode, evaluate
     from mailsift.training.metrics import plot_roc
 
     if mode not in ("online", "split"):
@@ -157,16 +193,29 @@ def eval_(
         messages, total = _sources([corpus])
         with _progress(total, f"eval {mode}") as bar:
             task = bar.add_task("eval", total=total)
-            result = evaluate(messages, mode=mode, train_frac=train_frac, progress=lambda n: bar.advance(task, n))  # type: ignore[arg-type]
+            result = evaluate(
+                messages,
+                mode=cast(Mode, mode),
+                train_frac=train_frac,
+                progress=lambda n: bar.advance(task, n),
+            )
         if scores:
-            scores.write_text("".join(f"{'spam' if s else 'ham'} {v:.6f}\n" for s, v in zip(result.is_spam, result.scores, strict=True)))
+            scores.write_text(
+                "".join(
+                    f"{'spam' if s else 'ham'} {v:.6f}\n"
+                    for s, v in zip(result.is_spam, result.scores, strict=True)
+                )
+            )
         if plot:
             plot_roc(result.is_spam, result.scores, plot, title=f"mailsift {mode}: {corpus}")
     except (CorpusError, ValueError, OSError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     # Undefined measures (a class missing from half the stream) are NaN: JSON says null.
-    summary = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.summary.items()}
+    summary = {
+        k: (None if isinstance(v, float) and math.isnan(v) else v)
+        for k, v in result.summary.items()
+    }
     if as_json:
         typer.echo(json.dumps(summary))
     else:

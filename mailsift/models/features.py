@@ -17,6 +17,7 @@ worker and replica maps a message to the same vector.
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 from dataclasses import asdict, dataclass
@@ -113,14 +114,14 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
 
     >>> from mailsift.models.parse import parse_message
     >>> m = parse_message(b"Subject: Cheap pills\\r\\nFrom: x@spam.test\\r\\n\\r\\nBuy now")
-    >>> [t for t in tokenize(m, FeatureConfig()) if t.startswith(("subject:", "body:"))]
-    ['subject:cheap', 'subject:pills', 'subject:cheap pills', 'body:buy', 'body:now', 'body:buy now']
+    >>> [t for t in tokenize(m, FeatureConfig()) if t.startswith("subject:")]
+    ['subject:cheap', 'subject:pills', 'subject:cheap pills']
     """
     out: list[str] = []
     subject = _words(msg.subject)
     out += ["subject:" + w for w in subject]
     if config.word_pairs:
-        out += ["subject:" + a + " " + b for a, b in zip(subject, subject[1:], strict=False)]
+        out += ["subject:" + a + " " + b for a, b in itertools.pairwise(subject)]
     address = msg.from_addr
     domain = address.rpartition("@")[2]
     out += ["from:" + address, "from-name:" + msg.from_name.lower()[:_MAX_TOKEN_CHARS]]
@@ -130,7 +131,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
     body = _words((msg.text + "\n" + msg.html_text)[: config.body_chars])
     out += ["body:" + w for w in body]
     if config.word_pairs:
-        out += ["body:" + a + " " + b for a, b in zip(body, body[1:], strict=False)]
+        out += ["body:" + a + " " + b for a, b in itertools.pairwise(body)]
     for url_domain in msg.url_domains:
         out += ["url:" + d for d in _parent_domains(url_domain)]
     for name, value in msg.headers:

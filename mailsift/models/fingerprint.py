@@ -19,7 +19,7 @@ def fingerprint(msg: ParsedMessage) -> str:
 
     >>> from mailsift.models.parse import parse_message
     >>> a = parse_message(b"Received: by a\\r\\nSubject: hi\\r\\n\\r\\nsame  text\\r\\n")
-    >>> b = parse_message(b"Received: by b\\r\\nReceived: by c\\r\\nSubject: hi\\r\\n\\r\\nsame text\\n")
+    >>> b = parse_message(b"Received: by b\\r\\nSubject: hi\\r\\n\\r\\nsame text\\n")
     >>> fingerprint(a) == fingerprint(b)
     True
     """

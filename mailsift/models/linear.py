@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from mailsift.models.estimator import EstimatorMixin, csr_rows, row
 
 __all__ = ["OnlineLogistic", "sigmoid"]
@@ -58,7 +59,9 @@ class OnlineLogistic(EstimatorMixin):
         """Log-odds of spam for one message (unique ``idx``, values ``val``)."""
         return float(self.coef_[idx] @ val)
 
-    def learn_one(self, idx: IntArray, val: FloatArray, y: int, weight: float = 1.0) -> OnlineLogistic:
+    def learn_one(
+        self, idx: IntArray, val: FloatArray, y: int, weight: float = 1.0
+    ) -> OnlineLogistic:
         """One AdaGrad step on the logistic loss of one message; ``y`` is 1 for spam."""
         p = sigmoid(self.decision_one(idx, val))
         grad = ((p - y) * weight) * val

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from mailsift.models.estimator import EstimatorMixin, csr_rows, row
 
 __all__ = ["NaiveBayes"]
@@ -89,9 +90,12 @@ class NaiveBayes(EstimatorMixin):
         spam_rate = spam / max(self.n_spam_, 1)
         ham_rate = ham / max(self.n_ham_, 1)
         total = spam_rate + ham_rate
-        p = np.divide(spam_rate, total, out=np.full(idx.size, 0.5), where=total > 0)
+        p: npt.NDArray[np.float64] = np.divide(
+            spam_rate, total, out=np.full(idx.size, 0.5), where=total > 0
+        )
         n = spam + ham
-        return (self.strength * self.prior + n * p) / (self.strength + n)
+        shrunk: npt.NDArray[np.float64] = (self.strength * self.prior + n * p) / (self.strength + n)
+        return shrunk
 
     def telling_tokens(self, idx: IntArray) -> tuple[IntArray, npt.NDArray[np.float64]]:
         """Positions (into ``idx``) of the tokens combined, and their log-odds."""
@@ -112,10 +116,7 @@ class NaiveBayes(EstimatorMixin):
     def decision_function(self, X: Any) -> npt.NDArray[np.float64]:
         rows = csr_rows(X)
         return np.array(
-            [
-                self.decision_one(np.unique(row(rows, i)[0]))
-                for i in range(rows.shape[0])
-            ]
+            [self.decision_one(np.unique(row(rows, i)[0])) for i in range(rows.shape[0])]
         )
 
     def predict_proba(self, X: Any) -> npt.NDArray[np.float64]:

@@ -104,7 +104,9 @@ def save_snapshot(model: SpamModel, path: Path, log_position: int = 0) -> Snapsh
     return info
 
 
-def load_snapshot(path: Path, expected_config: FeatureConfig | None = None) -> tuple[SpamModel, SnapshotInfo]:
+def load_snapshot(
+    path: Path, expected_config: FeatureConfig | None = None
+) -> tuple[SpamModel, SnapshotInfo]:
     """Load a snapshot, refusing anything that is not exactly what it claims to be."""
     payload = _read(Path(path))
     info = _info(payload, path)

@@ -30,7 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        trainlog = await run_in_threadpool(open_training_log, settings.database_url, settings.data_dir)
+        trainlog = await run_in_threadpool(
+            open_training_log, settings.database_url, settings.data_dir
+        )
         learner = Learner(
             trainlog,
             settings.snapshot_path,

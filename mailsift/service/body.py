@@ -9,7 +9,9 @@ from mailsift.service.errors import MessageTooLarge, UnsupportedMediaType, Unusa
 MESSAGE_TYPES = frozenset({"message/rfc822", "application/octet-stream"})
 
 
-async def read_message(request: Request, limit: int, types: frozenset[str] = MESSAGE_TYPES) -> bytes:
+async def read_message(
+    request: Request, limit: int, types: frozenset[str] = MESSAGE_TYPES
+) -> bytes:
     """The raw body, refused with 415 / 413 / 422 before any parsing work is done."""
     ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if ctype not in types:

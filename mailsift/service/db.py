@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 SQLITE_FILENAME = "mailsift.db"
+STATE_FILENAME = "state.db"
 # How long a writer waits for another writer before giving up with an error: a wedged
 # writer must surface as a failed request (and a failed /readyz), not as a hang.
 LOCK_WAIT_SECONDS = 30.0
@@ -69,27 +70,36 @@ def describe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def create_db_engine(url: URL) -> Engine:
-    """An engine for a URL from `resolve_url`; connecting is deferred to first use."""
+def create_db_engine(url: URL, *, durable: bool = True) -> Engine:
+    """An engine for a URL from `resolve_url`; connecting is deferred to first use.
+
+    ``durable=False`` (SQLite only) syncs the WAL at checkpoints rather than at every
+    commit: a process crash still loses nothing, a power cut may lose the last commits.
+    That suits counters and audit rows, never the training log.
+    """
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, durable)
     return _postgresql_engine(url)
 
 
 @contextmanager
-def write_transaction(engine: Engine, *, dry_run: bool = False) -> Iterator[Connection]:
+def write_transaction(
+    engine: Engine, *, dry_run: bool = False, lock_key: int = _PG_WRITE_LOCK_KEY
+) -> Iterator[Connection]:
     """A transaction holding the database-wide write lock from its first statement.
 
     Writers run one at a time and commit in the order they took the lock, so anything
     numbered under the lock becomes visible in number order. ``dry_run`` rolls back
-    instead of committing (for readiness probes).
+    instead of committing (for readiness probes). On PostgreSQL ``lock_key`` picks the
+    advisory lock, so unrelated writers (one user's counters) need not queue behind the
+    training log; SQLite has one write lock per file whatever the key.
     """
     with engine.connect() as conn:
         conn.execution_options(**{_WRITE_OPTION: True})
         transaction = conn.begin()
         try:
             if conn.dialect.name == "postgresql":
-                conn.execute(_PG_WRITE_LOCK, {"key": _PG_WRITE_LOCK_KEY})
+                conn.execute(_PG_WRITE_LOCK, {"key": lock_key})
             yield conn
         except BaseException:
             transaction.rollback()
@@ -100,12 +110,12 @@ def write_transaction(engine: Engine, *, dry_run: bool = False) -> Iterator[Conn
             transaction.commit()
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, durable: bool = True) -> Engine:
     assert url.database is not None
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     # sqlite3's timeout is SQLite's busy timeout: wait for the write lock, don't fail.
     engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_SECONDS})
-    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "connect", _sqlite_on_connect if durable else _sqlite_on_connect_fast)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
@@ -123,6 +133,11 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
     finally:
         cursor.close()
+
+
+def _sqlite_on_connect_fast(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_on_connect(dbapi_conn, record)
+    dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
@@ -152,3 +167,25 @@ def _postgresql_on_connect(dbapi_conn: Any, _record: Any) -> None:
     with dbapi_conn.cursor() as cursor:
         cursor.execute(f"SET lock_timeout = '{int(LOCK_WAIT_SECONDS * 1000)}ms'")
     dbapi_conn.commit()
+
+
+def lock_key_for(name: str) -> int:
+    """A PostgreSQL advisory-lock key for one named resource (e.g. one user's counters)."""
+    import hashlib
+
+    return int.from_bytes(
+        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def open_state_engine(database_url: str | None, data_dir: Path) -> Engine:
+    """The engine for operational state: limits, account risk, lists, audit trail.
+
+    With PostgreSQL it is the same database as the training log (replicas share it);
+    with SQLite a separate ``state.db`` so that frequent small writes neither wait for
+    nor slow down the fully synchronous training log.
+    """
+    url = resolve_url(database_url, data_dir)
+    if url.get_backend_name() == "sqlite" and not database_url:
+        url = url.set(database=str(data_dir / STATE_FILENAME))
+    return create_db_engine(url, durable=False)

@@ -92,7 +92,10 @@ class Learner:
 
     def load_initial(self) -> None:
         """Start-up: newest valid snapshot (else the previous one, else empty)."""
-        for path in (self.snapshot_path, self.snapshot_path.with_name(self.snapshot_path.name + ".prev")):
+        for path in (
+            self.snapshot_path,
+            self.snapshot_path.with_name(self.snapshot_path.name + ".prev"),
+        ):
             if not path.exists():
                 continue
             try:
@@ -100,7 +103,9 @@ class Learner:
             except SnapshotError as exc:
                 log.error("snapshot refused: %s", exc)
                 continue
-            self._install(model, info, _stamp(self.snapshot_path) if path == self.snapshot_path else None)
+            self._install(
+                model, info, _stamp(self.snapshot_path) if path == self.snapshot_path else None
+            )
             log.info("loaded snapshot %s at log position %d", info.model_version, info.log_position)
             return
         log.info("no snapshot: starting with an empty model")
@@ -111,7 +116,9 @@ class Learner:
         if stamp is None or (stamp == self._stamp and not force):
             return False
         try:
-            model, info = await run_in_threadpool(load_snapshot, self.snapshot_path, self.model.config)
+            model, info = await run_in_threadpool(
+                load_snapshot, self.snapshot_path, self.model.config
+            )
         except SnapshotError as exc:
             log.error("new snapshot refused, keeping the current model: %s", exc)
             self._stamp = stamp  # do not retry the same broken file every few seconds

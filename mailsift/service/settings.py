@@ -37,13 +37,24 @@ class Settings(BaseSettings):
     )
 
     # Verdict thresholds on the combined spam probability, per direction.
-    inbound_suspect_threshold: float = Field(0.3, gt=0, lt=1, description="Inbound: at or above, `suspect`.")
-    inbound_spam_threshold: float = Field(0.5, gt=0, lt=1, description="Inbound: at or above, `spam`.")
-    inbound_reject_threshold: float = Field(
-        0.999, gt=0, le=1, description="Inbound: at or above, reject during SMTP instead of quarantine."
+    inbound_suspect_threshold: float = Field(
+        0.3, gt=0, lt=1, description="Inbound: at or above, `suspect`."
     )
-    outbound_suspect_threshold: float = Field(0.3, gt=0, lt=1, description="Outbound: at or above, `suspect`.")
-    outbound_spam_threshold: float = Field(0.5, gt=0, lt=1, description="Outbound: at or above, `spam`.")
+    inbound_spam_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Inbound: at or above, `spam`."
+    )
+    inbound_reject_threshold: float = Field(
+        0.999,
+        gt=0,
+        le=1,
+        description="Inbound: at or above, reject during SMTP instead of quarantine.",
+    )
+    outbound_suspect_threshold: float = Field(
+        0.3, gt=0, lt=1, description="Outbound: at or above, `suspect`."
+    )
+    outbound_spam_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Outbound: at or above, `spam`."
+    )
     suspect_action: Action = Field("tag", description="Action for a `suspect` verdict.")
     spam_action: Action = Field("quarantine", description="Action for a `spam` verdict.")
 
@@ -58,12 +69,18 @@ class Settings(BaseSettings):
         300.0, gt=0, description="…or this long after the last one, if anything was learned."
     )
     snapshot_check_seconds: float = Field(
-        5.0, gt=0, description="How often workers look for a snapshot published by `mailsift train`."
+        5.0,
+        gt=0,
+        description="How often workers look for a snapshot published by `mailsift train`.",
     )
 
     # Bounds on the work one message may cost (see models.parse.ParseLimits).
-    parse_max_bytes: int = Field(4 * MiB, ge=1024, description="Bytes of a message the parser reads.")
-    parse_max_part_bytes: int = Field(256 * 1024, ge=1024, description="Decoded bytes read per text part.")
+    parse_max_bytes: int = Field(
+        4 * MiB, ge=1024, description="Bytes of a message the parser reads."
+    )
+    parse_max_part_bytes: int = Field(
+        256 * 1024, ge=1024, description="Decoded bytes read per text part."
+    )
     parse_max_parts: int = Field(256, ge=1, description="MIME parts visited per message.")
     parse_max_depth: int = Field(16, ge=1, description="MIME nesting depth followed.")
     parse_max_headers: int = Field(512, ge=1, description="Header fields read per message.")
@@ -72,17 +89,137 @@ class Settings(BaseSettings):
     )
 
     min_examples_per_class: int = Field(
-        10, ge=0, description="Until the model has learned this many ham and spam, its opinion does not count."
+        10,
+        ge=0,
+        description="Until the model has learned this many ham and spam, "
+        "its opinion does not count.",
     )
     explain_tokens: int = Field(8, ge=0, le=50, description="Tokens reported each way per verdict.")
 
+    # -- outbound protection -------------------------------------------------------
+    local_domains: str = Field(
+        "",
+        description="Comma-separated mail domains this installation serves (never allowlistable).",
+    )
+    authserv_id: str | None = Field(
+        None,
+        description="authserv-id of the trusted Authentication-Results header (RFC 8601); "
+        "headers from any other id are ignored.",
+    )
+    freemail_extra_domains: str = Field(
+        "", description="Comma-separated domains treated as freemail on top of the packaged list."
+    )
+
+    dlp_config_file: Path | None = Field(
+        None, description="TOML file with extra DLP keyword dictionaries and patterns."
+    )
+    dlp_labels: str = Field(
+        "CONFIDENTIAL,STRICTLY CONFIDENTIAL,INTERNAL ONLY,INTERNAL USE ONLY,RESTRICTED,"
+        "NOT FOR DISTRIBUTION",
+        description="Comma-separated document labels that mark a message as sensitive.",
+    )
+    dlp_inbound: bool = Field(False, description="Also run leak detection on inbound mail.")
+    dlp_action_low: Literal["flag", "quarantine", "reject"] = Field(
+        "flag", description="Action for a low-severity DLP finding (flag = reason only)."
+    )
+    dlp_action_medium: Literal["flag", "quarantine", "reject"] = Field(
+        "quarantine", description="Action for a medium-severity DLP finding."
+    )
+    dlp_action_high: Literal["flag", "quarantine", "reject"] = Field(
+        "reject", description="Action for a high-severity DLP finding."
+    )
+    dlp_max_scan_chars: int = Field(
+        2_000_000, ge=1000, description="Characters of text scanned per message for leaks."
+    )
+
+    limit_messages_per_hour: int = Field(
+        200, ge=0, description="Outbound messages per user per rolling hour (0 = no limit)."
+    )
+    limit_messages_per_day: int = Field(
+        1000, ge=0, description="Outbound messages per user per rolling day (0 = no limit)."
+    )
+    limit_recipients_per_hour: int = Field(
+        1000, ge=0, description="Outbound recipients per user per rolling hour (0 = no limit)."
+    )
+    limit_overrides: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per-user limits as JSON, e.g. "
+        '{"bulk@example.com": {"messages_per_hour": 5000}}.',
+    )
+
+    account_suspend_action: Literal["quarantine", "defer"] = Field(
+        "defer", description="What happens to a suspended user's outbound mail."
+    )
+    account_auth_failures_watch: int = Field(
+        5, ge=1, description="Authentication failures per hour that put a user on watch."
+    )
+    account_auth_failures_suspend: int = Field(
+        20, ge=1, description="Authentication failures per hour that suspend a user."
+    )
+    account_spam_share_watch: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="Share of a user's outbound mail (last hour) scored spam "
+        "that puts them on watch.",
+    )
+    account_spam_share_suspend: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Share of a user's outbound mail (last hour) scored spam that suspends them.",
+    )
+    account_min_messages: int = Field(
+        10, ge=1, description="Messages in the last hour before the spam share is judged."
+    )
+    account_burst_factor: float = Field(
+        5.0, gt=1, description="Hourly volume this many times the user's usual rate is suspicious."
+    )
+    account_new_domains_watch: int = Field(
+        25,
+        ge=1,
+        description="Recipient domains never mailed before, per hour, that put a user on watch.",
+    )
+    alert_webhook_url: str | None = Field(
+        None, description="URL that receives a JSON POST for every alert."
+    )
+
+    outbound_learning: bool = Field(True, description="Learn clean outbound mail as ham.")
+    outbound_learn_max_score: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Outbound mail scoring at most this is clean enough to learn as ham.",
+    )
+    outbound_learn_per_user_per_hour: int = Field(
+        10, ge=0, description="Most outbound ham examples one user may contribute per hour."
+    )
+
+    audit_retention_days: int = Field(90, ge=1, description="Days audit rows are kept.")
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
-        if not self.inbound_suspect_threshold <= self.inbound_spam_threshold <= self.inbound_reject_threshold:
+        if (
+            not self.inbound_suspect_threshold
+            <= self.inbound_spam_threshold
+            <= self.inbound_reject_threshold
+        ):
             raise ValueError("inbound thresholds must satisfy suspect <= spam <= reject")
         if not self.outbound_suspect_threshold <= self.outbound_spam_threshold:
             raise ValueError("outbound thresholds must satisfy suspect <= spam")
         return self
+
+    @property
+    def local_domain_set(self) -> frozenset[str]:
+        return _domains(self.local_domains)
+
+    @property
+    def freemail_extra_set(self) -> frozenset[str]:
+        return _domains(self.freemail_extra_domains)
+
+    @property
+    def dlp_label_list(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.dlp_labels.split(",") if x.strip())
 
     @property
     def snapshot_path(self) -> Path:
@@ -97,6 +234,10 @@ class Settings(BaseSettings):
             max_depth=self.parse_max_depth,
             max_headers=self.parse_max_headers,
         )
+
+
+def _domains(value: str) -> frozenset[str]:
+    return frozenset(d.strip().lower().rstrip(".") for d in value.split(",") if d.strip())
 
 
 @lru_cache

@@ -47,7 +47,11 @@ def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) 
         verdict = "suspect"
     else:
         verdict = "ham"
-    action: Action = {"ham": "accept", "suspect": settings.suspect_action, "spam": settings.spam_action}[verdict]
+    action: Action = {
+        "ham": "accept",
+        "suspect": settings.suspect_action,
+        "spam": settings.spam_action,
+    }[verdict]
     if direction == "inbound" and verdict == "spam" and score >= settings.inbound_reject_threshold:
         action = "reject"
     for reason in reasons:

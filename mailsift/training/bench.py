@@ -52,7 +52,9 @@ class BenchResult:
             "requests": self.requests,
             "errors": self.errors,
             "seconds": round(self.seconds, 2),
-            "baseline_req_per_s": None if self.baseline_req_per_s is None else round(self.baseline_req_per_s, 1),
+            "baseline_req_per_s": None
+            if self.baseline_req_per_s is None
+            else round(self.baseline_req_per_s, 1),
         }
 
 
@@ -64,6 +66,7 @@ def run_bench(
     model: Path | None = None,
     rounds: int = 1,
     baseline: bool = True,
+    direction: str = "inbound",
 ) -> BenchResult:
     """Start a server, send every message ``rounds`` times, stop it, report."""
     data_dir = Path(tempfile.mkdtemp(prefix="mailsift-bench-"))
@@ -71,9 +74,22 @@ def run_bench(
         if model is not None:
             shutil.copy(model, data_dir / "model.joblib")
         port = _free_port()
-        env = {**os.environ, "MAILSIFT_DATA_DIR": str(data_dir), "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600"}
+        env = {
+            **os.environ,
+            "MAILSIFT_DATA_DIR": str(data_dir),
+            "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600",
+        }
         server = subprocess.Popen(
-            [sys.executable, "-m", "mailsift.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            [
+                sys.executable,
+                "-m",
+                "mailsift.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -84,12 +100,13 @@ def run_bench(
             base = None
             if baseline:
                 base_latencies, base_seconds, _ = asyncio.run(
-                    _drive(port, "GET", "/healthz", [b""] * 5000, concurrency)
+                    _drive(port, "GET", [("/healthz", b"")] * 5000, concurrency)
                 )
                 base = len(base_latencies) / base_seconds
-            payload = list(messages) * rounds
-            path = "/v1/score?direction=inbound"
-            latencies, seconds, errors = asyncio.run(_drive(port, "POST", path, payload, concurrency))
+            payload = [
+                (_score_path(direction, i), body) for i, body in enumerate(list(messages) * rounds)
+            ]
+            latencies, seconds, errors = asyncio.run(_drive(port, "POST", payload, concurrency))
             rss, rss_total = _peak_rss(server.pid)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
@@ -111,25 +128,38 @@ def run_bench(
     )
 
 
+def _score_path(direction: str, i: int) -> str:
+    """Outbound requests come from 500 simulated users, so the default sending limits
+    are not what is measured."""
+    if direction == "outbound":
+        user = f"user{i % 500}@bench.example"
+        rcpt = f"peer{i % 97}@elsewhere.example"
+        return f"/v1/score?direction=outbound&user={user}&mail_from={user}&rcpt={rcpt}"
+    return "/v1/score?direction=inbound"
+
+
 async def _drive(
-    port: int, method: str, path: str, bodies: Sequence[bytes], concurrency: int
+    port: int, method: str, requests: Sequence[tuple[str, bytes]], concurrency: int
 ) -> tuple[list[float], float, int]:
-    """``concurrency`` keep-alive connections pull the next body from a shared queue."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
+    """``concurrency`` keep-alive connections pull the next request from a shared queue."""
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for request in requests:
+        queue.put_nowait(request)
     latencies: list[float] = []
     errors = 0
 
     async def connection() -> None:
         nonlocal errors
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: message/rfc822\r\n"
         try:
             while not queue.empty():
-                body = queue.get_nowait()
+                path, body = queue.get_nowait()
                 start = time.perf_counter()
-                writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                head = (
+                    f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: message/rfc822\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + body)
                 status = await _read_response(reader)
                 latencies.append((time.perf_counter() - start) * 1000)
                 if status != 200:
@@ -160,14 +190,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_ready(port: int, workers: int, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def _wait_ready(
+    port: int, workers: int, server: subprocess.Popen[bytes], timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError("the server exited during start-up")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
-                if resp.status == 200 and len(_children(server.pid)) >= (workers if workers > 1 else 0):
+                if resp.status == 200 and len(_children(server.pid)) >= (
+                    workers if workers > 1 else 0
+                ):
                     time.sleep(1.0)  # let every worker finish its own start-up
                     return
         except OSError:
@@ -178,7 +212,9 @@ def _wait_ready(port: int, workers: int, server: subprocess.Popen[bytes], timeou
 
 def _children(pid: int) -> list[int]:
     try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout
     except FileNotFoundError:
         return []
     return [int(p) for p in out.split()]

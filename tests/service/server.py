@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -87,7 +88,7 @@ class Service:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[str, object]:
+def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[str, Any]:
     r = client.post(
         "/v1/score",
         params={"direction": direction},
@@ -100,7 +101,7 @@ def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[
 
 def feedback(
     client: httpx.Client, raw: bytes, label: str, user: str = "alice@example.org"
-) -> dict[str, object]:
+) -> dict[str, Any]:
     r = client.post(
         "/v1/feedback",
         params={"label": label, "user": user},

@@ -6,7 +6,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,19 +18,19 @@ from tests.service.server import Service, feedback, message, score
 RFC822 = {"content-type": "message/rfc822"}
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(interval)
-    return predicate()  # type: ignore[no-any-return]
+    return predicate()
 
 
 def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
     """Feedback streams in; the server is SIGKILLed mid-stream; every ack survives."""
     data = tmp_path / "data"
-    acked: list[dict[str, object]] = []
+    acked: list[dict[str, Any]] = []
     stop = threading.Event()
     svc = Service(data, env={"MAILSIFT_SNAPSHOT_EVERY_ENTRIES": "25"}).start()
 
@@ -58,7 +60,7 @@ def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
     stop.set()
     sender.join(timeout=30)
     assert acked and all(a["result"] == "learned" for a in acked)
-    top = max(int(a["log_position"]) for a in acked)  # type: ignore[call-overload]
+    top = max(int(a["log_position"]) for a in acked)
 
     with Service(data).start() as again, again.client() as c:
         model = c.get("/v1/model").json()
@@ -68,13 +70,16 @@ def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
         assert model["ham"] + model["spam"] == model["log_head"] >= len(acked)
         # And relearning any acknowledged one is a no-op: the log holds them.
         n = len(acked)
-        assert feedback(c, message(n, spammy=bool(n % 2)), "spam" if n % 2 else "ham")["result"] == "unchanged"
+        assert (
+            feedback(c, message(n, spammy=bool(n % 2)), "spam" if n % 2 else "ham")["result"]
+            == "unchanged"
+        )
         assert model["snapshot_position"] > 0  # snapshots were written, tail replayed on top
 
 
 def test_two_workers_on_sqlite_agree(tmp_path: Path) -> None:
     with Service(tmp_path / "data", workers=2).start() as svc:
-        seen: dict[int, dict[str, object]] = {}
+        seen: dict[int, dict[str, Any]] = {}
         with svc.client() as c:
             feedback(c, message(1, spammy=False), "ham")
             result = feedback(c, message(2, spammy=True), "spam")
@@ -98,20 +103,26 @@ def test_two_workers_on_sqlite_agree(tmp_path: Path) -> None:
 
 def test_replicas_on_postgresql_agree_within_two_seconds(tmp_path: Path, pg_url: str) -> None:
     env = {"MAILSIFT_DATABASE_URL": pg_url}
-    with Service(tmp_path / "a", env=env).start() as a, Service(tmp_path / "b", env=env).start() as b:
-        with a.client() as ca, b.client() as cb:
-            for n in range(3):
-                feedback(ca, message(100 + n, spammy=False), "ham")
-                feedback(ca, message(100 + n, spammy=True), "spam")
-            target = message(7, spammy=True)
-            assert wait_for(lambda: score(cb, target)["score"] == score(ca, target)["score"], timeout=2)
-            before = score(cb, target)["score"]
-            sent = time.monotonic()
-            feedback(ca, target, "ham")  # taught to replica A only, against its looks
-            assert wait_for(lambda: score(cb, target)["score"] < before, timeout=2)
-            assert time.monotonic() - sent <= 2.0
-            assert score(ca, target)["score"] == score(cb, target)["score"]
-            assert ca.get("/v1/model").json()["log_position"] == cb.get("/v1/model").json()["log_position"]
+    with (
+        Service(tmp_path / "a", env=env).start() as a,
+        Service(tmp_path / "b", env=env).start() as b,
+        a.client() as ca,
+        b.client() as cb,
+    ):
+        for n in range(3):
+            feedback(ca, message(100 + n, spammy=False), "ham")
+            feedback(ca, message(100 + n, spammy=True), "spam")
+        target = message(7, spammy=True)
+        assert wait_for(lambda: score(cb, target)["score"] == score(ca, target)["score"], timeout=2)
+        before = score(cb, target)["score"]
+        sent = time.monotonic()
+        feedback(ca, target, "ham")  # taught to replica A only, against its looks
+        assert wait_for(lambda: score(cb, target)["score"] < before, timeout=2)
+        assert time.monotonic() - sent <= 2.0
+        assert score(ca, target)["score"] == score(cb, target)["score"]
+        assert (
+            ca.get("/v1/model").json()["log_position"] == cb.get("/v1/model").json()["log_position"]
+        )
 
 
 def test_train_publishes_a_snapshot_the_running_service_picks_up(tmp_path: Path) -> None:
@@ -121,11 +132,16 @@ def test_train_publishes_a_snapshot_the_running_service_picks_up(tmp_path: Path)
         for n in range(15):
             (corpus / label / f"{n}.eml").write_bytes(message(500 + n, spammy=label == "spam"))
     data = tmp_path / "data"
-    with Service(data, env={"MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600"}).start() as svc, svc.client() as c:
+    with (
+        Service(data, env={"MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600"}).start() as svc,
+        svc.client() as c,
+    ):
         feedback(c, message(1, spammy=True), "spam")  # something learned through the log first
         assert c.get("/v1/model").json()["spam"] == 1
         mailsift = Path(sys.executable).with_name("mailsift")
-        subprocess.run([str(mailsift), "train", str(corpus), "--model", str(data / "model.joblib")], check=True)
+        subprocess.run(
+            [str(mailsift), "train", str(corpus), "--model", str(data / "model.joblib")], check=True
+        )
         model = c.post("/v1/model/reload").json()
         # The trained snapshot (15 + 15) plus the log's one example replayed on top.
         assert (model["ham"], model["spam"]) == (15, 16)
@@ -140,12 +156,16 @@ def test_service_notices_a_published_snapshot_by_itself(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with Service(data).start() as svc, svc.client() as c:
         mailsift = Path(sys.executable).with_name("mailsift")
-        subprocess.run([str(mailsift), "train", str(corpus), "--model", str(data / "model.joblib")], check=True)
+        subprocess.run(
+            [str(mailsift), "train", str(corpus), "--model", str(data / "model.joblib")], check=True
+        )
         assert wait_for(lambda: c.get("/v1/model").json()["ham"] == 1, timeout=5)
 
 
 @pytest.mark.parametrize("broken", [b"", b"not a snapshot at all"])
-def test_a_broken_snapshot_is_refused_and_the_service_still_starts(tmp_path: Path, broken: bytes) -> None:
+def test_a_broken_snapshot_is_refused_and_the_service_still_starts(
+    tmp_path: Path, broken: bytes
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "model.joblib").write_bytes(broken)

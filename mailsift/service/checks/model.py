@@ -18,4 +18,6 @@ def model_reasons(ctx: CheckContext) -> Iterator[Reason]:
             "its opinion does not count yet",
         )
         return
-    yield Reason("model", round(score.logit, 4), f"spam probability {score.probability:.4f} ({members})")
+    yield Reason(
+        "model", round(score.logit, 4), f"spam probability {score.probability:.4f} ({members})"
+    )

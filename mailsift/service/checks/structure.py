@@ -29,4 +29,8 @@ _DETAILS = {
 def structure_reasons(ctx: CheckContext) -> Iterator[Reason]:
     for defect in ctx.message.defects:
         if defect in _WEIGHTS:
-            yield Reason(f"mime_{defect}" if not defect.startswith("mime") else defect, _WEIGHTS[defect], _DETAILS[defect])
+            yield Reason(
+                f"mime_{defect}" if not defect.startswith("mime") else defect,
+                _WEIGHTS[defect],
+                _DETAILS[defect],
+            )

@@ -25,7 +25,12 @@ router = APIRouter(prefix="/v1", tags=["learning"])
 
 LabelQuery = Annotated[Literal["spam", "ham"], Query(description="What the message really is.")]
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
-_BODY = {"requestBody": {"required": True, "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}}}}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 async def _learn(
@@ -33,11 +38,15 @@ async def _learn(
 ) -> dict[str, object]:
     raw = await read_message(request, state.settings.max_message_bytes)
     analysed = await analyse(raw, state)
-    result = await _write(lambda: state.trainlog.append(
-        analysed.fingerprint, label, raw, source=source, actor=actor
-    ))
+    result = await _write(
+        lambda: state.trainlog.append(analysed.fingerprint, label, raw, source=source, actor=actor)
+    )
     await state.learner.catch_up(until=result.position)
-    return {"result": result.result, "log_position": result.position, "fingerprint": analysed.fingerprint}
+    return {
+        "result": result.result,
+        "log_position": result.position,
+        "fingerprint": analysed.fingerprint,
+    }
 
 
 async def _write(op: Callable[[], AppendResult]) -> AppendResult:

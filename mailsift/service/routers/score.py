@@ -27,7 +27,12 @@ Short = Annotated[str | None, Query(max_length=255)]
     "/score",
     response_model=ScoreOut,
     responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
 )
 async def score(
     request: Request,
