@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -19,6 +21,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """A test that dies between start and stop must not leave a server behind."""
+    for proc in _started:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Service:
@@ -61,6 +75,7 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        _started.append(self.proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -79,7 +94,7 @@ class Service:
             self.proc.wait(timeout=30)
 
     def __enter__(self) -> Service:
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.kill(signal.SIGTERM)
