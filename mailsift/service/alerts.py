@@ -1,0 +1,193 @@
+"""Alerts for administrators: a JSON webhook and the log, once per incident.
+
+An incident is a ``(kind, key)`` pair, e.g. ``("account_state", "alice@example.com:suspended")``.
+The first time it is raised it fires; raising it again does nothing until it is
+resolved or has been quiet (not raised) for ``quiet_seconds``. The incident table lives
+in the state database, so several workers and replicas that all notice the same thing
+send one webhook between them, not one each.
+
+Delivery runs in a background task with a short timeout and a few retries: an alert
+never fails, and never holds up for long, the request that raised it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from starlette.concurrency import run_in_threadpool
+
+from mailsift.service.db import lock_key_for, write_transaction
+from mailsift.service.settings import Settings
+
+__all__ = ["Alerter"]
+
+log = logging.getLogger("mailsift.alerts")
+
+MAX_KIND = 64
+MAX_KEY = 512
+
+_metadata = MetaData()
+_incidents = Table(
+    "alert_incidents",
+    _metadata,
+    Column("kind", String(MAX_KIND), primary_key=True),
+    Column("incident", String(MAX_KEY), primary_key=True),
+    Column("opened_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("raised", Integer, nullable=False),
+)
+
+
+class Alerter:
+    """Raises alerts; one per incident across every process sharing ``engine``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        quiet_seconds: float = 3600.0,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.quiet_seconds = quiet_seconds
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+        self._tasks: set[asyncio.Task[bool]] = set()
+        with write_transaction(engine, lock_key=lock_key_for("alerts:schema")) as conn:
+            _metadata.create_all(conn)
+
+    async def alert(
+        self, kind: str, key: str, payload: dict[str, Any], *, now: float | None = None
+    ) -> bool:
+        """Raise an incident; True when it fired (new, or quiet long enough), False when it
+        was already open or could not be recorded. Never raises."""
+        now = time.time() if now is None else now
+        kind, key = kind[:MAX_KIND], key[:MAX_KEY]
+        try:
+            opened = await run_in_threadpool(self._claim, kind, key, now)
+        except Exception as exc:
+            log.error("alert %s for %s not recorded: %s", kind, key, type(exc).__name__)
+            return False
+        if opened is None:
+            return False
+        body: dict[str, Any] = {
+            "alert": kind,
+            "key": key,
+            "at": datetime.fromtimestamp(now, UTC).isoformat(),
+        }
+        body.update((k, v) for k, v in payload.items() if k not in body)
+        log.warning("alert %s for %s", kind, key)
+        if self.settings.alert_webhook_url:
+            try:
+                content = json.dumps(body, default=str).encode()
+            except (TypeError, ValueError) as exc:  # a caller's bug must not fail its request
+                log.error("alert %s for %s has no JSON form: %s", kind, key, type(exc).__name__)
+                return True
+            task = asyncio.create_task(self._deliver(kind, key, opened, content))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def resolve(self, kind: str, key: str) -> bool:
+        """Close an incident so that the next raise fires again; True if one was open."""
+        kind, key = kind[:MAX_KIND], key[:MAX_KEY]
+        try:
+            return await run_in_threadpool(self._resolve, kind, key, None)
+        except Exception as exc:
+            log.error("alert %s for %s not resolved: %s", kind, key, type(exc).__name__)
+            return False
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for deliveries in flight (at shutdown, and in tests)."""
+        pending = set(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        """Give deliveries in flight a moment to finish, then cancel the rest."""
+        await self.drain(timeout)
+        for task in set(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- incident table -------------------------------------------------------------
+
+    def _lock(self, kind: str, key: str) -> int:
+        return lock_key_for(f"alert:{kind}:{key}")
+
+    def _claim(self, kind: str, key: str, now: float) -> float | None:
+        """Record one raise; the incident's opening time when it fires, else None."""
+        c = _incidents.c
+        where = (c.kind == kind) & (c.incident == key)
+        with write_transaction(self.engine, lock_key=self._lock(kind, key)) as conn:
+            last_seen = conn.execute(select(c.last_seen).where(where)).scalar_one_or_none()
+            if last_seen is not None and now - last_seen < self.quiet_seconds:
+                conn.execute(
+                    _incidents.update()
+                    .where(where)
+                    .values(last_seen=max(now, last_seen), raised=c.raised + 1)
+                )
+                return None
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            values = {"opened_at": now, "last_seen": now, "raised": 1}
+            ins = insert(_incidents).values(kind=kind, incident=key, **values)
+            conn.execute(
+                ins.on_conflict_do_update(index_elements=[c.kind, c.incident], set_=values)
+            )
+            # Incidents quiet for long are as good as gone; keep the table small.
+            conn.execute(delete(_incidents).where(c.last_seen < now - 2 * self.quiet_seconds))
+        return now
+
+    def _resolve(self, kind: str, key: str, opened_at: float | None) -> bool:
+        c = _incidents.c
+        where = (c.kind == kind) & (c.incident == key)
+        if opened_at is not None:
+            where = where & (c.opened_at == opened_at)
+        with write_transaction(self.engine, lock_key=self._lock(kind, key)) as conn:
+            return conn.execute(delete(_incidents).where(where)).rowcount > 0
+
+    # -- delivery -------------------------------------------------------------------
+
+    async def _deliver(self, kind: str, key: str, opened_at: float, content: bytes) -> bool:
+        url = self.settings.alert_webhook_url
+        assert url is not None
+        problem = ""
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
+            for attempt in range(self.attempts):
+                if attempt:
+                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                try:
+                    response = await client.post(
+                        url, content=content, headers={"Content-Type": "application/json"}
+                    )
+                except httpx.HTTPError as exc:
+                    problem = type(exc).__name__
+                    continue
+                if response.is_success:
+                    log.info("alert %s for %s delivered", kind, key)
+                    return True
+                problem = f"HTTP {response.status_code}"
+                if response.status_code < 500 and response.status_code not in (408, 429):
+                    break  # the webhook refuses this alert; asking again will not help
+        # The URL may carry a token: it is never logged.
+        log.error("alert %s for %s not delivered to the webhook: %s", kind, key, problem)
+        try:
+            # Undelivered: let the next raise of this incident try again.
+            await run_in_threadpool(self._resolve, kind, key, opened_at)
+        except Exception as exc:
+            log.error("alert %s for %s: %s", kind, key, type(exc).__name__)
+        return False
