@@ -1,0 +1,484 @@
+"""The audit trail: one row per verdict, for message tracking and outbound reports.
+
+A row holds who, when, which way and what was decided — time, direction, gateway, queue
+id, Message-ID, envelope sender and From address, recipients, user, score, verdict,
+action, reason names and weights, a DLP summary (types, counts, severities), model
+version, fingerprint — and never the subject, the body or any finding's value, so the
+trail can be kept and searched without becoming a second copy of the mail.
+
+Scoring must not wait for it: :meth:`AuditTrail.record` appends to an in-memory buffer
+and returns; :meth:`AuditTrail.run` (a background task) writes the buffer in batches of
+up to ``batch_rows`` rows, one transaction each, every ``flush_seconds`` or as soon as a
+batch is full, and prunes rows past ``settings.audit_retention_days`` now and then. The
+buffer is bounded: while the database is down the oldest rows are dropped and counted
+(:attr:`AuditTrail.dropped`), so memory stays bounded and scoring goes on. Rows reach the
+database within about ``flush_seconds``; :meth:`flush` writes everything now (shutdown,
+tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+)
+
+from mailsift.service.db import lock_key_for, write_transaction
+from mailsift.service.settings import Settings
+
+if TYPE_CHECKING:
+    from mailsift.models.parse import ParsedMessage
+    from mailsift.service.checks.base import Envelope, Reason
+
+__all__ = ["AuditRecord", "AuditTrail", "audit_record", "dlp_summary"]
+
+log = logging.getLogger("mailsift.audit")
+
+DAY = 86_400.0
+MAX_SEARCH = 1000
+MAX_RECIPIENTS = 1000
+_LOCK_KEY = lock_key_for("mailsift.audit")
+_SEVERITY_ORDER = {"low": 1, "medium": 2, "high": 3}
+
+_metadata = MetaData()
+_id = BigInteger().with_variant(Integer, "sqlite")  # SQLite: alias the rowid
+_events = Table(
+    "audit_events",
+    _metadata,
+    Column("id", _id, primary_key=True, autoincrement=True),
+    Column("created_at", Double, nullable=False),
+    Column("direction", String(8), nullable=False),
+    Column("gateway", String(255)),
+    Column("queue_id", String(255)),
+    Column("message_id", String(998)),
+    Column("mail_from", String(320)),
+    Column("from_addr", String(320)),
+    Column("owner", String(320)),  # the authenticated user
+    Column("account", String(320)),  # user, else mail_from: whom outbound reports group by
+    Column("recipients", Text, nullable=False),  # JSON list
+    Column("rcpt_count", Integer, nullable=False),
+    Column("score", Double, nullable=False),
+    Column("verdict", String(8), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("reasons", Text, nullable=False),  # JSON [[name, weight], ...]
+    Column("limit_hits", String(1000)),  # comma-joined limit_* reason names, or NULL
+    Column("dlp", Text, nullable=False),  # JSON [[type, count, severity], ...]
+    Column("dlp_findings", Integer, nullable=False),
+    Column("model_version", String(64)),
+    Column("fingerprint", String(128)),
+    Column("account_state", String(16)),
+    Index("audit_events_created_at", "created_at"),
+    Index("audit_events_message_id", "message_id"),
+    Index("audit_events_mail_from", "mail_from"),
+    Index("audit_events_from_addr", "from_addr"),
+    Index("audit_events_owner", "owner"),
+    Index("audit_events_account", "direction", "account", "created_at"),
+)
+
+
+class FindingLike(Protocol):
+    """What the audit keeps of a DLP finding (``dlp.scan.Finding`` fits)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def severity(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One verdict as the audit trail keeps it: metadata only, by construction."""
+
+    time: float
+    direction: str
+    score: float
+    verdict: str
+    action: str
+    gateway: str | None = None
+    queue_id: str | None = None
+    message_id: str | None = None
+    mail_from: str | None = None
+    from_addr: str | None = None
+    recipients: tuple[str, ...] = ()
+    user: str | None = None
+    reasons: tuple[tuple[str, float], ...] = ()
+    dlp: tuple[tuple[str, int, str], ...] = ()
+    """(type, count, severity) per finding."""
+    model_version: str | None = None
+    fingerprint: str | None = None
+    account_state: str | None = None
+
+
+def audit_record(
+    envelope: Envelope,
+    message: ParsedMessage,
+    *,
+    score: float,
+    verdict: str,
+    action: str,
+    reasons: Iterable[Reason],
+    model_version: str | None,
+    fingerprint: str | None,
+    dlp: Iterable[FindingLike] = (),
+    account_state: str | None = None,
+    now: float | None = None,
+) -> AuditRecord:
+    """Build the row for one scored message; takes only the Message-ID and From from it."""
+    return AuditRecord(
+        time=time.time() if now is None else now,
+        direction=envelope.direction,
+        score=float(score),
+        verdict=verdict,
+        action=action,
+        gateway=envelope.gateway,
+        queue_id=envelope.queue_id,
+        message_id=next((v for k, v in message.headers if k == "message-id"), None),
+        mail_from=envelope.mail_from,
+        from_addr=message.from_addr or None,
+        recipients=tuple(envelope.rcpt),
+        user=envelope.user,
+        reasons=tuple((r.name, float(r.weight)) for r in reasons),
+        dlp=dlp_summary(dlp),
+        model_version=model_version,
+        fingerprint=fingerprint,
+        account_state=account_state,
+    )
+
+
+def dlp_summary(findings: Iterable[FindingLike]) -> tuple[tuple[str, int, str], ...]:
+    """Types, counts and severities only: never a sample, redacted or not."""
+    return tuple((str(f.type), int(f.count), str(f.severity)) for f in findings)
+
+
+class AuditTrail:
+    """Buffered, batched writer and reader of the audit trail on the state database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        flush_seconds: float = 0.5,
+        batch_rows: int = 500,
+        max_buffer: int = 100_000,
+        prune_every_seconds: float = 3600.0,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self.flush_seconds = flush_seconds
+        self.batch_rows = batch_rows
+        self.max_buffer = max_buffer
+        self.prune_every_seconds = prune_every_seconds
+        self._buffer: deque[AuditRecord] = deque()
+        self._lock = threading.Lock()  # guards the buffer and the counters
+        self._flushing = threading.Lock()  # one writer at a time keeps rows in order
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._wake_pending = False
+        self.dropped = 0
+        """Rows lost because the buffer was full (the database was down or too slow)."""
+        self.written = 0
+        self._dropped_logged = 0
+        with write_transaction(engine, lock_key=_LOCK_KEY) as conn:
+            _metadata.create_all(conn)  # under the write lock: processes race to create
+
+    # --- writing -----------------------------------------------------------------------
+
+    def record(self, row: AuditRecord) -> None:
+        """Queue a row; never blocks on the database."""
+        with self._lock:
+            if len(self._buffer) >= self.max_buffer:
+                self._buffer.popleft()
+                self.dropped += 1
+            self._buffer.append(row)
+            wake = len(self._buffer) >= self.batch_rows and not self._wake_pending
+            if wake:
+                self._wake_pending = True
+        if wake and self._loop is not None and self._wake is not None:
+            # RuntimeError: the loop is closing; the final flush takes the rows.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> int:
+        """Write every row queued so far, in batches; returns rows written.
+
+        On a database error the unwritten rows go back to the front of the buffer and the
+        error propagates; the next flush retries them.
+        """
+        written = 0
+        with self._flushing:
+            target = len(self._buffer)
+            while written < target:
+                with self._lock:
+                    batch = [
+                        self._buffer.popleft()
+                        for _ in range(min(self.batch_rows, len(self._buffer)))
+                    ]
+                if not batch:
+                    break
+                try:
+                    with write_transaction(self._engine, lock_key=_LOCK_KEY) as conn:
+                        conn.execute(insert(_events), [_to_row(r) for r in batch])
+                except Exception:
+                    self._requeue(batch)
+                    raise
+                written += len(batch)
+                self.written += len(batch)
+        return written
+
+    def _requeue(self, batch: list[AuditRecord]) -> None:
+        with self._lock:
+            self._buffer.extendleft(reversed(batch))
+            while len(self._buffer) > self.max_buffer:
+                self._buffer.popleft()
+                self.dropped += 1
+
+    async def run(self) -> None:
+        """Background flusher and pruner; cancel it, then call :meth:`flush`, at shutdown."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        next_prune = self._loop.time()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+                self._wake.clear()
+                with self._lock:
+                    self._wake_pending = False
+                try:
+                    await asyncio.to_thread(self.flush)
+                    if self._loop.time() >= next_prune:
+                        next_prune = self._loop.time() + self.prune_every_seconds
+                        await asyncio.to_thread(self.prune, time.time())
+                except Exception as exc:  # keep going: the buffer holds rows until it works
+                    log.warning("audit flush failed (%d rows buffered): %s", self.buffered, exc)
+                if self.dropped != self._dropped_logged:
+                    log.warning("audit buffer full: %d rows dropped so far", self.dropped)
+                    self._dropped_logged = self.dropped
+        finally:
+            self._loop = self._wake = None
+
+    def prune(self, now: float, *, batch: int = 5000) -> int:
+        """Delete rows older than the retention, a batch per transaction; returns rows deleted."""
+        cutoff = now - self._settings.audit_retention_days * DAY
+        deleted = 0
+        while True:
+            ids = select(_events.c.id).where(_events.c.created_at < cutoff).limit(batch)
+            with write_transaction(self._engine, lock_key=_LOCK_KEY) as conn:
+                n = conn.execute(delete(_events).where(_events.c.id.in_(ids.scalar_subquery())))
+            deleted += max(n.rowcount, 0)
+            if n.rowcount < batch:
+                return deleted
+
+    # --- reading -----------------------------------------------------------------------
+
+    def search(
+        self,
+        *,
+        message_id: str | None = None,
+        sender: str | None = None,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        verdict: str | None = None,
+        direction: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """A message's history, newest first; ``sender`` matches envelope sender or From."""
+        query = select(_events)
+        if message_id:
+            query = query.where(_events.c.message_id == _message_id(message_id))
+        if sender:
+            addr = sender.strip().lower()
+            query = query.where(or_(_events.c.mail_from == addr, _events.c.from_addr == addr))
+        if user:
+            query = query.where(_events.c.owner == user.strip().lower())
+        if since is not None:
+            query = query.where(_events.c.created_at >= since)
+        if until is not None:
+            query = query.where(_events.c.created_at < until)
+        if verdict:
+            query = query.where(_events.c.verdict == verdict)
+        if direction:
+            query = query.where(_events.c.direction == direction)
+        query = query.order_by(_events.c.created_at.desc(), _events.c.id.desc())
+        query = query.limit(max(1, min(limit, MAX_SEARCH)))
+        with self._engine.connect() as conn:
+            return [_from_row(row._mapping) for row in conn.execute(query)]
+
+    def outbound_report(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """Per sending user: volume, recipients, spam share, DLP findings, limit hits, states."""
+        where = [_events.c.direction == "outbound", _events.c.created_at >= since]
+        if until is not None:
+            where.append(_events.c.created_at < until)
+        e = _events.c
+        totals = (
+            select(
+                e.account,
+                func.count().label("messages"),
+                func.sum(e.rcpt_count).label("recipients"),
+                func.sum(case((e.verdict == "spam", 1), else_=0)).label("spam"),
+                func.sum(case((e.verdict == "suspect", 1), else_=0)).label("suspect"),
+                func.sum(case((e.dlp_findings > 0, 1), else_=0)).label("dlp_messages"),
+                func.sum(e.dlp_findings).label("dlp_findings"),
+                func.sum(case((e.limit_hits.is_not(None), 1), else_=0)).label("limit_hits"),
+            )
+            .where(*where)
+            .group_by(e.account)
+        )
+        states = (
+            select(e.account, e.account_state, func.count().label("n"))
+            .where(*where, e.account_state.is_not(None))
+            .group_by(e.account, e.account_state)
+        )
+        limits = (
+            select(e.account, e.limit_hits, func.count().label("n"))
+            .where(*where, e.limit_hits.is_not(None))
+            .group_by(e.account, e.limit_hits)
+        )
+        leaks = select(e.account, e.dlp).where(*where, e.dlp_findings > 0)
+        report: dict[str, dict[str, Any]] = {}
+        with self._engine.connect() as conn:
+            for row in conn.execute(totals):
+                messages = int(row.messages)
+                report[row.account or ""] = {
+                    "user": row.account or "",
+                    "messages": messages,
+                    "recipients": int(row.recipients or 0),
+                    "spam": int(row.spam or 0),
+                    "suspect": int(row.suspect or 0),
+                    "spam_share": round(int(row.spam or 0) / messages, 4) if messages else 0.0,
+                    "dlp_messages": int(row.dlp_messages or 0),
+                    "dlp_findings": int(row.dlp_findings or 0),
+                    "dlp_by_type": {},
+                    "dlp_max_severity": None,
+                    "limit_hits": int(row.limit_hits or 0),
+                    "limits": {},
+                    "account_states": {},
+                }
+            for row in conn.execute(states):
+                report[row.account or ""]["account_states"][row.account_state] = int(row.n)
+            for row in conn.execute(limits):
+                counts = report[row.account or ""]["limits"]
+                for name in str(row.limit_hits).split(","):
+                    counts[name] = counts.get(name, 0) + int(row.n)
+            for row in conn.execute(leaks):
+                entry = report[row.account or ""]
+                for kind, count, severity in _json_list(row.dlp):
+                    entry["dlp_by_type"][kind] = entry["dlp_by_type"].get(kind, 0) + int(count)
+                    worst = entry["dlp_max_severity"]
+                    if _SEVERITY_ORDER.get(severity, 0) > _SEVERITY_ORDER.get(worst or "", 0):
+                        entry["dlp_max_severity"] = severity
+        return sorted(report.values(), key=lambda r: (-r["messages"], r["user"]))
+
+
+# --- rows ----------------------------------------------------------------------------------
+
+
+def _cap(value: str | None, n: int) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value[:n] if value else None
+
+
+def _addr(value: str | None) -> str | None:
+    return _cap(value.lower() if value else None, 320)
+
+
+def _message_id(value: str) -> str:
+    return value.strip().strip("<>").strip()[:998]
+
+
+def _to_row(r: AuditRecord) -> dict[str, Any]:
+    recipients = [a.strip().lower()[:320] for a in r.recipients[:MAX_RECIPIENTS]]
+    limits = sorted({name for name, _ in r.reasons if name.startswith("limit_")})
+    user = _addr(r.user)
+    mail_from = _addr(r.mail_from)
+    return {
+        "created_at": r.time,
+        "direction": r.direction[:8],
+        "gateway": _cap(r.gateway, 255),
+        "queue_id": _cap(r.queue_id, 255),
+        "message_id": _message_id(r.message_id or "") or None,
+        "mail_from": mail_from,
+        "from_addr": _addr(r.from_addr),
+        "owner": user,
+        "account": user or mail_from or "",
+        "recipients": json.dumps(recipients),
+        "rcpt_count": len(r.recipients),
+        "score": r.score,
+        "verdict": r.verdict[:8],
+        "action": r.action[:16],
+        "reasons": json.dumps([[name[:64], round(w, 4)] for name, w in r.reasons]),
+        "limit_hits": ",".join(limits)[:1000] or None,
+        "dlp": json.dumps([[t[:64], int(c), s[:16]] for t, c, s in r.dlp]),
+        "dlp_findings": sum(int(c) for _, c, _ in r.dlp),
+        "model_version": _cap(r.model_version, 64),
+        "fingerprint": _cap(r.fingerprint, 128),
+        "account_state": _cap(r.account_state, 16),
+    }
+
+
+def _from_row(row: Any) -> dict[str, Any]:
+    return {
+        "id": int(row["id"]),
+        "time": datetime.fromtimestamp(row["created_at"], UTC).isoformat(),
+        "timestamp": float(row["created_at"]),
+        "direction": row["direction"],
+        "gateway": row["gateway"],
+        "queue_id": row["queue_id"],
+        "message_id": row["message_id"],
+        "mail_from": row["mail_from"],
+        "from": row["from_addr"],
+        "recipients": _json_list(row["recipients"]),
+        "user": row["owner"],
+        "score": float(row["score"]),
+        "verdict": row["verdict"],
+        "action": row["action"],
+        "reasons": [{"name": n, "weight": w} for n, w in _json_list(row["reasons"])],
+        "dlp": [{"type": t, "count": c, "severity": s} for t, c, s in _json_list(row["dlp"])],
+        "model_version": row["model_version"],
+        "fingerprint": row["fingerprint"],
+        "account_state": row["account_state"],
+    }
+
+
+def _json_list(text: str | None) -> Sequence[Any]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
