@@ -34,6 +34,8 @@ class Reason:
     detail: str
     action: Action | None = None
     """An action this reason demands regardless of the score (the strictest wins)."""
+    verdict: Literal["suspect", "spam"] | None = None
+    """A verdict this reason settles regardless of the score (a blocklisted sender)."""
 
 
 @dataclass(frozen=True, slots=True)
