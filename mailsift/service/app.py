@@ -14,7 +14,24 @@ from starlette.concurrency import run_in_threadpool
 from mailsift import __version__
 from mailsift.service.errors import install_error_handlers
 from mailsift.service.learner import Learner
-from mailsift.service.routers import feedback, health, model, score
+from mailsift.service.accounts.store import AccountStore
+from mailsift.service.alerts import Alerter
+from mailsift.service.audit import AuditTrail
+from mailsift.service.db import open_state_engine
+from mailsift.service.dlp.config import load_dlp_config
+from mailsift.service.lists.store import ListStore
+from mailsift.service.outbound_learning import OutboundQuota
+from mailsift.service.routers import (
+    accounts,
+    audit,
+    dlp,
+    events,
+    feedback,
+    health,
+    lists,
+    model,
+    score,
+)
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
 from mailsift.service.trainlog import open_training_log
@@ -30,30 +47,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        trainlog = await run_in_threadpool(
-            open_training_log, settings.database_url, settings.data_dir
-        )
-        learner = Learner(
-            trainlog,
-            settings.snapshot_path,
-            settings.parse_limits,
-            snapshot_every_entries=settings.snapshot_every_entries,
-            snapshot_every_seconds=settings.snapshot_every_seconds,
-        )
+        state = await _open_state(settings)
+        learner = state.learner
         await run_in_threadpool(learner.load_initial)
         replayed = await learner.catch_up()
         log.info("ready at log position %d (%d entries replayed)", learner.position, replayed)
-        app.state.mailsift = ServiceState(settings, trainlog, learner)
-        task = asyncio.create_task(_follow(learner, settings))
+        app.state.mailsift = state
+        tasks = [
+            asyncio.create_task(_follow(learner, settings)),
+            asyncio.create_task(state.lists.run()),
+            asyncio.create_task(state.audit.run()),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if learner.pending_entries:
                 await learner.write_snapshot()  # a shorter replay at the next start
-            trainlog.close()
+            try:
+                await run_in_threadpool(state.audit.flush)
+            except Exception as exc:  # the audit store may be what is failing
+                log.error("audit flush at shutdown failed: %s", type(exc).__name__)
+            await state.alerts.aclose()
+            state.trainlog.close()
+            state.state_engine.dispose()
 
     app = FastAPI(
         title="mailsift",
@@ -62,9 +83,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (score.router, feedback.router, model.router, health.router):
+    for router in (
+        score.router,
+        feedback.router,
+        events.router,
+        dlp.router,
+        lists.router,
+        accounts.router,
+        audit.router,
+        model.router,
+        health.router,
+    ):
         app.include_router(router)
     return app
+
+
+async def _open_state(settings: Settings) -> ServiceState:
+    """Open every store (blocking I/O, so in a thread) and load the DLP rules."""
+
+    def build() -> ServiceState:
+        trainlog = open_training_log(settings.database_url, settings.data_dir)
+        engine = open_state_engine(settings.database_url, settings.data_dir)
+        learner = Learner(
+            trainlog,
+            settings.snapshot_path,
+            settings.parse_limits,
+            snapshot_every_entries=settings.snapshot_every_entries,
+            snapshot_every_seconds=settings.snapshot_every_seconds,
+        )
+        return ServiceState(
+            settings=settings,
+            trainlog=trainlog,
+            learner=learner,
+            state_engine=engine,
+            accounts=AccountStore(engine, settings),
+            alerts=Alerter(engine, settings),
+            lists=ListStore(engine, settings),
+            audit=AuditTrail(engine, settings),
+            dlp=load_dlp_config(settings),
+            outbound_quota=OutboundQuota(engine, settings),
+        )
+
+    return await run_in_threadpool(build)
 
 
 async def _follow(learner: Learner, settings: Settings) -> None:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
+
+from mailsift.service.accounts.store import AccountStore
+from mailsift.service.alerts import Alerter
+from mailsift.service.audit import AuditTrail
+from mailsift.service.dlp.config import DlpConfig
 from mailsift.service.learner import Learner
+from mailsift.service.lists.store import ListStore
+from mailsift.service.outbound_learning import OutboundQuota
 from mailsift.service.settings import Settings
 from mailsift.service.trainlog import TrainingLog
 
@@ -14,6 +22,13 @@ class ServiceState:
     settings: Settings
     trainlog: TrainingLog
     learner: Learner
+    state_engine: Engine
+    accounts: AccountStore
+    alerts: Alerter
+    lists: ListStore
+    audit: AuditTrail
+    dlp: DlpConfig
+    outbound_quota: OutboundQuota
 
     @property
     def model_ready(self) -> bool:

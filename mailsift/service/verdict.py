@@ -14,6 +14,8 @@ __all__ = ["Verdict", "decide"]
 
 VerdictName = Literal["ham", "suspect", "spam"]
 
+_RANK: dict[VerdictName, int] = {"ham": 0, "suspect": 1, "spam": 2}
+
 # Strictest first: the action a forced reason demands wins over a milder one.
 _SEVERITY: dict[Action, int] = {"accept": 0, "tag": 1, "quarantine": 2, "defer": 3, "reject": 4}
 
@@ -28,8 +30,8 @@ class Verdict:
 def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) -> Verdict:
     """Add the reasons' log-odds, place the result against the direction's thresholds.
 
-    A reason that forces an action (a leak to reject, a sender to defer) overrides a
-    milder action the score alone would give.
+    A reason that forces an action (a leak to reject, a sender to defer) or a verdict
+    (a blocklisted sender is spam) overrides a milder one the score alone would give.
     """
     logit = sum(r.weight for r in reasons)
     score = 1.0 / (1.0 + math.exp(-max(-35.0, min(35.0, logit))))
@@ -47,6 +49,9 @@ def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) 
         verdict = "suspect"
     else:
         verdict = "ham"
+    for reason in reasons:
+        if reason.verdict and _RANK[reason.verdict] > _RANK[verdict]:
+            verdict = reason.verdict
     action: Action = {
         "ham": "accept",
         "suspect": settings.suspect_action,

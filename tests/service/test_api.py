@@ -29,8 +29,7 @@ def client(service: Service) -> Iterator[httpx.Client]:
 
 
 def test_score_response_has_the_contract_fields(client: httpx.Client) -> None:
-    body = score(client, message(1, spammy=True), "outbound")
-    assert set(body) == {
+    contract = {
         "score",
         "verdict",
         "action",
@@ -41,6 +40,9 @@ def test_score_response_has_the_contract_fields(client: httpx.Client) -> None:
         "direction",
         "elapsed_ms",
     }
+    assert set(score(client, message(1, spammy=True), "inbound")) == contract
+    body = score(client, message(1, spammy=True), "outbound")
+    assert set(body) == contract | {"dlp"}  # outbound mail is also checked for leaks
     assert 0.0 <= body["score"] <= 1.0
     assert body["direction"] == "outbound"
     assert body["verdict"] in ("ham", "suspect", "spam")

@@ -8,32 +8,37 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
-from mailsift.service.analysis import analyse
+from mailsift.service.accounts.flow import after_outbound, before_outbound
+from mailsift.service.analysis import Analysed, analyse
+from mailsift.service.audit import audit_record
+from mailsift.service.authres import auth_results
 from mailsift.service.body import read_message
-from mailsift.service.checks import CheckContext, Envelope, run_checks
+from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
 from mailsift.service.deps import State
+from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
+from mailsift.service.outbound_learning import eligible
 from mailsift.service.schemas import ERRORS, ScoreOut
-from mailsift.service.verdict import decide
+from mailsift.service.state import ServiceState
+from mailsift.service.trainlog import TrainingLogError
+from mailsift.service.verdict import Verdict, decide
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
 Address = Annotated[str | None, Query(max_length=320)]
 Short = Annotated[str | None, Query(max_length=255)]
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
-@router.post(
-    "/score",
-    response_model=ScoreOut,
-    responses=ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
-        }
-    },
-)
+@router.post("/score", response_model=ScoreOut, responses=ERRORS, openapi_extra=_BODY)
 async def score(
     request: Request,
     state: State,
@@ -57,13 +62,39 @@ async def score(
         raise BadRequest("rcpt: each address must be at most 320 characters")
     raw = await read_message(request, state.settings.max_message_bytes)
     analysed = await analyse(raw, state)
-    model = state.learner.model
-    model_score = model.score(analysed.features, explain=state.settings.explain_tokens)
     envelope = Envelope(direction, mail_from, tuple(rcpt), client_ip, helo, user, queue_id, gateway)
-    ctx = CheckContext(analysed.message, envelope, model_score, state.model_ready, state.settings)
+    settings = state.settings
+    msg = analysed.message
+    model_score = state.learner.model.score(analysed.features, explain=settings.explain_tokens)
+    sender = (user or mail_from or "").strip().lower() or None
+    outbound = direction == "outbound"
+
+    extra: dict[str, object] = {"auth": auth_results(msg, settings)}
+    extra["lists"] = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
+    dlp: DlpReport | None = None
+    if outbound or settings.dlp_inbound:
+        dlp = scan_message(msg, state.dlp)
+        extra["dlp"] = dlp
+    if outbound and sender:
+        extra["sending"], extra["account"] = await before_outbound(state, sender, list(rcpt))
+
+    ctx = CheckContext(msg, envelope, model_score, state.model_ready, settings, extra)
     reasons = run_checks(ctx)
-    verdict = decide(reasons, direction, state.settings)
+    verdict = decide(reasons, direction, settings)
     status = state.learner.status()
+    state.audit.record(
+        audit_record(
+            envelope,
+            msg,
+            score=verdict.score,
+            verdict=verdict.verdict,
+            action=verdict.action,
+            reasons=reasons,
+            model_version=status.version,
+            fingerprint=analysed.fingerprint,
+            dlp=dlp.findings if dlp else (),
+        )
+    )
     body: dict[str, Any] = {
         "score": verdict.score,
         "verdict": verdict.verdict,
@@ -81,6 +112,53 @@ async def score(
         },
         "fingerprint": analysed.fingerprint,
         "direction": direction,
-        "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
     }
-    return JSONResponse(body)
+    if dlp is not None:
+        body["dlp"] = dlp.as_dict()
+    body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    after = None
+    if outbound and sender:
+        # After the answer is on its way: judge the sender, maybe learn the message.
+        after = BackgroundTask(_after_outbound, state, sender, raw, analysed, verdict, reasons, dlp)
+    return JSONResponse(body, background=after)
+
+
+async def _after_outbound(
+    state: ServiceState,
+    sender: str,
+    raw: bytes,
+    analysed: Analysed,
+    verdict: Verdict,
+    reasons: list[Reason],
+    dlp: DlpReport | None,
+) -> None:
+    """Re-judge the sender's account, then learn the message as ham if every guard passes."""
+    account = await after_outbound(state, sender, verdict.verdict)
+    refusal = eligible(
+        score=verdict.score,
+        verdict=verdict.verdict,
+        reasons=reasons,
+        dlp_severities=dlp.severities if dlp else (),
+        over_limit=any(r.name.startswith("limit_") for r in reasons),
+        account_state=account.state,
+        model_ready=state.model_ready,
+        settings=state.settings,
+    )
+    if refusal is not None:
+        return
+    try:
+        # Outbound mail only ever adds: it must never relabel what a person reported.
+        if await run_in_threadpool(state.trainlog.label_of, analysed.fingerprint) is not None:
+            return
+        if not await run_in_threadpool(state.outbound_quota.take, sender):
+            return
+        await run_in_threadpool(
+            state.trainlog.append,
+            analysed.fingerprint,
+            "ham",
+            raw,
+            source="outbound",
+            actor=sender,
+        )
+    except TrainingLogError:
+        pass  # best effort: the next clean message from this sender will do as well

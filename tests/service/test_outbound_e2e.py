@@ -1,0 +1,166 @@
+"""End to end over HTTP: outbound protection — limits, a compromised account, leaks, lists."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.service.server import Service, feedback, message, score
+from tests.service.webhook import Webhook
+
+RFC822 = {"content-type": "message/rfc822"}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def outbound(
+    client: httpx.Client, raw: bytes, user: str, rcpt: list[str] | None = None
+) -> dict[str, Any]:
+    r = client.post(
+        "/v1/score",
+        params={
+            "direction": "outbound",
+            "user": user,
+            "mail_from": user,
+            "rcpt": rcpt or ["bob@partner.example"],
+        },
+        content=raw,
+        headers=RFC822,
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def teach_basics(client: httpx.Client, n: int = 12) -> None:
+    for i in range(n):
+        feedback(client, message(1000 + i, spammy=False), "ham")
+        feedback(client, message(1000 + i, spammy=True), "spam")
+
+
+def test_sending_limit_defers_message_n_plus_one_across_processes_and_restarts(
+    tmp_path: Path,
+) -> None:
+    env = {"MAILSIFT_LIMIT_MESSAGES_PER_HOUR": "5", "MAILSIFT_OUTBOUND_LEARNING": "false"}
+    data = tmp_path / "data"
+    with Service(data, workers=2, env=env) as svc, svc.client() as c:
+        actions = [
+            outbound(c, message(i, spammy=False), "carol@corp.example")["action"] for i in range(5)
+        ]
+        assert "defer" not in actions
+        sixth = outbound(c, message(6, spammy=False), "carol@corp.example")
+        assert sixth["action"] == "defer"
+        assert "limit_messages_per_hour" in [r["name"] for r in sixth["reasons"]]
+        # Another user is not affected.
+        assert outbound(c, message(7, spammy=False), "dave@corp.example")["action"] != "defer"
+    with Service(data, env=env) as again, again.client() as c:
+        assert outbound(c, message(8, spammy=False), "carol@corp.example")["action"] == "defer"
+
+
+def test_compromised_account_is_suspended_alerted_and_does_not_teach_ham(tmp_path: Path) -> None:
+    with Webhook() as hook:
+        env = {
+            "MAILSIFT_ALERT_WEBHOOK_URL": hook.url,
+            "MAILSIFT_MIN_EXAMPLES_PER_CLASS": "5",
+            "MAILSIFT_OUTBOUND_LEARN_MAX_SCORE": "0.5",
+            "MAILSIFT_ACCOUNT_AUTH_FAILURES_SUSPEND": "10",
+        }
+        with Service(tmp_path / "data", env=env) as svc, svc.client() as c:
+            teach_basics(c)
+            user = "erin@corp.example"
+            # Normal traffic: clean outbound mail is learned as ham.
+            for i in range(3):
+                outbound(c, message(2000 + i, spammy=False), user)
+            assert wait_for(lambda: c.get("/v1/model").json()["ham"] >= 12 + 1, timeout=5)
+            ham_before_burst = c.get("/v1/model").json()["ham"]
+            # The password is stolen: auth failures, then a burst of spam.
+            for _ in range(12):
+                r = c.post(
+                    "/v1/events",
+                    json={"type": "auth_failure", "user": user, "client_ip": "203.0.113.9"},
+                )
+                assert r.status_code in (200, 202), r.text
+            verdicts = [
+                outbound(c, message(3000 + i, spammy=True), user, [f"x{i}@victim{i}.example"])
+                for i in range(15)
+            ]
+            state = c.get(f"/v1/accounts/{user}").json()
+            assert state["state"] == "suspended"
+            assert verdicts[-1]["action"] in ("defer", "quarantine")
+            assert "account_suspended" in [r["name"] for r in verdicts[-1]["reasons"]]
+            assert wait_for(
+                lambda: any(a.get("user") == user for a in hook.of_kind("account_state")), timeout=5
+            )
+            # The burst taught the model nothing as ham.
+            time.sleep(1)
+            assert c.get("/v1/model").json()["ham"] == ham_before_burst
+            # An administrator clears the account; mail flows again.
+            assert c.post(f"/v1/accounts/{user}/clear").status_code == 200
+            assert c.get(f"/v1/accounts/{user}").json()["state"] == "ok"
+            assert outbound(c, message(4000, spammy=False), user)["action"] == "accept"
+
+
+def test_outbound_leak_is_reported_redacted_and_acted_on(tmp_path: Path) -> None:
+    card = "4111 1111 1111 1111"
+    raw = (
+        "From: frank@corp.example\r\nTo: someone@outside.example\r\nSubject: as asked\r\n\r\n"
+        f"Here is the company card: {card}, expiry 12/29, CVV on request.\r\n"
+    ).encode()
+    with Service(tmp_path / "data") as svc, svc.client() as c:
+        body = outbound(c, raw, "frank@corp.example")
+        findings = body["dlp"]["findings"]
+        assert [f["type"] for f in findings] == ["card"]
+        assert body["action"] in ("quarantine", "reject")
+        assert card.replace(" ", "") not in str(body).replace(" ", "")
+        assert findings[0]["samples"] and "1111" in findings[0]["samples"][0]
+
+
+def test_allowlist_guard_and_unverified_allow_entries(tmp_path: Path) -> None:
+    env = {"MAILSIFT_LOCAL_DOMAINS": "corp.example", "MAILSIFT_AUTHSERV_ID": "mx.corp.example"}
+    with Service(tmp_path / "data", env=env) as svc, svc.client() as c:
+        for refused in ("gmail.com", "outlook.com", "yahoo.com", "corp.example"):
+            r = c.put(
+                f"/v1/lists/allow/{refused}", params={"scope": "user", "user": "gina@corp.example"}
+            )
+            assert r.status_code == 422, (refused, r.text)
+            assert r.json()["error"] == "list_guard_refused"
+        ok = c.put(
+            "/v1/lists/allow/partner.example", params={"scope": "user", "user": "gina@corp.example"}
+        )
+        assert ok.status_code in (200, 201), ok.text
+        spoofed = (
+            "Authentication-Results: mx.corp.example; spf=fail smtp.mailfrom=partner.example;"
+            " dkim=fail header.d=partner.example\r\n"
+            "From: boss@partner.example\r\nTo: gina@corp.example\r\nSubject: urgent wire\r\n\r\nPay now.\r\n"
+        ).encode()
+        r = c.post(
+            "/v1/score",
+            params={"direction": "inbound", "rcpt": "gina@corp.example"},
+            content=spoofed,
+            headers=RFC822,
+        ).json()
+        names = {x["name"]: x["weight"] for x in r["reasons"]}
+        assert "allowlist_unverified" in names and names["allowlist_unverified"] == 0
+        assert "allowlisted" not in names
+
+
+def test_audit_trail_finds_a_message(tmp_path: Path) -> None:
+    raw = b"From: hal@corp.example\r\nTo: x@y.example\r\nMessage-ID: <track-me@corp.example>\r\nSubject: s\r\n\r\nbody\r\n"
+    with Service(tmp_path / "data") as svc, svc.client() as c:
+        score(c, raw)
+
+        def found() -> bool:
+            rows = c.get("/v1/audit", params={"message_id": "<track-me@corp.example>"}).json()
+            return rows["count"] == 1 and rows["events"][0]["verdict"] in ("ham", "suspect", "spam")
+
+        assert wait_for(found, timeout=5)
