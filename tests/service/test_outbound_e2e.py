@@ -139,10 +139,11 @@ def test_allowlist_guard_and_unverified_allow_entries(tmp_path: Path) -> None:
         )
         assert ok.status_code in (200, 201), ok.text
         spoofed = (
-            "Authentication-Results: mx.corp.example; spf=fail smtp.mailfrom=partner.example;"
-            " dkim=fail header.d=partner.example\r\n"
-            "From: boss@partner.example\r\nTo: gina@corp.example\r\nSubject: urgent wire\r\n\r\nPay now.\r\n"
-        ).encode()
+            b"Authentication-Results: mx.corp.example; spf=fail smtp.mailfrom=partner.example;"
+            b" dkim=fail header.d=partner.example\r\n"
+            b"From: boss@partner.example\r\nTo: gina@corp.example\r\n"
+            b"Subject: urgent wire\r\n\r\nPay now.\r\n"
+        )
         r = c.post(
             "/v1/score",
             params={"direction": "inbound", "rcpt": "gina@corp.example"},
@@ -155,7 +156,10 @@ def test_allowlist_guard_and_unverified_allow_entries(tmp_path: Path) -> None:
 
 
 def test_audit_trail_finds_a_message(tmp_path: Path) -> None:
-    raw = b"From: hal@corp.example\r\nTo: x@y.example\r\nMessage-ID: <track-me@corp.example>\r\nSubject: s\r\n\r\nbody\r\n"
+    raw = (
+        b"From: hal@corp.example\r\nTo: x@y.example\r\n"
+        b"Message-ID: <track-me@corp.example>\r\nSubject: s\r\n\r\nbody\r\n"
+    )
     with Service(tmp_path / "data") as svc, svc.client() as c:
         score(c, raw)
 
