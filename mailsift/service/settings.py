@@ -197,6 +197,47 @@ class Settings(BaseSettings):
 
     audit_retention_days: int = Field(90, ge=1, description="Days audit rows are kept.")
 
+    # -- operations: health watch, alerts and diagnostics -----------------------------
+    gateways: str = Field(
+        "",
+        description="Comma-separated gateway names (the `gateway` parameter) that must call; "
+        "one that falls silent raises an alert.",
+    )
+    gateway_silence_minutes: float = Field(
+        10.0, gt=0, description="Minutes without a call after which a configured gateway is silent."
+    )
+    disk_min_free_mb: int = Field(
+        1024, ge=0, description="Free space in the data dir below which an alert is raised."
+    )
+    model_max_age_hours: float = Field(
+        168.0, gt=0, description="Hours without learning anything after which the model is stale."
+    )
+    snapshot_max_age_hours: float = Field(
+        24.0, gt=0, description="Hours after which a snapshot behind the log counts as stale."
+    )
+    log_lag_alert_entries: int = Field(
+        1000, ge=1, description="Training-log entries a worker may be behind before an alert."
+    )
+    auth_failure_burst_per_minute: int = Field(
+        50, ge=1, description="Authentication failures per minute, all users together, that alert."
+    )
+    monitor_seconds: float = Field(30.0, gt=0, description="How often the health watch runs.")
+    alert_smtp_host: str | None = Field(None, description="SMTP relay for alert mail (optional).")
+    alert_smtp_port: int = Field(25, ge=1, le=65535, description="Port of the SMTP relay.")
+    alert_smtp_from: str | None = Field(None, description="Sender address of alert mail.")
+    alert_smtp_to: str = Field("", description="Comma-separated recipients of alert mail.")
+    outbound_ips: str = Field(
+        "", description="Comma-separated IPs the organisation sends mail from (PTR audit)."
+    )
+    dns_nameservers: str = Field(
+        "",
+        description="Comma-separated resolvers (ip or ip:port) for the DNS audit; "
+        "empty = the system's.",
+    )
+    diagnose_min_examples: int = Field(
+        200, ge=1, description="Examples of each class the diagnostics want the model to have."
+    )
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if (
@@ -220,6 +261,14 @@ class Settings(BaseSettings):
     @property
     def dlp_label_list(self) -> tuple[str, ...]:
         return tuple(x.strip() for x in self.dlp_labels.split(",") if x.strip())
+
+    @property
+    def gateway_set(self) -> frozenset[str]:
+        return frozenset(g.strip() for g in self.gateways.split(",") if g.strip())
+
+    @property
+    def outbound_ip_list(self) -> tuple[str, ...]:
+        return tuple(ip.strip() for ip in self.outbound_ips.split(",") if ip.strip())
 
     @property
     def snapshot_path(self) -> Path:
