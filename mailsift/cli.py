@@ -6,13 +6,17 @@ import copy
 import itertools
 import json
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from mailsift.service.auth import TokenStore
 
 from mailsift.training.corpus import CorpusError, LabelledMessage, count_messages, open_source
 
@@ -40,9 +44,13 @@ def _sources(specs: list[str]) -> tuple[Iterator[LabelledMessage], int | None]:
 @app.command()
 def serve(
     host: Annotated[
-        str, typer.Option(help="Address to bind; keep loopback unless TLS is set up.")
+        str, typer.Option(help="Address of the gateway listener; loopback unless TLS is set up.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the gateway API.")] = 8470,
+    port: Annotated[int, typer.Option(help="Port of the gateway listener.")] = 8470,
+    admin_host: Annotated[str, typer.Option(help="Address of the admin listener.")] = "127.0.0.1",
+    admin_port: Annotated[
+        int, typer.Option(help="Port of the admin listener; 0 = one listener serves everything.")
+    ] = 8471,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
 ) -> None:
@@ -50,30 +58,115 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
+    from mailsift.service.listeners import is_loopback
+    from mailsift.service.listeners import serve as serve_listeners
     from mailsift.service.settings import Settings
 
+    os.environ["MAILSIFT_ADMIN_HOST"] = admin_host
+    if admin_port:
+        os.environ["MAILSIFT_ADMIN_PORT"] = str(admin_port)
+    else:
+        os.environ.pop("MAILSIFT_ADMIN_PORT", None)
     try:
-        Settings()
+        settings = Settings()
     except ValidationError as exc:
         err.print(f"[red]error:[/red] invalid settings:\n{exc}")
         raise typer.Exit(2) from exc
+    tls = settings.tls_certfile is not None
+    for where in {host, admin_host} if admin_port else {host}:
+        if not tls and not is_loopback(where) and not settings.allow_plain_http:
+            err.print(
+                f"[red]error:[/red] refusing plain HTTP on {where}: set MAILSIFT_TLS_CERTFILE and "
+                "MAILSIFT_TLS_KEYFILE, or MAILSIFT_ALLOW_PLAIN_HTTP=true behind a TLS proxy"
+            )
+            raise typer.Exit(2)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["mailsift"] = {
         "handlers": ["default"],
         "level": "INFO",
         "propagate": False,
     }
-    uvicorn.run(
-        "mailsift.service.app:create_app",
-        factory=True,
+    serve_listeners(
         host=host,
         port=port,
+        admin_host=admin_host,
+        admin_port=admin_port or None,
         workers=workers,
+        certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
         log_config=log_config,
         access_log=access_log,
-        proxy_headers=False,
-        server_header=False,
     )
+
+
+@app.command()
+def diagnose(
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    admin_host: Annotated[
+        str | None, typer.Option(help="Admin listener address to judge (default: the setting).")
+    ] = None,
+) -> None:
+    """Check model, lists, limits, listeners, gateways, disk and the mail domains' DNS."""
+    from pydantic import ValidationError
+
+    from mailsift.service.diagnostics.cli import diagnose_command
+    from mailsift.service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        err.print(f"[red]error:[/red] invalid settings:\n{exc}")
+        raise typer.Exit(2) from exc
+    raise typer.Exit(diagnose_command(settings, as_json=json_output, admin_host=admin_host))
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens (service accounts of mailsift).")
+app.add_typer(token_app, name="token")
+
+
+def _token_store() -> TokenStore:
+    from mailsift.service.auth import TokenStore
+    from mailsift.service.db import open_state_engine
+    from mailsift.service.settings import Settings
+
+    settings = Settings()
+    return TokenStore(open_state_engine(settings.database_url, settings.data_dir))
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="gateway, user or admin.")],
+    name: Annotated[str, typer.Option(help="Who or what holds it.")] = "",
+    address: Annotated[
+        list[str], typer.Option(help="User tokens: an address (or @domain) it speaks for.")
+    ] = [],  # noqa: B006 - typer copies defaults
+) -> None:
+    """Create a token; it is printed once, as the last word of the output."""
+    try:
+        info, secret = _token_store().create(role, name or role, address)  # type: ignore[arg-type]
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(f"created {info.role} token {info.id} ({info.name}); shown only now: {secret}")
+
+
+@token_app.command("list")
+def token_list() -> None:
+    """List tokens (never their secrets)."""
+    for t in _token_store().list():
+        state = "revoked" if t.revoked_at else "active"
+        typer.echo(f"{t.id}  {t.role:7s}  {state:7s}  {t.name}  {' '.join(t.addresses)}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The id shown by `token list`.")],
+) -> None:
+    """Revoke a token; it fails at once everywhere."""
+    if not _token_store().revoke(token_id):
+        err.print(f"[red]error:[/red] no active token {token_id}")
+        raise typer.Exit(2)
+    typer.echo(f"revoked {token_id}")
 
 
 @app.command()

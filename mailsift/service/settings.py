@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailsift.models.parse import ParseLimits
@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     outbound_learn_per_user_per_hour: int = Field(
         10, ge=0, description="Most outbound ham examples one user may contribute per hour."
     )
+    outbound_learn_per_minute: int = Field(
+        60,
+        ge=0,
+        description="Most outbound ham examples learned per minute, all users, workers and "
+        "replicas together (bounds what learning costs at any traffic).",
+    )
 
     audit_retention_days: int = Field(90, ge=1, description="Days audit rows are kept.")
 
@@ -238,6 +244,32 @@ class Settings(BaseSettings):
         200, ge=1, description="Examples of each class the diagnostics want the model to have."
     )
 
+    # -- security: tokens, TLS, listeners ------------------------------------------------
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Seeds an admin API token (for containers and scripts); "
+        "other tokens come from `mailsift token create`.",
+    )
+    tls_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS (TLS 1.2+).")
+    tls_keyfile: Path | None = Field(None, description="PEM private key of the certificate.")
+    allow_plain_http: bool = Field(
+        False, description="Allow plain HTTP on a non-loopback address (behind a TLS proxy)."
+    )
+    admin_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of the admin listener; admin endpoints answer only there. "
+        "Unset = one listener for everything (set by `mailsift serve --admin-port`).",
+    )
+    admin_host: str = Field(
+        "127.0.0.1",
+        description="Bind address of the admin listener (set by `mailsift serve --admin-host`).",
+    )
+    feedback_per_token_per_minute: int = Field(
+        60, ge=1, description="Feedback reports one token may send per minute (per worker)."
+    )
+
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:
         if (
@@ -248,6 +280,10 @@ class Settings(BaseSettings):
             raise ValueError("inbound thresholds must satisfy suspect <= spam <= reject")
         if not self.outbound_suspect_threshold <= self.outbound_spam_threshold:
             raise ValueError("outbound thresholds must satisfy suspect <= spam")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
+            raise ValueError("admin_token must be at least 16 characters")
         return self
 
     @property

@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
+from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
 from mailsift.service.learner import Learner
 from mailsift.service.lists.store import ListStore
@@ -29,6 +30,8 @@ class ServiceState:
     audit: AuditTrail
     dlp: DlpConfig
     outbound_quota: OutboundQuota
+    tokens: TokenStore
+    feedback_limiter: FeedbackLimiter
 
     @property
     def model_ready(self) -> bool:

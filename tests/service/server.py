@@ -23,6 +23,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
 _started: list[subprocess.Popen[bytes]] = []
 
 
@@ -39,21 +40,33 @@ class Service:
     """A ``mailsift serve`` process with its own data dir; a context manager."""
 
     def __init__(
-        self, data_dir: Path, *, workers: int = 1, env: dict[str, str] | None = None
+        self,
+        data_dir: Path,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        split_listeners: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
         self.workers = workers
         self.port = free_port()
+        # One listener for everything unless a test is about the admin/gateway split.
+        self.admin_port = free_port() if split_listeners else 0
+        self.extra_args = extra_args
         self.env = {
             **os.environ,
             "MAILSIFT_DATA_DIR": str(data_dir),
             "MAILSIFT_LOG_POLL_SECONDS": "0.1",
             "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "0.5",
             "MAILSIFT_MIN_EXAMPLES_PER_CLASS": "0",
+            "MAILSIFT_ADMIN_TOKEN": ADMIN_TOKEN,
             **(env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "MAILSIFT_TLS_CERTFILE" in self.env else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.admin_url = f"{scheme}://127.0.0.1:{self.admin_port or self.port}"
         self.log_path = data_dir.parent / f"serve-{self.port}.log"
 
     def start(self, timeout: float = 30.0) -> Service:
@@ -69,6 +82,9 @@ class Service:
                 str(self.port),
                 "--workers",
                 str(self.workers),
+                "--admin-port",
+                str(self.admin_port),
+                *self.extra_args,
             ],
             env=self.env,
             stdout=log,
@@ -81,7 +97,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -99,8 +115,11 @@ class Service:
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.kill(signal.SIGTERM)
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+    def client(self, token: str | None = ADMIN_TOKEN, *, admin: bool = False) -> httpx.Client:
+        """A client of the gateway listener (or the admin one), with a bearer token."""
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        base = self.admin_url if admin else self.url
+        return httpx.Client(base_url=base, timeout=30, headers=headers, verify=False)
 
 
 def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[str, Any]:

@@ -86,7 +86,7 @@ def test_two_workers_on_sqlite_agree(tmp_path: Path) -> None:
 
         def both_workers_current() -> bool:
             # A fresh connection per request lets the kernel spread them over the workers.
-            with httpx.Client(base_url=svc.url) as fresh:
+            with svc.client() as fresh:
                 m = fresh.get("/v1/model").json()
             seen[m["worker"]] = m
             return len(seen) == 2 and all(
@@ -96,7 +96,7 @@ def test_two_workers_on_sqlite_agree(tmp_path: Path) -> None:
         assert wait_for(both_workers_current, timeout=10)
         scores = set()
         for _ in range(20):
-            with httpx.Client(base_url=svc.url) as fresh:
+            with svc.client() as fresh:
                 scores.add(score(fresh, message(2, spammy=True))["score"])
         assert len(scores) == 1, scores
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.analysis import analyse
+from mailsift.service.auth import AdminCaller, Forbidden, RateLimited, UserCaller
 from mailsift.service.body import read_message
 from mailsift.service.deps import State
 from mailsift.service.errors import BadRequest, ModelNotReady
@@ -59,30 +60,43 @@ async def _write(op: Callable[[], AppendResult]) -> AppendResult:
 @router.post("/feedback", response_model=LearnOut, responses=ERRORS, openapi_extra=_BODY)
 async def feedback(
     request: Request,
+    caller: UserCaller,
     state: State,
     label: LabelQuery,
     user: Annotated[str, Query(min_length=1, max_length=320, description="Who reports it.")],
 ) -> dict[str, object]:
     """A user's report that a message is spam or not spam."""
+    if not caller.may_speak_for(user):
+        raise Forbidden(f"this token does not speak for {user}")
+    # Users' reports are capped; administrators teach in bulk through /v1/train anyway.
+    if caller.role != "admin" and not state.feedback_limiter.allow(caller.name):
+        raise RateLimited(
+            f"more than {state.settings.feedback_per_token_per_minute} reports a minute "
+            "from this token; try again shortly"
+        )
     return await _learn(request, state, label, "feedback", user)
 
 
 @router.post("/train", response_model=LearnOut, responses=ERRORS, openapi_extra=_BODY)
-async def train(request: Request, state: State, label: LabelQuery) -> dict[str, object]:
+async def train(
+    request: Request, caller: AdminCaller, state: State, label: LabelQuery
+) -> dict[str, object]:
     """A trusted administrator's labelled example."""
-    return await _learn(request, state, label, "train", "admin")
+    return await _learn(request, state, label, "train", caller.name)
 
 
 @router.delete("/examples/{fingerprint}", response_model=LearnOut, responses=ERRORS)
 async def forget(
+    caller: AdminCaller,
     state: State,
     fingerprint: Annotated[str, Path(description="The fingerprint a score or feedback returned.")],
-    user: Annotated[str, Query(min_length=1, max_length=320)] = "admin",
 ) -> dict[str, object]:
     """Take a wrong report back entirely: the model unlearns that example."""
     if not _FINGERPRINT.match(fingerprint):
         raise BadRequest("fingerprint must be the 32 hex characters a score or feedback returned")
-    result = await _write(lambda: state.trainlog.forget(fingerprint, source="feedback", actor=user))
+    result = await _write(
+        lambda: state.trainlog.forget(fingerprint, source="feedback", actor=caller.name)
+    )
     if result.result == "forgotten":
         await state.learner.catch_up(until=result.position)
     return {"result": result.result, "log_position": result.position, "fingerprint": fingerprint}

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.service.auth import Forbidden, Principal, UserCaller
 from mailsift.service.deps import State
 from mailsift.service.errors import ApiError
 from mailsift.service.schemas import ErrorBody
@@ -84,8 +85,19 @@ async def _call(op: Callable[[], T]) -> T:
         raise StateUnavailable(f"the list store cannot be reached ({type(exc).__name__})") from None
 
 
+def _own_lists_only(caller: Principal, scope: str | None, user: str | None) -> None:
+    """A user token manages only its own per-user lists; global lists are the admins'."""
+    if caller.role == "admin":
+        return
+    if scope != "user" or not user:
+        raise Forbidden("a user token may only use scope=user with its own user=")
+    if not caller.may_speak_for(user):
+        raise Forbidden(f"this token does not speak for {user}")
+
+
 @router.get("/{kind}", response_model=ListOut, responses=ERRORS)
 async def list_entries(
+    caller: UserCaller,
     state: State,
     kind: KindPath,
     scope: Annotated[Literal["global", "user"] | None, Query()] = None,
@@ -94,6 +106,7 @@ async def list_entries(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     """Entries of one list, optionally of one scope and one user."""
+    _own_lists_only(caller, scope, user)
     entries = await _call(
         lambda: state.lists.list_entries(kind, scope, user, limit=limit, offset=offset)
     )
@@ -102,6 +115,7 @@ async def list_entries(
 
 @router.get("/{kind}/{entry}", response_model=ListEntryOut, responses=ERRORS)
 async def get_entry(
+    caller: UserCaller,
     state: State,
     kind: KindPath,
     entry: EntryPath,
@@ -109,6 +123,7 @@ async def get_entry(
     user: UserQuery = None,
 ) -> dict[str, Any]:
     """One entry, or 404."""
+    _own_lists_only(caller, scope, user)
     found = await _call(lambda: state.lists.get(kind, entry, scope, user))
     if found is None:
         raise ListEntryNotFound(f"{entry} is not on the {scope} {kind} list")
@@ -122,6 +137,7 @@ async def get_entry(
     responses={**ERRORS, 200: {"model": ListEntryOut, "description": "already listed"}},
 )
 async def put_entry(
+    caller: UserCaller,
     state: State,
     kind: KindPath,
     entry: EntryPath,
@@ -132,13 +148,15 @@ async def put_entry(
     ] = None,
 ) -> JSONResponse:
     """Add an entry (201), or confirm it is there (200); allow entries pass the guard."""
-    by = actor or (user if scope == "user" and user else "admin")
+    _own_lists_only(caller, scope, user)
+    by = caller.name if caller.role != "admin" else actor or caller.name
     stored, created = await _call(lambda: state.lists.put(kind, entry, scope, user, by))
     return JSONResponse(stored.as_dict(), status_code=201 if created else 200)
 
 
 @router.delete("/{kind}/{entry}", response_model=DeletedOut, responses=ERRORS)
 async def delete_entry(
+    caller: UserCaller,
     state: State,
     kind: KindPath,
     entry: EntryPath,
@@ -146,6 +164,7 @@ async def delete_entry(
     user: UserQuery = None,
 ) -> dict[str, Any]:
     """Remove an entry, or 404 if it was not there."""
+    _own_lists_only(caller, scope, user)
     deleted = await _call(lambda: state.lists.delete(kind, entry, scope, user))
     if not deleted:
         raise ListEntryNotFound(f"{entry} is not on the {scope} {kind} list")

@@ -1,0 +1,243 @@
+"""API tokens and roles: service accounts of mailsift's own, never operating-system accounts.
+
+A token is ``msk_<id>_<secret>``. Only a SHA-256 of the secret is stored; the id finds
+the row and the digest is compared in constant time. Roles:
+
+* ``gateway`` — an MTA or MX host: score messages, report events, scan for leaks;
+* ``user``    — a mailbox owner: feedback and their own lists, only for the addresses
+  the token was created for;
+* ``admin``   — everything.
+
+Revocation is read on every request (no cache), so a revoked token fails at once in
+every worker and replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, Request
+from sqlalchemy import Column, Double, Engine, MetaData, String, Table, Text, insert, select, update
+from starlette.concurrency import run_in_threadpool
+
+from mailsift.service.db import write_transaction
+from mailsift.service.errors import ApiError
+from mailsift.service.settings import Settings
+
+__all__ = [
+    "Forbidden",
+    "Principal",
+    "RateLimited",
+    "Role",
+    "TokenInfo",
+    "TokenStore",
+    "Unauthorized",
+    "authenticate",
+    "require",
+]
+
+Role = Literal["gateway", "user", "admin"]
+ROLES: tuple[Role, ...] = ("gateway", "user", "admin")
+_TOKEN = re.compile(r"^msk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's name, its role and the addresses it may speak for."""
+
+    name: str
+    role: Role
+    addresses: frozenset[str] = frozenset()
+
+    def may_speak_for(self, address: str) -> bool:
+        """Admins speak for anyone; a user token for its own addresses or domains."""
+        if self.role == "admin":
+            return True
+        address = address.strip().lower()
+        domain = address.rpartition("@")[2]
+        return address in self.addresses or f"@{domain}" in self.addresses
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    id: str
+    name: str
+    role: Role
+    addresses: tuple[str, ...]
+    created_at: float
+    revoked_at: float | None
+
+
+_metadata = MetaData()
+_tokens = Table(
+    "api_tokens",
+    _metadata,
+    Column("id", String(12), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(8), nullable=False),
+    Column("addresses", Text, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double),
+)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TokenStore:
+    """Tokens in the state database, shared by every worker and replica."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        with write_transaction(engine) as conn:
+            _metadata.create_all(conn)
+
+    def create(self, role: Role, name: str, addresses: Iterable[str] = ()) -> tuple[TokenInfo, str]:
+        """A new token; the returned secret is shown once and never stored."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        cleaned = tuple(sorted({a.strip().lower() for a in addresses if a.strip()}))
+        if role == "user" and not cleaned:
+            raise ValueError("a user token needs at least one --address (or @domain)")
+        for address in cleaned:
+            if "@" not in address or len(address) > 320:
+                raise ValueError(f"{address!r} is not an address or @domain")
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        now = time.time()
+        with write_transaction(self.engine) as conn:
+            conn.execute(
+                insert(_tokens).values(
+                    id=token_id,
+                    name=name[:100],
+                    role=role,
+                    addresses=json.dumps(cleaned),
+                    digest=_digest(secret),
+                    created_at=now,
+                )
+            )
+        info = TokenInfo(token_id, name[:100], role, cleaned, now, None)
+        return info, f"msk_{token_id}_{secret}"
+
+    def list(self) -> list[TokenInfo]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(_tokens).order_by(_tokens.c.created_at)).all()
+        return [
+            TokenInfo(
+                r.id, r.name, r.role, tuple(json.loads(r.addresses)), r.created_at, r.revoked_at
+            )
+            for r in rows
+        ]
+
+    def revoke(self, token_id: str) -> bool:
+        with write_transaction(self.engine) as conn:
+            done = conn.execute(
+                update(_tokens)
+                .where(_tokens.c.id == token_id, _tokens.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+        return bool(done.rowcount)
+
+    def verify(self, token: str) -> Principal | None:
+        found = _TOKEN.match(token)
+        if not found:
+            return None
+        token_id, secret = found.groups()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(_tokens.c.name, _tokens.c.role, _tokens.c.addresses, _tokens.c.digest).where(
+                    _tokens.c.id == token_id, _tokens.c.revoked_at.is_(None)
+                )
+            ).first()
+        if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
+            return None
+        return Principal(row.name, row.role, frozenset(json.loads(row.addresses)))
+
+
+@dataclass(slots=True)
+class FeedbackLimiter:
+    """Per-token sliding minute window, per worker: one account cannot flood the learner."""
+
+    per_minute: int
+    _seen: dict[str, deque[float]] = field(default_factory=dict)
+
+    def allow(self, who: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        window = self._seen.setdefault(who, deque())
+        while window and window[0] <= now - 60.0:
+            window.popleft()
+        if len(window) >= self.per_minute:
+            return False
+        window.append(now)
+        return True
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send `Authorization: Bearer <token>` (see `mailsift token create`)")
+    return token.strip()
+
+
+def seeded_admin(request: Request, settings: Settings) -> Principal | None:
+    """The seeded admin token needs no database: checked on the event loop, in constant time."""
+    seeded = settings.admin_token
+    if seeded is None:
+        return None
+    if hmac.compare_digest(_bearer(request).encode(), seeded.get_secret_value().encode()):
+        return Principal("admin-token", "admin")
+    return None
+
+
+def authenticate(request: Request, settings: Settings, store: TokenStore) -> Principal:
+    """The caller of ``request`` from its bearer token; 401 without a valid one."""
+    principal = seeded_admin(request, settings) or store.verify(_bearer(request))
+    if principal is None:
+        raise Unauthorized("the token is unknown or revoked")
+    return principal
+
+
+def require(*roles: Role) -> Any:
+    """A dependency admitting only ``roles`` (admin is always admitted)."""
+    allowed = frozenset(roles) | {"admin"}
+
+    async def dependency(request: Request) -> Principal:
+        state = request.app.state.mailsift
+        principal = seeded_admin(request, state.settings)
+        if principal is None:  # a stored token: a database read, off the event loop
+            principal = await run_in_threadpool(authenticate, request, state.settings, state.tokens)
+        if principal.role not in allowed:
+            raise Forbidden(f"a {principal.role} token may not call {request.url.path}")
+        return principal
+
+    return Depends(dependency)
+
+
+GatewayCaller = Annotated[Principal, require("gateway")]
+UserCaller = Annotated[Principal, require("user")]
+AdminCaller = Annotated[Principal, require("admin")]
