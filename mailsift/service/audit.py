@@ -338,6 +338,34 @@ class AuditTrail:
         with self._engine.connect() as conn:
             return [_from_row(row._mapping) for row in conn.execute(query)]
 
+    def count_since(self, since: float, *, direction: str | None = None) -> int:
+        """Verdicts recorded at or after ``since``, optionally of one direction."""
+        query = select(func.count()).select_from(_events).where(_events.c.created_at >= since)
+        if direction:
+            query = query.where(_events.c.direction == direction)
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def gateways_last_seen(self, gateways: Iterable[str], *, since: float) -> dict[str, float]:
+        """When each named gateway's latest verdict at or after ``since`` was recorded.
+
+        A gateway missing from the result was not seen in the window. One query per
+        gateway, newest first on the time index: an active gateway costs a few rows
+        however long the trail is.
+        """
+        seen: dict[str, float] = {}
+        with self._engine.connect() as conn:
+            for name in sorted({g.strip()[:255] for g in gateways if g.strip()}):
+                at = conn.execute(
+                    select(_events.c.created_at)
+                    .where(_events.c.gateway == name, _events.c.created_at >= since)
+                    .order_by(_events.c.created_at.desc())
+                    .limit(1)
+                ).scalar()
+                if at is not None:
+                    seen[name] = float(at)
+        return seen
+
     def outbound_report(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """Per sending user: volume, recipients, spam share, DLP findings, limit hits, states."""
         where = [_events.c.direction == "outbound", _events.c.created_at >= since]

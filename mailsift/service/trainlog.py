@@ -226,6 +226,37 @@ class TrainingLog:
             found = {str(label): int(n) for label, n in conn.execute(query).all()}
         return {label: found.get(label, 0) for label in sorted(_LABELS)}
 
+    def label_counts_since(self, since: float, *, source: str) -> dict[str, int]:
+        """Entries from ``source`` created at or after ``since`` that set each label.
+
+        Positions and creation times grow together (appends run one at a time), so the
+        window's first position is found by bisection on the primary key and only the
+        window's rows are read, never the whole log with its message bytes.
+        """
+        with self._reading("count") as conn:
+            lo, hi = 1, _head(conn) + 1  # the first position in the window lies in [lo, hi]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                at = conn.execute(
+                    select(_entries.c.created_at).where(_entries.c.position == mid)
+                ).scalar()
+                if at is not None and at >= since:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            query = (
+                select(_entries.c.label, func.count())
+                .where(
+                    _entries.c.position >= lo,
+                    _entries.c.created_at >= since,
+                    _entries.c.source == source,
+                    _entries.c.label.is_not(None),
+                )
+                .group_by(_entries.c.label)
+            )
+            found = {str(label): int(n) for label, n in conn.execute(query).all()}
+        return {label: found.get(label, 0) for label in sorted(_LABELS)}
+
     def ping(self) -> None:
         """Raise TrainingLogError unless the log can be read and written right now."""
         with self._writing("readiness check", dry_run=True) as conn:

@@ -1,0 +1,121 @@
+"""``mailsift diagnose``: the diagnostic report from the command line, without a server.
+
+Opens the training log and the state database itself, loads the model the way a worker
+does (newest snapshot plus the log after it), runs the same report as the API and prints
+it. The exit code is 0 when everything passes, 1 with a warning, 2 with a failure, so
+cron or a monitoring system can run it monthly and act on the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy import Engine
+
+from mailsift.service.audit import AuditTrail
+from mailsift.service.db import open_state_engine
+from mailsift.service.diagnostics.report import EXIT_CODES, DiagReport, run_diagnostics
+from mailsift.service.learner import Learner
+from mailsift.service.lists.store import ListStore
+from mailsift.service.settings import Settings
+from mailsift.service.trainlog import TrainingLog, open_training_log
+
+__all__ = ["diagnose_command", "print_report"]
+
+_STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+
+
+@dataclass(slots=True)
+class _Stores:
+    """The part of the service state the report reads, opened for one run."""
+
+    settings: Settings
+    trainlog: TrainingLog
+    learner: Learner
+    lists: ListStore
+    audit: AuditTrail
+    engine: Engine
+
+    def close(self) -> None:
+        self.trainlog.close()
+        self.engine.dispose()
+
+
+def _open(settings: Settings) -> _Stores:
+    trainlog = open_training_log(settings.database_url, settings.data_dir)
+    try:
+        engine = open_state_engine(settings.database_url, settings.data_dir)
+        try:
+            lists = ListStore(engine, settings)
+            audit = AuditTrail(engine, settings)
+        except BaseException:
+            engine.dispose()
+            raise
+    except BaseException:
+        trainlog.close()
+        raise
+    learner = Learner(trainlog, settings.snapshot_path, settings.parse_limits)
+    return _Stores(settings, trainlog, learner, lists, audit, engine)
+
+
+async def _diagnose(settings: Settings, admin_host: str | None) -> DiagReport:
+    stores = await asyncio.to_thread(_open, settings)
+    try:
+        await asyncio.to_thread(stores.learner.load_initial)
+        await stores.learner.catch_up()
+        return await run_diagnostics(stores, admin_host=admin_host)
+    finally:
+        stores.close()
+
+
+def diagnose_command(
+    settings: Settings,
+    *,
+    as_json: bool = False,
+    admin_host: str | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run the report and print it (a table, or JSON); returns the exit code 0/1/2."""
+    console = console or Console()
+    try:
+        report = asyncio.run(_diagnose(settings, admin_host))
+    except Exception as exc:  # the stores could not be opened: nothing to diagnose with
+        console.print(
+            Text(f"error: cannot open mailsift's stores: {type(exc).__name__}: {exc}", "red")
+        )
+        return EXIT_CODES["fail"]
+    if as_json:
+        console.out(json.dumps(report.as_dict(), indent=2), highlight=False)
+    else:
+        print_report(report, console)
+    return report.exit_code
+
+
+def print_report(report: DiagReport, console: Console) -> None:
+    """The report as a table in report order, then a one-line summary."""
+    table = Table(show_lines=False, header_style="bold")
+    table.add_column("check", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("detail", overflow="fold")
+    table.add_column("remedy", overflow="fold")
+    for result in report.results:
+        table.add_row(
+            Text(result.name),
+            Text(result.status.upper(), _STYLES[result.status]),
+            Text(result.detail),
+            Text(result.remedy),
+        )
+    console.print(table)
+    counts = report.counts
+    console.print(
+        Text.assemble(
+            ("overall: ", "bold"),
+            (report.status.upper(), _STYLES[report.status]),
+            f" ({counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail)",
+        )
+    )
