@@ -47,9 +47,15 @@ def serve(
         str, typer.Option(help="Address of the gateway listener; loopback unless TLS is set up.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the gateway listener.")] = 8470,
-    admin_host: Annotated[str, typer.Option(help="Address of the admin listener.")] = "127.0.0.1",
+    admin_host: Annotated[
+        str, typer.Option(envvar="MAILSIFT_ADMIN_HOST", help="Address of the admin listener.")
+    ] = "127.0.0.1",
     admin_port: Annotated[
-        int, typer.Option(help="Port of the admin listener; 0 = one listener serves everything.")
+        int,
+        typer.Option(
+            envvar="MAILSIFT_ADMIN_PORT",
+            help="Port of the admin listener; 0 = one listener serves everything.",
+        ),
     ] = 8471,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
@@ -80,6 +86,10 @@ def serve(
                 "MAILSIFT_TLS_KEYFILE, or MAILSIFT_ALLOW_PLAIN_HTTP=true behind a TLS proxy"
             )
             raise typer.Exit(2)
+    if workers > 1:
+        from mailsift.service.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(settings.data_dir)  # the spawned workers pool metrics here
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["loggers"]["mailsift"] = {
         "handlers": ["default"],
@@ -227,18 +237,27 @@ def train(
             help="Corpora: TREC dir, ham/spam folder, or spam:/ham: + mbox/Maildir/file."
         ),
     ],
-    model: Annotated[Path, typer.Option("--model", help="Snapshot to create or continue.")] = Path(
-        "data/model.joblib"
-    ),
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Snapshot to create or continue (default: the service's)."),
+    ] = None,
 ) -> None:
     """Train (or continue training) a model snapshot from labelled corpora."""
+    from mailsift.service.settings import Settings
     from mailsift.training.train import train_snapshot
 
+    settings = Settings()
+    model = model or settings.snapshot_path
     try:
         messages, total = _sources(sources)
         with _progress(total, "training") as bar:
             task = bar.add_task("train", total=total)
-            report = train_snapshot(messages, model, progress=lambda n: bar.advance(task, n))
+            report = train_snapshot(
+                messages,
+                model,
+                limits=settings.parse_limits,
+                progress=lambda n: bar.advance(task, n),
+            )
     except CorpusError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -39,7 +39,8 @@ def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) 
         suspect, spam = settings.inbound_suspect_threshold, settings.inbound_spam_threshold
     else:
         suspect, spam = settings.outbound_suspect_threshold, settings.outbound_spam_threshold
-    if any(r.name == "model_learning" for r in reasons):
+    learning = any(r.name == "model_learning" for r in reasons)
+    if learning:
         # An untrained model has no opinion, and the thresholds are calibrated against
         # its scores: a fresh install passes mail (forced actions still apply below).
         verdict: VerdictName = "ham"
@@ -57,7 +58,9 @@ def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) 
         "suspect": settings.suspect_action,
         "spam": settings.spam_action,
     }[verdict]
-    if direction == "inbound" and verdict == "spam" and score >= settings.inbound_reject_threshold:
+    # Rejecting on the score alone takes a confident, trained model.
+    confident = not learning and score >= settings.inbound_reject_threshold
+    if direction == "inbound" and verdict == "spam" and confident:
         action = "reject"
     for reason in reasons:
         if reason.action and _SEVERITY[reason.action] > _SEVERITY[action]:

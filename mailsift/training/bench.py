@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -74,10 +75,12 @@ def run_bench(
         if model is not None:
             shutil.copy(model, data_dir / "model.joblib")
         port = _free_port()
+        token = secrets.token_urlsafe(24)  # the load generator is a gateway like any other
         env = {
             **os.environ,
             "MAILSIFT_DATA_DIR": str(data_dir),
             "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600",
+            "MAILSIFT_ADMIN_TOKEN": token,
         }
         server = subprocess.Popen(
             [
@@ -89,6 +92,8 @@ def run_bench(
                 str(port),
                 "--workers",
                 str(workers),
+                "--admin-port",
+                "0",
             ],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -100,13 +105,15 @@ def run_bench(
             base = None
             if baseline:
                 base_latencies, base_seconds, _ = asyncio.run(
-                    _drive(port, "GET", [("/healthz", b"")] * 5000, concurrency)
+                    _drive(port, "GET", [("/healthz", b"")] * 5000, concurrency, token)
                 )
                 base = len(base_latencies) / base_seconds
             payload = [
                 (_score_path(direction, i), body) for i, body in enumerate(list(messages) * rounds)
             ]
-            latencies, seconds, errors = asyncio.run(_drive(port, "POST", payload, concurrency))
+            latencies, seconds, errors = asyncio.run(
+                _drive(port, "POST", payload, concurrency, token)
+            )
             rss, rss_total = _peak_rss(server.pid)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
@@ -139,7 +146,7 @@ def _score_path(direction: str, i: int) -> str:
 
 
 async def _drive(
-    port: int, method: str, requests: Sequence[tuple[str, bytes]], concurrency: int
+    port: int, method: str, requests: Sequence[tuple[str, bytes]], concurrency: int, token: str
 ) -> tuple[list[float], float, int]:
     """``concurrency`` keep-alive connections pull the next request from a shared queue."""
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
@@ -157,7 +164,7 @@ async def _drive(
                 start = time.perf_counter()
                 head = (
                     f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: message/rfc822\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
+                    f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
                 )
                 writer.write(head.encode() + body)
                 status = await _read_response(reader)

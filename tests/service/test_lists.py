@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine
@@ -40,6 +41,7 @@ SETTINGS = Settings(
     authserv_id=ME,
 )
 OWNER = "alice@ownco.example"
+ADMIN = "admin-token-for-list-tests"
 
 
 # --- the guard ------------------------------------------------------------------------------
@@ -396,8 +398,9 @@ def client(store: ListStore) -> Iterator[TestClient]:
     app = FastAPI()
     install_error_handlers(app)
     app.include_router(lists_router.router)
-    app.state.mailsift = SimpleNamespace(settings=SETTINGS, lists=store)
-    with TestClient(app) as c:
+    settings = SETTINGS.model_copy(update={"admin_token": SecretStr(ADMIN)})
+    app.state.mailsift = SimpleNamespace(settings=settings, lists=store)
+    with TestClient(app, headers={"authorization": f"Bearer {ADMIN}"}) as c:
         yield c
 
 

@@ -149,7 +149,10 @@ async def put_entry(
 ) -> JSONResponse:
     """Add an entry (201), or confirm it is there (200); allow entries pass the guard."""
     _own_lists_only(caller, scope, user)
-    by = caller.name if caller.role != "admin" else actor or caller.name
+    if caller.role != "admin":
+        by = caller.name
+    else:
+        by = actor or (user if scope == "user" and user else caller.name)
     stored, created = await _call(lambda: state.lists.put(kind, entry, scope, user, by))
     return JSONResponse(stored.as_dict(), status_code=201 if created else 200)
 

@@ -1,0 +1,51 @@
+# mailsift developer commands. The README's two: `make run` and `make test`.
+#
+# Everything installs into a project-local .venv; it is (re)built only when
+# pyproject.toml changes (the stamp file .venv/.installed records the last install).
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+HOST    ?= 127.0.0.1
+PORT    ?= 8470
+WORKERS ?= 1
+CORPUS  ?= ../shared/corpora/spamassassin
+
+.DEFAULT_GOAL := help
+.PHONY: help venv run test lint bench eval clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## create .venv and install mailsift with its dev tools
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: venv  ## start the service on HOST:PORT (127.0.0.1:8470) with WORKERS workers
+	$(BIN)/mailsift serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+
+test: venv  ## run the whole test suite
+	$(BIN)/pytest -q
+
+lint: venv  ## ruff check, ruff format --check, mypy (runs all three, fails if any fails)
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/ruff format --check . || status=1; \
+	$(BIN)/mypy mailsift || status=1; \
+	exit $$status
+
+bench: venv  ## load benchmark on CORPUS, JSON on stdout
+	$(BIN)/mailsift bench $(CORPUS) --workers 2 --concurrency 16 --json
+
+eval: venv  ## online (TREC immediate-feedback) evaluation on CORPUS, JSON on stdout
+	$(BIN)/mailsift eval $(CORPUS) --mode online --json
+
+clean:  ## remove .venv, caches and build output (data/ is kept: it holds the training log)
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
