@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -120,6 +121,16 @@ class Service:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         base = self.admin_url if admin else self.url
         return httpx.Client(base_url=base, timeout=30, headers=headers, verify=False)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll until ``predicate`` holds or ``timeout`` seconds pass; its final answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[str, Any]:

@@ -6,25 +6,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.service.server import Service, feedback, message, score
+from tests.service.server import Service, feedback, message, score, wait_for
 
 RFC822 = {"content-type": "message/rfc822"}
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
