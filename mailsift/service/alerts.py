@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.db import lock_key_for, write_transaction
+from mailsift.service.monitor import mail_alert
 from mailsift.service.settings import Settings
 
 __all__ = ["Alerter"]
@@ -90,6 +91,10 @@ class Alerter:
         }
         body.update((k, v) for k, v in payload.items() if k not in body)
         log.warning("alert %s for %s", kind, key)
+        if self.settings.alert_smtp_host:
+            mail = asyncio.create_task(mail_alert(self.settings, body))
+            self._tasks.add(mail)
+            mail.add_done_callback(self._tasks.discard)
         if self.settings.alert_webhook_url:
             try:
                 content = json.dumps(body, default=str).encode()

@@ -12,18 +12,25 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from mailsift import __version__
-from mailsift.service.errors import install_error_handlers
-from mailsift.service.learner import Learner
+from mailsift.service import monitor
+from mailsift.service.accounts.flow import flush_outbound, run_flusher
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
+from mailsift.service.auth import FeedbackLimiter, TokenStore, require
 from mailsift.service.db import open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
+from mailsift.service.errors import install_error_handlers
+from mailsift.service.learner import Learner
+from mailsift.service.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
+from mailsift.service.metrics import MetricsMiddleware
+from mailsift.service.monitor import GatewaySeen
 from mailsift.service.outbound_learning import OutboundQuota
 from mailsift.service.routers import (
     accounts,
     audit,
+    diagnostics,
     dlp,
     events,
     feedback,
@@ -32,6 +39,7 @@ from mailsift.service.routers import (
     model,
     score,
 )
+from mailsift.service.routers import metrics as metrics_router
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
 from mailsift.service.trainlog import open_training_log
@@ -57,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_follow(learner, settings)),
             asyncio.create_task(state.lists.run()),
             asyncio.create_task(state.audit.run()),
+            asyncio.create_task(monitor.watch(state)),
+            asyncio.create_task(run_flusher(state)),
         ]
         try:
             yield
@@ -69,11 +79,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if learner.pending_entries:
                 await learner.write_snapshot()  # a shorter replay at the next start
             try:
+                await flush_outbound(state)  # queued account numbers, and their judgement
+            except Exception as exc:
+                log.error("account flush at shutdown failed: %s", type(exc).__name__)
+            try:
                 await run_in_threadpool(state.audit.flush)
             except Exception as exc:  # the audit store may be what is failing
                 log.error("audit flush at shutdown failed: %s", type(exc).__name__)
+            await state.gateway_seen.aclose()
             await state.alerts.aclose()
             state.trainlog.close()
+            state.accounts.close()
             state.state_engine.dispose()
 
     app = FastAPI(
@@ -83,18 +99,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for router in (
-        score.router,
-        feedback.router,
-        events.router,
-        dlp.router,
-        lists.router,
-        accounts.router,
-        audit.router,
-        model.router,
-        health.router,
+    # Who may call what: gateways score, report events and scan; routers that mix roles
+    # (feedback, lists) check per endpoint; everything else is for administrators.
+    gateway, admin = [require("gateway")], [require("admin")]
+    for router, needs in (
+        (score.router, gateway),
+        (events.router, gateway),
+        (dlp.router, gateway),
+        (feedback.router, []),
+        (lists.router, []),
+        (accounts.router, admin),
+        (audit.router, admin),
+        (model.router, admin),
+        (diagnostics.router, admin),
+        (metrics_router.router, admin),
+        (health.router, []),
     ):
-        app.include_router(router)
+        app.include_router(router, dependencies=needs)
+    app.add_middleware(ListenerGuard, admin_port=settings.admin_port)
+    app.add_middleware(MetricsMiddleware)  # outermost: counts the guard's 404s too
     return app
 
 
@@ -122,6 +145,9 @@ async def _open_state(settings: Settings) -> ServiceState:
             audit=AuditTrail(engine, settings),
             dlp=load_dlp_config(settings),
             outbound_quota=OutboundQuota(engine, settings),
+            tokens=TokenStore(engine),
+            feedback_limiter=FeedbackLimiter(settings.feedback_per_token_per_minute),
+            gateway_seen=GatewaySeen(engine),
         )
 
     return await run_in_threadpool(build)

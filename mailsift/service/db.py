@@ -7,15 +7,18 @@ URL normalisation, SQLite's pragmas and ``BEGIN IMMEDIATE``, PostgreSQL's write 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 SQLITE_FILENAME = "mailsift.db"
 STATE_FILENAME = "state.db"
@@ -28,6 +31,24 @@ _WRITE_OPTION = "mailsift_write"
 # pg_advisory_xact_lock key: the bytes of "mailsift" read as a positive 64-bit integer.
 _PG_WRITE_LOCK_KEY = int.from_bytes(b"mailsift", "big")
 _PG_WRITE_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+@dataclass(frozen=True, slots=True)
+class _SqliteFile:
+    lock: threading.RLock
+    durable: bool
+
+
+# One writer at a time per SQLite file within a process. SQLite allows one writer per
+# file anyway; without this, threads of one process contend for the file lock through
+# SQLite's busy handler, which polls with sleeps of up to 100 ms, so under load a write
+# of a fraction of a millisecond could wait for hundreds. Queued on a lock they take turns.
+_SQLITE_FILES: weakref.WeakKeyDictionary[Engine, _SqliteFile] = weakref.WeakKeyDictionary()
+
+
+class Busy(Exception):
+    """A call told not to wait found the database's write lock taken (or a read of it
+    momentarily busy); nothing was written. Retry it where waiting is allowed."""
 
 
 def resolve_url(database_url: str | None, data_dir: Path) -> URL:
@@ -94,7 +115,7 @@ def write_transaction(
     advisory lock, so unrelated writers (one user's counters) need not queue behind the
     training log; SQLite has one write lock per file whatever the key.
     """
-    with engine.connect() as conn:
+    with _local_writer(engine), engine.connect() as conn:
         conn.execution_options(**{_WRITE_OPTION: True})
         transaction = conn.begin()
         try:
@@ -110,13 +131,80 @@ def write_transaction(
             transaction.commit()
 
 
+def nowait_engine(engine: Engine) -> Engine | None:
+    """For a SQLite engine, one on the same file whose calls never wait, for work done on
+    the event loop itself; None on PostgreSQL (a network round trip belongs in a thread).
+
+    Its connections have no busy timeout and it shares ``engine``'s writer lock in this
+    process, so a write through :func:`nowait_write_transaction` either takes the write
+    lock at once or raises :class:`Busy`. They never checkpoint the WAL either (that
+    syncs the disk): the waiting engine's writers do.
+    """
+    sqlite_file = _SQLITE_FILES.get(engine)
+    if sqlite_file is None:
+        return None
+    sibling = create_engine(engine.url, connect_args={"timeout": 0}, pool_size=1)
+    sibling.dialect.use_insertmanyvalues_wo_returning = True
+    on_connect = _sqlite_on_connect if sqlite_file.durable else _sqlite_on_connect_fast
+    event.listen(sibling, "connect", on_connect)
+    event.listen(sibling, "connect", _sqlite_on_connect_nowait)
+    event.listen(sibling, "begin", _sqlite_on_begin)
+    _SQLITE_FILES[sibling] = sqlite_file
+    return sibling
+
+
+@contextmanager
+def nowait_write_transaction(engine: Engine) -> Iterator[Connection]:
+    """:func:`write_transaction` for an engine from :func:`nowait_engine`: :class:`Busy`
+    instead of waiting, whether for another writer of this process or another process."""
+    lock = _SQLITE_FILES[engine].lock
+    if not lock.acquire(blocking=False):
+        raise Busy
+    try:
+        with engine.connect() as conn, busy_as(Busy):
+            conn.execution_options(**{_WRITE_OPTION: True})
+            transaction = conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                transaction.rollback()
+                raise
+            transaction.commit()
+    finally:
+        lock.release()
+
+
+@contextmanager
+def busy_as(error: type[Exception]) -> Iterator[None]:
+    """Raise ``error`` for SQLite's "database is locked" (or busy) inside the block."""
+    try:
+        yield
+    except OperationalError as exc:
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise error from None
+        raise
+
+
+def _local_writer(engine: Engine) -> AbstractContextManager[object]:
+    """This process's writer lock of a SQLite file; nothing on PostgreSQL, where writers
+    with different lock keys may run side by side."""
+    sqlite_file = _SQLITE_FILES.get(engine)
+    return nullcontext() if sqlite_file is None else sqlite_file.lock
+
+
 def _sqlite_engine(url: URL, durable: bool = True) -> Engine:
     assert url.database is not None
     Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     # sqlite3's timeout is SQLite's busy timeout: wait for the write lock, don't fail.
     engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_SECONDS})
+    # A batch INSERT as multi-row statements rather than a statement per row: each SQLite
+    # call releases the interpreter lock, and a thread must win it back from a busy event
+    # loop, so row-by-row an audit batch kept the file's write lock for tens of ms.
+    engine.dialect.use_insertmanyvalues_wo_returning = True
     event.listen(engine, "connect", _sqlite_on_connect if durable else _sqlite_on_connect_fast)
     event.listen(engine, "begin", _sqlite_on_begin)
+    _SQLITE_FILES[engine] = _SqliteFile(threading.RLock(), durable)
     return engine
 
 
@@ -138,6 +226,10 @@ def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_on_connect_fast(dbapi_conn: Any, record: Any) -> None:
     _sqlite_on_connect(dbapi_conn, record)
     dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def _sqlite_on_connect_nowait(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def _sqlite_on_begin(conn: Connection) -> None:

@@ -4,7 +4,9 @@ Outbound mail is the best ham there is, as long as the sender is who they claim 
 A stolen account sending spam must never turn its spam into "ham" examples, so an
 outbound message is learned only when every guard passes (see :func:`eligible`), and
 each user may contribute only a few examples per hour (:class:`OutboundQuota`), so one
-account cannot dominate the model whatever it sends.
+account cannot dominate the model whatever it sends. All users together contribute at
+most ``outbound_learn_per_minute`` examples, so that what learning costs (every worker
+applies every example) stays bounded however much mail flows.
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailsift.service.checks.base import Reason
@@ -73,42 +85,75 @@ _quota = Table(
     Column("hour", Integer, primary_key=True),
     Column("learned", Integer, nullable=False),
 )
+_rate = Table(
+    "outbound_learning_rate",
+    _metadata,
+    Column("minute", Integer, primary_key=True),
+    Column("learned", Integer, nullable=False),
+)
+_LOCK_KEY = lock_key_for("outbound-quota")
+_USED_BY_USER = select(_quota.c.learned).where(
+    _quota.c.user == bindparam("user"), _quota.c.hour == bindparam("hour")
+)
+_USED_BY_ALL = select(_rate.c.learned).where(_rate.c.minute == bindparam("minute"))
 
 
 class OutboundQuota:
-    """How many outbound ham examples each user contributed per clock hour, shared by all
-    workers and replicas through the state database."""
+    """How many outbound ham examples each user contributed per clock hour, and everyone
+    per clock minute, shared by all workers and replicas through the state database."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        with write_transaction(engine) as conn:
+        self._spent_minute = -1  # a minute whose shared budget this process saw used up
+        with write_transaction(engine, lock_key=lock_key_for("outbound-quota:schema")) as conn:
             _metadata.create_all(conn)
 
-    def take(self, user: str, now: float | None = None) -> bool:
-        """Use one of ``user``'s examples for this hour; False when none are left."""
-        limit = self.settings.outbound_learn_per_user_per_hour
-        if limit <= 0:
+    def open(self, now: float | None = None) -> bool:
+        """Whether an example might still be taken now; no I/O, so every message can ask.
+
+        False when outbound learning is off or has no budget, or when this process
+        already found this minute's shared budget used up.
+        """
+        s = self.settings
+        if not s.outbound_learning or s.outbound_learn_per_minute <= 0:
             return False
-        hour = int((now if now is not None else time.time()) // 3600)
-        with write_transaction(
-            self.engine, lock_key=lock_key_for("outbound-quota:" + user)
-        ) as conn:
-            used = conn.execute(
-                select(_quota.c.learned).where(_quota.c.user == user, _quota.c.hour == hour)
-            ).scalar()
-            if used is None:
-                insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-                conn.execute(
-                    insert(_quota).values(user=user, hour=hour, learned=1).on_conflict_do_nothing()
-                )
-                conn.execute(_quota.delete().where(_quota.c.user == user, _quota.c.hour < hour - 1))
-                return True
-            if used >= limit:
+        if s.outbound_learn_per_user_per_hour <= 0:
+            return False
+        minute = int((now if now is not None else time.time()) // 60)
+        return minute != self._spent_minute
+
+    def take(self, user: str, now: float | None = None) -> bool:
+        """Use one of this minute's shared examples and one of ``user``'s for this hour;
+        False (and nothing used) when either is gone."""
+        per_user = self.settings.outbound_learn_per_user_per_hour
+        per_minute = self.settings.outbound_learn_per_minute
+        if per_user <= 0 or per_minute <= 0:
+            return False
+        now = now if now is not None else time.time()
+        minute, hour = int(now // 60), int(now // 3600)
+        if minute == self._spent_minute:
+            return False
+        with write_transaction(self.engine, lock_key=_LOCK_KEY) as conn:
+            used_by_all = conn.execute(_USED_BY_ALL, {"minute": minute}).scalar() or 0
+            if used_by_all >= per_minute:
+                self._spent_minute = minute
                 return False
-            conn.execute(
-                update(_quota)
-                .where(_quota.c.user == user, _quota.c.hour == hour)
-                .values(learned=_quota.c.learned + 1)
-            )
+            used = conn.execute(_USED_BY_USER, {"user": user, "hour": hour}).scalar() or 0
+            if used >= per_user:
+                return False
+            self._count(conn, _rate, {"minute": minute}, used_by_all)
+            self._count(conn, _quota, {"user": user, "hour": hour}, used)
+            if used_by_all == 0:  # once a minute: forget what no window reads any more
+                conn.execute(_rate.delete().where(_rate.c.minute < minute - 1))
+                conn.execute(_quota.delete().where(_quota.c.hour < hour - 1))
             return True
+
+    @staticmethod
+    def _count(conn: Connection, table: Table, key: dict[str, int | str], used: int) -> None:
+        if used == 0:
+            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            conn.execute(insert(table).values(**key, learned=1).on_conflict_do_nothing())
+            return
+        where = [table.c[name] == value for name, value in key.items()]
+        conn.execute(table.update().where(*where).values(learned=table.c.learned + 1))

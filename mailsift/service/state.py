@@ -13,6 +13,7 @@ from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
 from mailsift.service.learner import Learner
 from mailsift.service.lists.store import ListStore
+from mailsift.service.monitor import GatewaySeen
 from mailsift.service.outbound_learning import OutboundQuota
 from mailsift.service.settings import Settings
 from mailsift.service.trainlog import TrainingLog
@@ -31,6 +32,7 @@ class ServiceState:
     dlp: DlpConfig
     outbound_quota: OutboundQuota
     tokens: TokenStore
+    gateway_seen: GatewaySeen
     feedback_limiter: FeedbackLimiter
 
     @property

@@ -29,15 +29,21 @@ from mailsift.service.accounts import (
     SendingDecision,
     UsualRate,
 )
-from mailsift.service.accounts.flow import after_outbound, before_outbound
+from mailsift.service.accounts.flow import (
+    after_outbound,
+    before_outbound,
+    flush_outbound,
+    record_outbound,
+)
 from mailsift.service.accounts.risk import assess
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.checks.account import account_reasons
 from mailsift.service.checks.base import CheckContext, Direction, Envelope
 from mailsift.service.checks.limits import limit_reasons
-from mailsift.service.db import open_state_engine
+from mailsift.service.db import Busy, open_state_engine, write_transaction
 from mailsift.service.errors import install_error_handlers
+from mailsift.service.outbound_learning import OutboundQuota
 from mailsift.service.routers import accounts as accounts_router
 from mailsift.service.routers import events as events_router
 from mailsift.service.settings import Settings
@@ -65,17 +71,25 @@ class Opened:
 
     def __init__(self) -> None:
         self.engines: list[Engine] = []
+        self.stores: list[AccountStore] = []
 
-    def store(self, settings: Settings) -> AccountStore:
+    def engine(self, settings: Settings) -> Engine:
         engine = open_state_engine(settings.database_url, settings.data_dir)
         self.engines.append(engine)
-        return AccountStore(engine, settings)
+        return engine
+
+    def store(self, settings: Settings, **options: Any) -> AccountStore:
+        store = AccountStore(self.engine(settings), settings, **options)
+        self.stores.append(store)
+        return store
 
 
 @pytest.fixture
 def opened() -> Iterator[Opened]:
     holder = Opened()
     yield holder
+    for store in holder.stores:
+        store.close()
     for engine in holder.engines:
         engine.dispose()
 
@@ -243,13 +257,110 @@ def test_two_processes_share_the_limits(where: dict[str, Any], opened: Opened) -
 def test_new_recipient_domains(where: dict[str, Any], opened: Opened) -> None:
     store = opened.store(Settings(**where))
     user = fresh_user()
-    first = store.check_and_record(user, ["a@One.example", "b@two.example.", "not-an-address"], T0)
-    assert (first.new_domains, first.new_domains_hour) == (2, 2)
-    second = store.check_and_record(user, ["c@one.example", "d@three.example"], T0 + 60)
-    assert (second.new_domains, second.new_domains_hour) == (1, 3)
-    later = store.check_and_record(user, ["e@two.example"], T0 + 7200)
-    assert (later.new_domains, later.new_domains_hour) == (0, 0)
-    assert store.stats(user, T0 + 7200).domains_known_since == T0
+    store.check_and_record(user, ["a@One.example", "b@two.example.", "not-an-address"], T0)
+    assert store.stats(user, T0).new_domains_hour == 2
+    store.check_and_record(user, ["c@one.example", "d@three.example"], T0 + 60)
+    assert store.stats(user, T0 + 60).new_domains_hour == 3
+    store.check_and_record(user, ["e@two.example"], T0 + 7200)
+    later = store.stats(user, T0 + 7200)
+    assert (later.new_domains_hour, later.domains_known_since) == (0, T0)
+
+
+def test_risk_numbers_are_queued_and_written_by_the_flush(
+    where: dict[str, Any], opened: Opened
+) -> None:
+    settings = Settings(**where)
+    worker, other = opened.store(settings), opened.store(settings)  # two processes
+    user = fresh_user()
+    assert worker.check_and_record(user, ["a@one.example", "b@two.example"], T0).recorded
+    worker.record_outcome(user, "spam", T0)
+    assert worker.pending()
+    seen = other.stats(user, T0 + 1)
+    # The limit counts are exact at once; the rest waits for the worker's flush.
+    assert (seen.messages_hour, seen.recipients_hour) == (1, 2)
+    assert (seen.scored_hour, seen.new_domains_hour, seen.domains_known_since) == (0, 0, None)
+    assert worker.flush() == {user}
+    assert not worker.pending() and worker.flush() == set()
+    seen = other.stats(user, T0 + 1)
+    assert (seen.scored_hour, seen.spam_hour, seen.new_domains_hour) == (1, 1, 2)
+    assert seen.domains_known_since == T0
+    # The hourly roll-up came along: that hour is part of the user's history now.
+    for _ in range(29):
+        worker.check_and_record(user, ["a@one.example"], T0 + 60)
+    worker.flush()
+    assert other.usual_hourly_rate(user, T0 + 3600) == UsualRate(30.0, 50.0)
+
+
+def test_nowait_gives_way_to_another_writer_and_counts_once(tmp_path: Path, opened: Opened) -> None:
+    settings = Settings(data_dir=tmp_path / "data", limit_messages_per_hour=1)
+    store = opened.store(settings)
+    assert store.on_loop
+    user = fresh_user()
+    store.record_outcome(user, "ham", T0)
+    with write_transaction(opened.engine(settings)):  # another process is writing
+        with pytest.raises(Busy):
+            store.nowait(store.admit, user, ["a@b.example"], T0)
+        with pytest.raises(Busy):
+            store.nowait(store.flush)
+    decision, account = store.nowait(store.admit, user, ["a@b.example"], T0)
+    assert decision.recorded and account.state == "ok"
+    assert not store.nowait(store.admit, user, ["a@b.example"], T0)[0].allowed
+    assert store.nowait(store.flush) == {user}  # the queue survived the busy attempt
+    assert store.stats(user, T0).scored_hour == 1
+
+
+def test_nowait_is_never_tried_on_postgresql(pg_url: str, tmp_path: Path, opened: Opened) -> None:
+    store = opened.store(Settings(data_dir=tmp_path, database_url=pg_url))
+    assert not store.on_loop
+    with pytest.raises(Busy):
+        store.nowait(store.admit, fresh_user(), [], T0)
+
+
+def test_scoring_holds_a_state_a_while_and_sees_its_own_changes_at_once(
+    where: dict[str, Any], opened: Opened
+) -> None:
+    settings = Settings(**where)
+    worker = opened.store(settings, state_cache_seconds=3600)
+    other = opened.store(settings)
+    user = fresh_user()
+    assert worker.admit(user, ["a@b.example"], T0)[1].state == "ok"
+    assert other.set_state(user, "suspended", "elsewhere", T0 + 1)
+    assert worker.cached_state(user).state == "ok"  # read within the cache's lifetime
+    assert worker.get_state(user).state == "suspended"  # a read refreshes the copy
+    decision, account = worker.admit(user, ["a@b.example"], T0 + 2)
+    assert account.state == "suspended" and not decision.recorded  # held, not counted
+    worker.clear(user, "admin", T0 + 3)
+    assert worker.cached_state(user).state == "ok"
+    assert other.set_state(user, "watch", "again", T0 + 4)
+    worker.state_cache_seconds = 0.0
+    assert worker.admit(user, ["a@b.example"], T0 + 5)[1].state == "watch"
+
+
+def test_outbound_learning_budget_is_shared_and_checked_in_memory_first(
+    where: dict[str, Any], opened: Opened
+) -> None:
+    settings = Settings(outbound_learn_per_minute=3, outbound_learn_per_user_per_hour=2, **where)
+    one, two = (OutboundQuota(opened.engine(settings), settings) for _ in range(2))
+    alice, bob, carol = fresh_user("alice"), fresh_user("bob"), fresh_user("carol")
+    assert one.open(T0)
+    assert [one.take(alice, T0) for _ in range(3)] == [True, True, False]  # per user, per hour
+    assert two.take(bob, T0 + 1)  # the third example of this minute, from another worker
+    assert not two.take(carol, T0 + 2)  # all workers together: the minute's budget is used
+    assert not two.open(T0 + 3)  # and this worker knows it without asking the database
+    assert one.open(T0 + 3) and not one.take(carol, T0 + 3)
+    assert not one.open(T0 + 4)
+    assert two.open(T0 + 60) and two.take(carol, T0 + 60)  # a new minute
+    assert not two.take(alice, T0 + 61)  # still alice's hour
+    for off in (
+        Settings(outbound_learn_per_minute=0, **where),
+        Settings(outbound_learn_per_user_per_hour=0, **where),
+        Settings(outbound_learning=False, **where),
+    ):
+        quota = OutboundQuota(opened.engine(off), off)
+        assert not quota.open(T0 + 120)
+    assert not OutboundQuota(
+        opened.engine(settings), Settings(outbound_learn_per_minute=0, **where)
+    ).take(fresh_user(), T0 + 120)
 
 
 # --- signals and state -------------------------------------------------------------------
@@ -553,6 +664,42 @@ def test_flow_suspends_a_spamming_account_and_alerts_once(
     transitions = [(b["old_state"], b["new_state"]) for b in webhook.bodies("account_state")]
     assert transitions in ([("ok", "suspended")], [("ok", "watch"), ("watch", "suspended")])
     assert all(b["user"] == user for b in webhook.bodies())
+
+
+def test_the_flush_judges_what_workers_queued_and_alerts_once(
+    host: SimpleNamespace,
+    webhook: Webhook,  # noqa: F811
+) -> None:
+    """Two workers queue a spamming user's outcomes; their flushes judge and alert once."""
+    settings = host.settings
+    store = AccountStore(host.accounts.engine, settings)
+    other = SimpleNamespace(
+        settings=settings, accounts=store, alerts=Alerter(store.engine, settings)
+    )
+    user = fresh_user("queued")
+
+    async def run() -> list[dict[str, RiskState]]:
+        judged: list[dict[str, RiskState]] = []
+        for worker in (host, other):
+            for _ in range(6):
+                decision, account = await before_outbound(worker, user, ["x@victim.example"])
+                assert decision.recorded and account.state == "ok"
+                record_outbound(worker, user, "spam")
+            judged.append({u: a.state for u, a in (await flush_outbound(worker)).items()})
+        assert await flush_outbound(host) == {}  # nothing queued: nothing judged
+        await host.alerts.drain(timeout=30)
+        await other.alerts.drain(timeout=30)
+        return judged
+
+    try:
+        judged = asyncio.run(run())
+    finally:
+        store.close()
+    assert judged == [{user: "ok"}, {user: "suspended"}]  # 6 scored: too few to judge
+    assert host.accounts.get_state(user).state == "suspended"
+    assert [(b["old_state"], b["new_state"]) for b in webhook.bodies("account_state")] == [
+        ("ok", "suspended")
+    ]
 
 
 def make_app(host: SimpleNamespace) -> FastAPI:

@@ -87,6 +87,7 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any], set[str]]] = [
     ("POST", "/v1/accounts/nobody@corp.example/clear", {}, set()),
     ("GET", "/v1/audit", {}, set()),
     ("GET", "/v1/reports/outbound", {}, set()),
+    ("GET", "/v1/admin/diagnostics", {}, set()),
 ]
 
 

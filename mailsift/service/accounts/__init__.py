@@ -67,10 +67,6 @@ class SendingDecision:
     recipients: int
     """Distinct recipients of this message."""
     recorded: bool
-    new_domains: int = 0
-    """Recipient domains this user had never mailed before, in this message."""
-    new_domains_hour: int = 0
-    """Recipient domains first mailed by this user in the last hour."""
 
     @property
     def over_limit(self) -> bool:

@@ -1,38 +1,60 @@
 """What the edge calls around scoring one outbound message, and after an account event.
 
-``before_outbound`` counts the message against its sender's limits and fetches their
-risk state (for the ``limits`` and ``account`` checks); ``after_outbound`` records how
-the message scored and re-judges the sender. Store calls run in a threadpool; alerts
-are raised on every state change.
+``before_outbound`` counts the message against its sender's limits (exact, across
+workers) and gives their risk state as this process knows it (at most about a second
+old); ``record_outbound`` queues how the message scored. A flush (``run_flusher``, every
+``FLUSH_SECONDS``) writes what the queue holds in one transaction and re-judges just the
+users in it, so a change of state shows about a second after the mail that caused it.
+``settle`` does the same at once for one user. On SQLite the store calls of the score
+path and of the flush run on the event loop when they need not wait (see
+:meth:`AccountStore.nowait`), else in a threadpool, like every call on PostgreSQL.
+Alerts are raised on every state change, once (compare-and-set picks the one worker
+that alerts).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.accounts import AccountState, AccountStats, RiskState, SendingDecision
 from mailsift.service.accounts.risk import assess
-from mailsift.service.accounts.store import AccountStore
+from mailsift.service.accounts.store import AccountStore, normalise_user
 from mailsift.service.alerts import Alerter
+from mailsift.service.db import LOCK_WAIT_SECONDS, Busy
 from mailsift.service.settings import Settings
 
 __all__ = [
     "ALERT_ACCOUNT_STATE",
     "ALERT_AUTH_FAILURES",
+    "FLUSH_SECONDS",
     "AccountsHost",
     "after_outbound",
     "announce_change",
     "auth_failure",
     "before_outbound",
+    "flush_outbound",
     "reassess",
+    "record_outbound",
+    "run_flusher",
+    "settle",
 ]
+
+log = logging.getLogger("mailsift.accounts")
+T = TypeVar("T")
 
 ALERT_ACCOUNT_STATE = "account_state"
 ALERT_AUTH_FAILURES = "auth_failure_burst"
+FLUSH_SECONDS = 0.5
+"""How often each worker writes its queued account numbers and re-judges their users."""
+NOWAIT_RETRY_MAX_SECONDS = 0.005
+"""Longest pause between attempts on the event loop while the database is busy."""
 
 
 class AccountsHost(Protocol):
@@ -61,31 +83,101 @@ async def before_outbound(
     """Count one outbound message against ``user``'s limits; their current risk state.
 
     Put the results in ``ctx.extra["sending"]`` and ``ctx.extra["account"]``. A
-    suspended user's mail is held, so it is checked but not counted.
+    suspended user's mail is held, so it is checked but not counted. The state is the
+    one this process read or wrote within the last second or so.
     """
-    now = time.time()
     store = state.accounts
+    return await _call(store, store.admit, user, recipients, time.time())
 
-    def run() -> tuple[SendingDecision, AccountState]:
-        account = store.get_state(user)
-        suspended = account.state == "suspended"
-        return store.check_and_record(user, recipients, now, dry_run=suspended), account
 
-    return await run_in_threadpool(run)
+async def _call(store: AccountStore, method: Callable[..., T], *args: Any) -> T:
+    """A store method on the event loop when the store is a local file (SQLite), else in a
+    thread (PostgreSQL's round trips).
+
+    On SQLite the loop never waits inside a call: while another writer holds the
+    database it retries after short sleeps, for as long as a thread would have waited
+    for the lock. Not a thread: it would take the write lock and then, statement by
+    statement, queue for the interpreter lock behind the busy loop, holding up every
+    writer after it.
+    """
+    if not store.on_loop:
+        return await run_in_threadpool(method, *args)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LOCK_WAIT_SECONDS
+    pause = 0.0
+    while True:
+        try:
+            return store.nowait(method, *args)
+        except Busy:
+            if loop.time() >= deadline:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(NOWAIT_RETRY_MAX_SECONDS, pause + 0.0005)
+
+
+def record_outbound(state: AccountsHost, user: str, verdict: str) -> None:
+    """Queue how ``user``'s message scored; the next flush writes it and re-judges them.
+    No I/O: safe to call on the event loop."""
+    state.accounts.record_outcome(user, verdict, time.time())
+
+
+async def settle(state: AccountsHost, user: str) -> AccountState:
+    """Flush now and re-judge ``user`` (and whoever else the queue held): their state
+    with everything this process recorded for them counted."""
+    judged = await flush_outbound(state, also=(user,))
+    return judged[normalise_user(user)]
 
 
 async def after_outbound(state: AccountsHost, user: str, verdict: str) -> AccountState:
-    """Record how ``user``'s message scored, re-judge them, alert on a change."""
+    """Record how ``user``'s message scored, re-judge them at once, alert on a change.
+
+    A flush per message: for callers that need the verdict's effect immediately. The
+    score path queues (:func:`record_outbound`) and lets the flusher judge.
+    """
+    record_outbound(state, user, verdict)
+    return await settle(state, user)
+
+
+async def flush_outbound(
+    state: AccountsHost, *, also: Iterable[str] = ()
+) -> dict[str, AccountState]:
+    """Write this process's queued account numbers in one transaction, then re-judge the
+    users they belong to (and ``also``); alerts on changes. Their states, by user."""
     now = time.time()
     store = state.accounts
+    users = {normalise_user(u) for u in also}
+    if store.pending():
+        users |= await _call(store, store.flush)
+    if not users:
+        return {}
+    assessed = await _call(store, store.assessments, users, now)
+    judgements, changes = [], []
+    for old, stats in assessed:
+        new_state, reasons = assess(stats, old, state.settings)
+        if new_state == old.state:
+            judgements.append(_Judgement(old, old, False, reasons, stats))
+        else:
+            changes.append((old, stats, new_state, reasons))
+    if changes:  # rare, and each a compare-and-set that may wait: in a thread
+        judgements += await run_in_threadpool(_apply, store, changes, now)
+    for judgement in judgements:
+        await _announce(state, judgement)
+    return {j.new.user: j.new for j in judgements}
 
-    def run() -> _Judgement:
-        store.record_outcome(user, verdict, now)
-        return _judge(store, state.settings, user, now)
 
-    judgement = await run_in_threadpool(run)
-    await _announce(state, judgement)
-    return judgement.new
+async def run_flusher(state: AccountsHost, every: float = FLUSH_SECONDS) -> None:
+    """The worker's flush loop (a lifespan task); a final :func:`flush_outbound` belongs
+    after it is cancelled. Expired buckets are pruned along the way, hourly."""
+    store = state.accounts
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await flush_outbound(state)
+            await run_in_threadpool(store.prune_if_due, time.time())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the queue is kept; the next round retries
+            log.error("flushing account numbers failed: %s", type(exc).__name__)
 
 
 async def reassess(state: AccountsHost, user: str) -> tuple[AccountState, AccountStats]:
@@ -106,6 +198,20 @@ def _judge(store: AccountStore, settings: Settings, user: str, now: float) -> _J
     # After a lost compare-and-set another worker changed the state (and alerts for it).
     new = store.get_state(user) if new_state != old.state else old
     return _Judgement(old, new, changed, reasons, stats)
+
+
+def _apply(
+    store: AccountStore,
+    changes: list[tuple[AccountState, AccountStats, RiskState, list[str]]],
+    now: float,
+) -> list[_Judgement]:
+    """Write judged state changes, each a compare-and-set against the state judged from."""
+    judgements = []
+    for old, stats, new_state, reasons in changes:
+        changed = store.set_state(old.user, new_state, "; ".join(reasons), now, expected=old.state)
+        # After a lost compare-and-set another worker changed the state (and alerts for it).
+        judgements.append(_Judgement(old, store.get_state(old.user), changed, reasons, stats))
+    return judgements
 
 
 async def _announce(state: AccountsHost, judgement: _Judgement) -> None:

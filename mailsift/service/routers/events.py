@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, field_validator
 from mailsift.service.accounts.flow import auth_failure
 from mailsift.service.accounts.store import normalise_user
 from mailsift.service.deps import State
+from mailsift.service.metrics import observe_auth_failure
 from mailsift.service.schemas import ERRORS
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
@@ -45,6 +46,7 @@ class EventOut(BaseModel):
 @router.post("/events", response_model=EventOut, responses=ERRORS)
 async def record_event(state: State, event: AuthFailureEvent) -> dict[str, object]:
     """Record an account event a gateway reported and re-judge that user."""
+    observe_auth_failure("login")
     account, stats = await auth_failure(state, event.user, event.client_ip)
     return {
         "recorded": event.type,

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from mailsift.service.accounts.flow import after_outbound, before_outbound
+from mailsift.service.accounts import AccountState
+from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
 from mailsift.service.analysis import Analysed, analyse
 from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
@@ -20,6 +21,8 @@ from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
 from mailsift.service.deps import State
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
+from mailsift.service.metrics import observe_verdict
+from mailsift.service.monitor import note_gateway
 from mailsift.service.outbound_learning import eligible
 from mailsift.service.schemas import ERRORS, ScoreOut
 from mailsift.service.state import ServiceState
@@ -52,6 +55,7 @@ async def score(
     gateway: Short = None,
 ) -> JSONResponse:
     """Score one raw message and return the verdict, the action and its reasons."""
+    note_gateway(state, gateway)  # a gateway sending bad mail is still calling
     started = time.perf_counter()
     if client_ip is not None:
         try:
@@ -75,12 +79,15 @@ async def score(
     if outbound or settings.dlp_inbound:
         dlp = scan_message(msg, state.dlp)
         extra["dlp"] = dlp
+    account: AccountState | None = None
     if outbound and sender:
-        extra["sending"], extra["account"] = await before_outbound(state, sender, list(rcpt))
+        extra["sending"], account = await before_outbound(state, sender, list(rcpt))
+        extra["account"] = account
 
     ctx = CheckContext(msg, envelope, model_score, state.model_ready, settings, extra)
     reasons = run_checks(ctx)
     verdict = decide(reasons, direction, settings)
+    observe_verdict(direction, verdict.verdict, verdict.action, reasons, dlp)
     status = state.learner.status()
     state.audit.record(
         audit_record(
@@ -117,23 +124,30 @@ async def score(
         body["dlp"] = dlp.as_dict()
     body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
     after = None
-    if outbound and sender:
-        # After the answer is on its way: judge the sender, maybe learn the message.
-        after = BackgroundTask(_after_outbound, state, sender, raw, analysed, verdict, reasons, dlp)
+    if outbound and sender and account is not None:
+        # After the answer is on its way: count the outcome, maybe learn the message.
+        after = BackgroundTask(
+            _after_outbound, state, sender, account, raw, analysed, verdict, reasons, dlp
+        )
     return JSONResponse(body, background=after)
 
 
 async def _after_outbound(
     state: ServiceState,
     sender: str,
+    account: AccountState,
     raw: bytes,
     analysed: Analysed,
     verdict: Verdict,
     reasons: list[Reason],
     dlp: DlpReport | None,
 ) -> None:
-    """Re-judge the sender's account, then learn the message as ham if every guard passes."""
-    account = await after_outbound(state, sender, verdict.verdict)
+    """Queue the outcome for the sender's judgement; learn the message as ham if the
+    learning budget has room and every guard passes, the sender judged with it counted."""
+    record_outbound(state, sender, verdict.verdict)
+    quota = state.outbound_quota
+    if not quota.open():  # learning off, or this minute's examples are all taken
+        return
     refusal = eligible(
         score=verdict.score,
         verdict=verdict.verdict,
@@ -147,10 +161,13 @@ async def _after_outbound(
     if refusal is not None:
         return
     try:
+        if not await run_in_threadpool(quota.take, sender):
+            return
+        # The state scoring used may be a second old: judge the sender with this message.
+        if (await settle(state, sender)).state != "ok":
+            return
         # Outbound mail only ever adds: it must never relabel what a person reported.
         if await run_in_threadpool(state.trainlog.label_of, analysed.fingerprint) is not None:
-            return
-        if not await run_in_threadpool(state.outbound_quota.take, sender):
             return
         await run_in_threadpool(
             state.trainlog.append,
