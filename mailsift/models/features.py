@@ -138,7 +138,7 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
         out.append("hdr:" + name[:_MAX_TOKEN_CHARS])
         if name in _WORD_HEADERS:
             prefix = "hdr:" + name + ":"
-            out += [prefix + w for w in _words(value)[: config.header_words]]
+            out += [prefix + w for w in _first_words(value, config.header_words)]
     out.append("type:" + msg.content_type)
     if msg.mailer:
         out.append("mailer:" + msg.mailer.lower()[:_MAX_TOKEN_CHARS])
@@ -230,6 +230,12 @@ def _char_input(msg: ParsedMessage, config: FeatureConfig) -> bytes:
 
 def _words(text: str) -> list[str]:
     return [w[:_MAX_TOKEN_CHARS] for w in _WORD_RE.findall(text.lower())]
+
+
+def _first_words(text: str, n: int) -> list[str]:
+    """``_words(text)[:n]`` without tokenising the rest (a header value may be 32 KB)."""
+    found = itertools.islice(_WORD_RE.finditer(text.lower()), n)
+    return [m.group()[:_MAX_TOKEN_CHARS] for m in found]
 
 
 def _parent_domains(domain: str) -> list[str]:

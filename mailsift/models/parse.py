@@ -4,6 +4,14 @@ Mail arrives from anyone, so the parser's first duty is to never raise and never
 run away: the bytes handed to the MIME parser, the parts visited, the nesting depth
 and the bytes decoded per part are all capped by :class:`ParseLimits`, and each cap
 that bites is recorded in ``ParsedMessage.defects`` rather than hidden.
+
+The stdlib parser has super-linear corners of its own, so the caps reach inside it:
+header fields per part, and the length and parameter count of ``Content-Type`` and
+``Content-Disposition``, are cut as the parser stores them (its parameter splitter is
+quadratic); entities nested deeper than the cap are read as opaque text, so it never
+tests each line against more than ``max_depth`` boundaries; the bytes are fed in
+chunks under a wall-clock budget; and HTML is flattened past a nesting depth before
+lexbor sees it (its tree builder is quadratic in depth).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import email.parser
 import email.utils
 import functools
 import re
+import time
 from dataclasses import dataclass, field
 from email.header import decode_header
 from email.policy import Compat32
@@ -45,6 +54,13 @@ class ParseLimits:
     """URLs collected per message."""
     prefix_bytes: int = 8192
     """Raw bytes kept verbatim (``ParsedMessage.prefix``) for byte-level features."""
+    time_budget_ms: int = 1000
+    """Wall-clock milliseconds for one message; past it, the rest is skipped (``time_budget``).
+
+    The other caps already bound the work; this is the backstop for a slow machine or a
+    corner they miss. The first 16 top header fields and the first leaf part the parser
+    got to are always read.
+    """
 
 
 DEFAULT_LIMITS = ParseLimits()
@@ -115,6 +131,98 @@ class _RawHeaders(Compat32):
 
 _POLICY = _RawHeaders()
 
+# Parameter-carrying fields: the stdlib splits parameters in quadratic time (it copies
+# the rest of the value per ";" and recounts quotes from the start), so cut them to
+# what any real one needs; a long RFC 2231 file name fits.
+_PARAM_FIELDS = frozenset({"content-type", "content-disposition"})
+_MAX_PARAM_FIELD_CHARS = 4096
+_MAX_PARAMS = 64
+_FEED_CHUNK = 64 * 1024
+
+
+class _BoundedMessage(email.message.Message):
+    """A MIME entity that applies :class:`ParseLimits` while the stdlib parser builds it.
+
+    * header fields past ``max_headers`` are dropped and values are cut
+      (``headers_dropped`` says so);
+    * an entity at ``max_depth`` or deeper claims to be text, so the parser reads it as
+      an opaque body instead of descending (``beyond_depth``): nested entities would
+      each add a boundary every later line is tested against, and a level of recursion.
+    """
+
+    def __init__(self, policy: Compat32, limits: ParseLimits) -> None:
+        super().__init__(policy)
+        self.limits = limits
+        self.depth = 0
+        self.headers_dropped = False
+
+    def set_raw(self, name: str, value: str) -> None:
+        if len(self) >= self.limits.max_headers:
+            self.headers_dropped = True
+            return
+        if name.strip().lower() in _PARAM_FIELDS:
+            value = value[:_MAX_PARAM_FIELD_CHARS]
+            pieces = value.split(";", _MAX_PARAMS)
+            if len(pieces) > _MAX_PARAMS:
+                value = ";".join(pieces[:_MAX_PARAMS])
+        else:
+            value = value[: self.limits.max_header_chars * 4]
+        super().set_raw(name, value)
+
+    def attach(self, payload: email.message.Message) -> None:  # type: ignore[override]
+        if isinstance(payload, _BoundedMessage):
+            payload.depth = self.depth + 1
+        super().attach(payload)
+
+    @property
+    def beyond_depth(self) -> bool:
+        return self.depth >= self.limits.max_depth and super().get_content_maintype() in (
+            "multipart",
+            "message",
+        )
+
+    def get_content_maintype(self) -> str:
+        return "text" if self.beyond_depth else super().get_content_maintype()
+
+
+class _Stop(Exception):
+    """Raised inside the stdlib parser to end it early; the tree built so far is kept."""
+
+    def __init__(self, defect: str) -> None:
+        super().__init__(defect)
+        self.defect = defect
+
+
+class _Builder:
+    """The parser's message factory: counts the entities it makes and keeps the first.
+
+    The parser creates entities depth first, the order :func:`_walk` visits them in, so
+    once it asks for one past ``max_parts`` (or past the deadline) nothing more that
+    would be examined can follow: :class:`_Stop` ends the parse there instead of letting
+    it split 100 000 parts no one reads.
+    """
+
+    def __init__(self, limits: ParseLimits, deadline: float | None) -> None:
+        self.limits = limits
+        self.deadline = deadline
+        self.made = 0
+        self.root: _BoundedMessage | None = None
+
+    def forget(self) -> None:
+        """Drop what was made so far (a parser may make a probe instance on creation)."""
+        self.made, self.root = 0, None
+
+    def __call__(self, policy: Compat32 = _POLICY) -> _BoundedMessage:
+        self.made += 1
+        if self.made > self.limits.max_parts:
+            raise _Stop("too_many_parts")
+        if self.made > 1 and self.deadline is not None and time.monotonic() > self.deadline:
+            raise _Stop("time_budget")
+        msg = _BoundedMessage(policy, self.limits)
+        if self.root is None:
+            self.root = msg
+        return msg
+
 
 def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMessage:
     """Parse ``raw`` into a :class:`ParsedMessage`; never raises on any input.
@@ -123,13 +231,14 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     >>> (m.subject, m.from_addr, m.url_domains)
     ('hi', 'ann@example.org', ['x.test'])
     """
+    deadline = time.monotonic() + limits.time_budget_ms / 1000
     out = ParsedMessage(size=len(raw), prefix=raw[: limits.prefix_bytes])
     data = raw
     if len(data) > limits.max_bytes:
         data = data[: limits.max_bytes]
         out.defects.append("truncated_message")
     try:
-        msg = email.message_from_bytes(data, policy=_POLICY)
+        msg = _parse_mime(data, limits, deadline, out)
     except RecursionError:
         # The stdlib parser recurses once per multipart level, so nesting deeper than the
         # interpreter stack fails inside it, before max_depth can apply: keep the top
@@ -146,8 +255,8 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
         out.text = data[: limits.max_part_bytes].decode("latin-1")
         _collect_urls(out, out.text, limits)
         return out
-    _read_top_headers(out, msg, limits)
-    state = _WalkState()
+    _read_top_headers(out, msg, limits, deadline)
+    state = _WalkState(deadline)
     try:
         _walk(msg, out, limits, state, depth=0)
     except RecursionError:
@@ -159,13 +268,44 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     return out
 
 
+def _parse_mime(
+    data: bytes, limits: ParseLimits, deadline: float, out: ParsedMessage
+) -> email.message.Message:
+    """The stdlib parser fed in chunks until the data, the parts or the time budget run out.
+
+    When it is stopped early, what it has built so far stands: the message's start,
+    as if it ended there.
+    """
+    builder = _Builder(limits, deadline)
+    parser = email.parser.BytesFeedParser(builder, policy=_POLICY)
+    builder.forget()
+    try:
+        for start in range(0, len(data), _FEED_CHUNK):
+            if start and time.monotonic() > deadline:
+                _note(out, "time_budget")
+                break  # and close: the part being read keeps the lines read so far
+            parser.feed(data[start : start + _FEED_CHUNK])
+        return parser.close()
+    except _Stop as stop:  # from the factory, between entities: nothing half-read is lost
+        _note(out, stop.defect)
+        if builder.root is None:  # stopped before the first entity: nothing was read
+            return _BoundedMessage(_POLICY, limits)
+        return builder.root
+
+
+def _note(out: ParsedMessage, defect: str) -> None:
+    if defect not in out.defects:
+        out.defects.append(defect)
+
+
 def _read_headers_only(out: ParsedMessage, data: bytes, limits: ParseLimits) -> bool:
     """Top headers, and the whole body as text, without splitting MIME parts."""
     try:
-        msg = email.parser.BytesHeaderParser(policy=_POLICY).parsebytes(data)
+        bounded = functools.partial(_BoundedMessage, limits=limits)
+        msg = email.parser.BytesHeaderParser(bounded, policy=_POLICY).parsebytes(data)
     except Exception:
         return False
-    _read_top_headers(out, msg, limits)
+    _read_top_headers(out, msg, limits, None)
     out.text = _decode_text(_decoded_payload(msg)[: limits.max_part_bytes], msg, out)
     _collect_urls(out, out.text, limits)
     return True
@@ -173,7 +313,9 @@ def _read_headers_only(out: ParsedMessage, data: bytes, limits: ParseLimits) -> 
 
 @dataclass(slots=True)
 class _WalkState:
+    deadline: float
     parts: int = 0
+    leaves: int = 0
     texts: list[str] = field(default_factory=list)
     html_texts: list[str] = field(default_factory=list)
 
@@ -188,16 +330,19 @@ def _walk(
     """Visit MIME parts depth first, within the part and depth caps."""
     state.parts += 1
     if state.parts > limits.max_parts:
-        if "too_many_parts" not in out.defects:
-            out.defects.append("too_many_parts")
+        _note(out, "too_many_parts")
         return
-    if part.defects and "mime_defects" not in out.defects:
-        out.defects.append("mime_defects")
+    if state.leaves and time.monotonic() > state.deadline:
+        _note(out, "time_budget")
+        return
+    if part.defects:
+        _note(out, "mime_defects")
+    if isinstance(part, _BoundedMessage) and part.headers_dropped:
+        _note(out, "too_many_headers")
     ctype = _safe_content_type(part)
-    if part.is_multipart():
+    if part.is_multipart() or (isinstance(part, _BoundedMessage) and part.beyond_depth):
         if depth >= limits.max_depth:
-            if "too_deep" not in out.defects:
-                out.defects.append("too_deep")
+            _note(out, "too_deep")
             return
         payload = part.get_payload()
         if isinstance(payload, list):
@@ -205,6 +350,7 @@ def _walk(
                 if isinstance(sub, email.message.Message):
                     _walk(sub, out, limits, state, depth + 1)
         return
+    state.leaves += 1
     filename = _safe_filename(part, limits)
     disposition = (part.get("Content-Disposition") or "").split(";", 1)[0].strip().lower()
     is_attachment = bool(filename) or disposition == "attachment"
@@ -234,7 +380,7 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
     filters, and a reader never sees them.
     """
     try:
-        tree = LexborHTMLParser(html)
+        tree = LexborHTMLParser(_flatten_deep_html(html))
         hrefs = [
             href
             for node in tree.css("a[href], area[href]")
@@ -248,15 +394,82 @@ def html_to_text(html: str) -> tuple[str, list[str]]:
     return text, hrefs
 
 
-def _read_top_headers(out: ParsedMessage, msg: email.message.Message, limits: ParseLimits) -> None:
+# lexbor's tree builder walks the stack of open elements for many start tags (is a <p>
+# open in button scope?), so 40 000 nested <div>s, or <li><dt> pairs, cost seconds.
+# Browsers cap the depth too. Past _HTML_MAX_DEPTH elements left open, further start
+# tags are dropped: their text stays, only structure no reader could see is lost. The
+# count ignores implied end tags (any pair of elements can be made to nest), so sloppy
+# HTML with hundreds of unclosed <p>s is flattened too, harmlessly.
+_HTML_MAX_DEPTH = 256
+_HTML_CHECK_TAGS = 2 * _HTML_MAX_DEPTH
+_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]{0,40})[^<>]{0,1000}>?")
+_HTML_VOID = frozenset({
+    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "image", "img",
+    "input", "keygen", "link", "meta", "param", "source", "track", "wbr",
+})  # fmt: skip
+# Raw-text elements hold no tags, so they cannot nest; hiding text in them must keep working.
+_HTML_RAW = frozenset(
+    {"script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes", "plaintext"}
+)
+# Never dropped: a new <a> closes the open one, and its href is a feature.
+_HTML_KEEP = _HTML_RAW | {"a"}
+
+
+def _flatten_deep_html(html: str) -> str:
+    """``html`` with start tags past the nesting cap removed (cheaply skipped for most mail)."""
+    if html.count("<") <= _HTML_CHECK_TAGS:
+        return html
+    open_tags: dict[str, int] = {}
+    depth = 0
+    pieces: list[str] = []
+    kept = 0
+    for m in _HTML_TAG.finditer(html):
+        closing, name = m.group(1), m.group(2).lower()
+        if name in _HTML_VOID or name in _HTML_RAW:
+            continue
+        if closing:
+            if open_tags.get(name):
+                open_tags[name] -= 1
+                depth -= 1
+            continue
+        if depth < _HTML_MAX_DEPTH or name in _HTML_KEEP:
+            # "<div/>" opens a div all the same: HTML ignores the slash on such elements.
+            open_tags[name] = open_tags.get(name, 0) + 1
+            depth += 1
+            continue
+        pieces.append(html[kept : m.start()])
+        pieces.append(" ")
+        kept = m.end()
+    if not pieces:
+        return html
+    pieces.append(html[kept:])
+    return "".join(pieces)
+
+
+# Decoding RFC 2047 words costs ~20 us each, and 512 fields of 32 KB hold half a million:
+# past this many raw characters in the top header block, a value keeps only its start.
+_HEADER_BLOCK_CHARS = 256 * 1024
+_HEADER_TAIL_CHARS = 256
+
+
+def _read_top_headers(
+    out: ParsedMessage, msg: email.message.Message, limits: ParseLimits, deadline: float | None
+) -> None:
     items = msg.items()
     if len(items) > limits.max_headers:
         items = items[: limits.max_headers]
-        out.defects.append("too_many_headers")
+        _note(out, "too_many_headers")
     received = 0
     to_count = cc_count = 0
-    for name, value in items:
+    block = _HEADER_BLOCK_CHARS
+    for i, (name, value) in enumerate(items):
+        if deadline is not None and i >= 16 and i % 16 == 0 and time.monotonic() > deadline:
+            _note(out, "time_budget")
+            break
         key = name.strip().lower()
+        if len(value) > block:
+            value = value[: max(block, _HEADER_TAIL_CHARS)]
+        block -= len(value)
         text = decode_header_value(value, limits.max_header_chars)
         out.headers.append((key, text))
         if key == "received":
@@ -376,9 +589,9 @@ def _decode_bytes(body: bytes, charset: str | None) -> str:
             codec = ""
         if codec:
             try:
-                return body.decode(codec)
-            except (UnicodeDecodeError, ValueError):
                 return body.decode(codec, "replace")
+            except (LookupError, UnicodeError, ValueError):
+                pass  # not a text codec (charset=base64, zlib …), or one that cannot replace (idna)
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:

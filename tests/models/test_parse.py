@@ -15,6 +15,7 @@ KNOWN_DEFECTS = {
     "too_many_parts",
     "too_many_headers",
     "mime_defects",
+    "time_budget",
 }
 
 

@@ -116,24 +116,52 @@ class _Acc:
 
 
 class _Spans:
-    """Disjoint claimed ``[start, end)`` spans of one text, sorted, for overlap checks in
-    O(log n): a spreadsheet of thousands of numbers must not cost a quadratic scan."""
+    """Disjoint claimed ``[start, end)`` spans of one text, for overlap checks in O(log n).
 
-    __slots__ = ("ends", "starts")
+    Claims arrive one detector at a time, each detector's in text order; inserting each
+    into one sorted list would shift half the list per claim (quadratic for a spreadsheet
+    of thousands of numbers). So a detector's claims collect in a pending run, appended at
+    its end, and :meth:`commit` merges the two sorted runs (linear in timsort) before the
+    next detector starts.
+    """
+
+    __slots__ = ("ends", "pending_ends", "pending_starts", "starts")
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.ends: list[int] = []
+        self.pending_starts: list[int] = []
+        self.pending_ends: list[int] = []
 
     def claim(self, start: int, end: int) -> bool:
-        i = bisect.bisect_right(self.starts, start)
-        if i and self.ends[i - 1] > start:
+        if _overlaps(self.starts, self.ends, start, end):
             return False
-        if i < len(self.starts) and self.starts[i] < end:
+        starts, ends = self.pending_starts, self.pending_ends
+        if not starts or start >= starts[-1]:  # the usual case: after every pending span
+            if starts and ends[-1] > start:
+                return False
+            starts.append(start)
+            ends.append(end)
+            return True
+        if _overlaps(starts, ends, start, end):
             return False
-        self.starts.insert(i, start)
-        self.ends.insert(i, end)
+        i = bisect.bisect_right(starts, start)
+        starts.insert(i, start)
+        ends.insert(i, end)
         return True
+
+    def commit(self) -> None:
+        """Merge the pending run in (spans are disjoint, so starts and ends sort alike)."""
+        if self.pending_starts:
+            self.starts = sorted(self.starts + self.pending_starts)
+            self.ends = sorted(self.ends + self.pending_ends)
+            self.pending_starts, self.pending_ends = [], []
+
+
+def _overlaps(starts: list[int], ends: list[int], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` overlaps a span of the sorted disjoint ``starts``/``ends``."""
+    i = bisect.bisect_right(starts, start)
+    return bool((i and ends[i - 1] > start) or (i < len(starts) and starts[i] < end))
 
 
 def message_segments(msg: ParsedMessage) -> list[tuple[str, str]]:
@@ -198,7 +226,12 @@ def _aggregate(raw: Sequence[tuple[int, Segment, Hit]], config: DlpConfig) -> tu
     accepted.sort(key=lambda item: item[0])
     claimed: dict[int, _Spans] = {}
     accs: dict[int, _Acc] = {}
+    current = -1
     for order, seg, hit, conf in accepted:
+        if order != current:
+            current = order
+            for spans in claimed.values():
+                spans.commit()
         if not claimed.setdefault(id(seg), _Spans()).claim(hit.start, hit.end):
             continue
         acc = accs.get(order)

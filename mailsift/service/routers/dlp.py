@@ -67,7 +67,10 @@ def _decode(raw: bytes, content_type: str) -> str:
     if found:
         with contextlib.suppress(LookupError):
             codec = codecs.lookup(found.group(1)).name
-    return raw.decode(codec, "replace")
+    try:
+        return raw.decode(codec, "replace")
+    except (LookupError, UnicodeError, ValueError):  # charset=base64 (not text), idna (no replace)
+        return raw.decode("utf-8", "replace")
 
 
 def _scan(raw: bytes, content_type: str, settings: Settings, config: DlpConfig) -> DlpReport:
