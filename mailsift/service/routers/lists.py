@@ -103,7 +103,7 @@ async def list_entries(
     scope: Annotated[Literal["global", "user"] | None, Query()] = None,
     user: UserQuery = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # beyond: no SQL integer
 ) -> dict[str, Any]:
     """Entries of one list, optionally of one scope and one user."""
     _own_lists_only(caller, scope, user)
