@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replayed = await learner.catch_up()
         log.info("ready at log position %d (%d entries replayed)", learner.position, replayed)
         app.state.mailsift = state
+        # What start-up loaded (the model above all) lives as long as the worker: out of
+        # the collector's sight, a full collection takes ~4 ms instead of ~45 ms, which
+        # would otherwise land on whichever requests are in flight.
+        gc.collect()
+        gc.freeze()
         tasks = [
             asyncio.create_task(_follow(learner, settings)),
             asyncio.create_task(state.lists.run()),
@@ -90,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.alerts.aclose()
             state.trainlog.close()
             state.accounts.close()
+            state.outbound_quota.close()
             state.state_engine.dispose()
 
     app = FastAPI(

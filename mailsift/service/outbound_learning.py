@@ -5,31 +5,45 @@ A stolen account sending spam must never turn its spam into "ham" examples, so a
 outbound message is learned only when every guard passes (see :func:`eligible`), and
 each user may contribute only a few examples per hour (:class:`OutboundQuota`), so one
 account cannot dominate the model whatever it sends. All users together contribute at
-most ``outbound_learn_per_minute`` examples, so that what learning costs (every worker
-applies every example) stays bounded however much mail flows.
+most ``outbound_learn_per_minute`` examples (spread evenly, a second's worth at most at
+once), so that what learning costs (every worker applies every example) stays bounded
+however much mail flows.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Column,
-    Connection,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
     Table,
     bindparam,
+    delete,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailsift.service.checks.base import Reason
-from mailsift.service.db import lock_key_for, write_transaction
+from mailsift.service.db import (
+    Runner,
+    core_runner,
+    hot_statement,
+    lock_key_for,
+    nowait_engine,
+    nowait_first,
+    nowait_raw_transaction,
+    raw_runner,
+    write_transaction,
+)
 from mailsift.service.settings import Settings
 
 __all__ = ["OutboundQuota", "Refusal", "eligible"]
@@ -85,75 +99,126 @@ _quota = Table(
     Column("hour", Integer, primary_key=True),
     Column("learned", Integer, nullable=False),
 )
-_rate = Table(
-    "outbound_learning_rate",
+# The shared budget: a token bucket in one row, refilled at outbound_learn_per_minute / 60
+# examples a second and holding at most a second's worth (at least one), so learning is
+# spread out evenly instead of arriving in bursts.
+_budget = Table(
+    "outbound_learning_budget",
     _metadata,
-    Column("minute", Integer, primary_key=True),
-    Column("learned", Integer, nullable=False),
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("tokens", Float, nullable=False),
+    Column("at", Float, nullable=False),
 )
 _LOCK_KEY = lock_key_for("outbound-quota")
-_USED_BY_USER = select(_quota.c.learned).where(
-    _quota.c.user == bindparam("user"), _quota.c.hour == bindparam("hour")
+_q, _b = _quota.c, _budget.c
+_USER = bindparam("user", type_=String)
+_HOUR = bindparam("hour", type_=Integer)
+
+
+def _upsert(table: Table, key: list[Column[Any]], set_: Callable[[Any], dict[str, Any]]) -> Any:
+    def build(dialect: str) -> Any:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        ins = insert(table)
+        return ins.on_conflict_do_update(index_elements=key, set_=set_(ins.excluded))
+
+    return build
+
+
+_BUDGET = hot_statement(lambda _: select(_b.tokens, _b.at).where(_b.id == 1))
+_SPEND = hot_statement(
+    _upsert(_budget, [_b.id], lambda new: {"tokens": new.tokens, "at": new.at}),
+    "id",
+    "tokens",
+    "at",
 )
-_USED_BY_ALL = select(_rate.c.learned).where(_rate.c.minute == bindparam("minute"))
+_USED_BY_USER = hot_statement(
+    lambda _: select(_q.learned).where(_q.user == _USER, _q.hour == _HOUR)
+)
+_COUNT_USER = hot_statement(
+    _upsert(_quota, [_q.user, _q.hour], lambda new: {"learned": _q.learned + new.learned}),
+    "user",
+    "hour",
+    "learned",
+)
+_FORGET_USERS = hot_statement(lambda _: delete(_quota).where(_q.hour < _HOUR))
 
 
 class OutboundQuota:
-    """How many outbound ham examples each user contributed per clock hour, and everyone
-    per clock minute, shared by all workers and replicas through the state database."""
+    """How many outbound ham examples each user contributed per clock hour, and the budget
+    all users share (``outbound_learn_per_minute``), kept for every worker and replica in
+    the state database."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self._spent_minute = -1  # a minute whose shared budget this process saw used up
+        self._closed_until = 0.0  # the shared budget was found used up until then
+        self._nowait_engine = nowait_engine(engine)
         with write_transaction(engine, lock_key=lock_key_for("outbound-quota:schema")) as conn:
             _metadata.create_all(conn)
+
+    def close(self) -> None:
+        """Release the connections of the no-wait engine (the caller owns ``engine``)."""
+        if self._nowait_engine is not None:
+            self._nowait_engine.dispose()
 
     def open(self, now: float | None = None) -> bool:
         """Whether an example might still be taken now; no I/O, so every message can ask.
 
         False when outbound learning is off or has no budget, or when this process
-        already found this minute's shared budget used up.
+        already found the shared budget used up for now.
         """
         s = self.settings
         if not s.outbound_learning or s.outbound_learn_per_minute <= 0:
             return False
         if s.outbound_learn_per_user_per_hour <= 0:
             return False
-        minute = int((now if now is not None else time.time()) // 60)
-        return minute != self._spent_minute
+        return (now if now is not None else time.time()) >= self._closed_until
 
-    def take(self, user: str, now: float | None = None) -> bool:
+    async def claim(self, user: str) -> bool:
+        """:meth:`take` from the event loop: on the loop itself on SQLite (retrying while
+        another writer is busy), in a thread on PostgreSQL."""
+        now = time.time()
+        nowait = None
+        if self._nowait_engine is not None:
+            nowait = functools.partial(self.take, user, now, wait=False)
+        return await nowait_first(nowait, functools.partial(self.take, user, now))
+
+    def take(self, user: str, now: float | None = None, *, wait: bool = True) -> bool:
         """Use one of this minute's shared examples and one of ``user``'s for this hour;
-        False (and nothing used) when either is gone."""
+        False (and nothing used) when either is gone.
+
+        With ``wait=False`` (SQLite only, for the event loop) it raises
+        :class:`~mailsift.service.db.Busy` rather than wait for another writer.
+        """
         per_user = self.settings.outbound_learn_per_user_per_hour
         per_minute = self.settings.outbound_learn_per_minute
         if per_user <= 0 or per_minute <= 0:
             return False
         now = now if now is not None else time.time()
-        minute, hour = int(now // 60), int(now // 3600)
-        if minute == self._spent_minute:
+        if now < self._closed_until:
             return False
-        with write_transaction(self.engine, lock_key=_LOCK_KEY) as conn:
-            used_by_all = conn.execute(_USED_BY_ALL, {"minute": minute}).scalar() or 0
-            if used_by_all >= per_minute:
-                self._spent_minute = minute
-                return False
-            used = conn.execute(_USED_BY_USER, {"user": user, "hour": hour}).scalar() or 0
-            if used >= per_user:
-                return False
-            self._count(conn, _rate, {"minute": minute}, used_by_all)
-            self._count(conn, _quota, {"user": user, "hour": hour}, used)
-            if used_by_all == 0:  # once a minute: forget what no window reads any more
-                conn.execute(_rate.delete().where(_rate.c.minute < minute - 1))
-                conn.execute(_quota.delete().where(_quota.c.hour < hour - 1))
-            return True
+        if wait or self._nowait_engine is None:
+            with write_transaction(self.engine, lock_key=_LOCK_KEY) as conn:
+                return self._take(core_runner(conn), user, now, per_minute, per_user)
+        with nowait_raw_transaction(self._nowait_engine) as db:
+            return self._take(raw_runner(db), user, now, per_minute, per_user)
 
-    @staticmethod
-    def _count(conn: Connection, table: Table, key: dict[str, int | str], used: int) -> None:
-        if used == 0:
-            insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            conn.execute(insert(table).values(**key, learned=1).on_conflict_do_nothing())
-            return
-        where = [table.c[name] == value for name, value in key.items()]
-        conn.execute(table.update().where(*where).values(learned=table.c.learned + 1))
+    def _take(self, run: Runner, user: str, now: float, per_minute: int, per_user: int) -> bool:
+        rate = per_minute / 60.0  # examples a second
+        capacity = max(1.0, rate)
+        row = run(_BUDGET, {})
+        tokens = capacity
+        if row is not None:
+            tokens = min(capacity, float(row[0]) + max(0.0, now - float(row[1])) * rate)
+        if tokens < 1.0:
+            self._closed_until = now + (1.0 - tokens) / rate  # when the next one is there
+            return False
+        hour = int(now // 3600)
+        used = run(_USED_BY_USER, {"user": user, "hour": hour})
+        if used is not None and used[0] >= per_user:
+            return False
+        run(_SPEND, {"id": 1, "tokens": tokens - 1.0, "at": now})
+        run(_COUNT_USER, {"user": user, "hour": hour, "learned": 1})
+        if row is None or int(float(row[1]) // 60) != int(now // 60):
+            run(_FORGET_USERS, {"hour": hour - 1})  # about once a minute: old hours go
+        return True

@@ -336,31 +336,47 @@ def test_scoring_holds_a_state_a_while_and_sees_its_own_changes_at_once(
     assert worker.admit(user, ["a@b.example"], T0 + 5)[1].state == "watch"
 
 
-def test_outbound_learning_budget_is_shared_and_checked_in_memory_first(
+def test_outbound_learning_budget_is_shared_spread_out_and_checked_in_memory_first(
     where: dict[str, Any], opened: Opened
 ) -> None:
     settings = Settings(outbound_learn_per_minute=3, outbound_learn_per_user_per_hour=2, **where)
     one, two = (OutboundQuota(opened.engine(settings), settings) for _ in range(2))
     alice, bob, carol = fresh_user("alice"), fresh_user("bob"), fresh_user("carol")
-    assert one.open(T0)
-    assert [one.take(alice, T0) for _ in range(3)] == [True, True, False]  # per user, per hour
-    assert two.take(bob, T0 + 1)  # the third example of this minute, from another worker
-    assert not two.take(carol, T0 + 2)  # all workers together: the minute's budget is used
-    assert not two.open(T0 + 3)  # and this worker knows it without asking the database
-    assert one.open(T0 + 3) and not one.take(carol, T0 + 3)
-    assert not one.open(T0 + 4)
-    assert two.open(T0 + 60) and two.take(carol, T0 + 60)  # a new minute
-    assert not two.take(alice, T0 + 61)  # still alice's hour
-    for off in (
+    # Three a minute: one at once, then one every 20 seconds, never more at a time.
+    assert one.open(T0) and one.take(alice, T0)
+    assert not two.take(bob, T0 + 19)  # all workers together: nothing left until 0:20
+    assert not two.open(T0 + 19.9)  # and this worker knows it without asking the database
+    assert one.open(T0 + 19.9)  # the other one has not looked yet
+    assert two.open(T0 + 21) and two.take(alice, T0 + 21)
+    assert not one.take(alice, T0 + 45)  # her hourly share (two) is used
+    assert one.take(bob, T0 + 45)  # the budget had refilled; that was not spent
+    assert not one.take(carol, T0 + 59) and not one.open(T0 + 60)
+    assert one.take(carol, T0 + 70)
+    # A long quiet spell saves up a single example, not a burst.
+    assert two.take(carol, T0 + 3000) and not two.take(bob, T0 + 3000)
+    for no_budget in (
         Settings(outbound_learn_per_minute=0, **where),
         Settings(outbound_learn_per_user_per_hour=0, **where),
-        Settings(outbound_learning=False, **where),
     ):
-        quota = OutboundQuota(opened.engine(off), off)
-        assert not quota.open(T0 + 120)
-    assert not OutboundQuota(
-        opened.engine(settings), Settings(outbound_learn_per_minute=0, **where)
-    ).take(fresh_user(), T0 + 120)
+        quota = OutboundQuota(opened.engine(no_budget), no_budget)
+        assert not quota.open(T0 + 180) and not quota.take(fresh_user(), T0 + 180)
+    off = Settings(outbound_learning=False, **where)
+    assert not OutboundQuota(opened.engine(off), off).open(T0 + 180)
+
+
+def test_outbound_learning_budget_on_the_event_loop(tmp_path: Path, opened: Opened) -> None:
+    settings = Settings(data_dir=tmp_path / "data", outbound_learn_per_user_per_hour=1)
+    quota = OutboundQuota(opened.engine(settings), settings)
+    user = fresh_user()
+    try:
+        # Another process is writing.
+        with write_transaction(opened.engine(settings)), pytest.raises(Busy):
+            quota.take(user, T0, wait=False)
+        assert quota.take(user, T0, wait=False)  # nothing was used by the busy attempt
+        assert not quota.take(user, T0 + 1, wait=False)
+        assert asyncio.run(quota.claim(fresh_user()))
+    finally:
+        quota.close()
 
 
 # --- signals and state -------------------------------------------------------------------

@@ -5,16 +5,16 @@ workers) and gives their risk state as this process knows it (at most about a se
 old); ``record_outbound`` queues how the message scored. A flush (``run_flusher``, every
 ``FLUSH_SECONDS``) writes what the queue holds in one transaction and re-judges just the
 users in it, so a change of state shows about a second after the mail that caused it.
-``settle`` does the same at once for one user. On SQLite the store calls of the score
-path and of the flush run on the event loop when they need not wait (see
-:meth:`AccountStore.nowait`), else in a threadpool, like every call on PostgreSQL.
-Alerts are raised on every state change, once (compare-and-set picks the one worker
-that alerts).
+``settle`` does the same at once for one user. On SQLite these store calls run on the
+event loop itself and never wait there (see :func:`~mailsift.service.db.nowait_first`);
+on PostgreSQL in a threadpool. Alerts are raised on every state change, once
+(compare-and-set picks the one worker that alerts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -27,7 +27,7 @@ from mailsift.service.accounts import AccountState, AccountStats, RiskState, Sen
 from mailsift.service.accounts.risk import assess
 from mailsift.service.accounts.store import AccountStore, normalise_user
 from mailsift.service.alerts import Alerter
-from mailsift.service.db import LOCK_WAIT_SECONDS, Busy
+from mailsift.service.db import nowait_first
 from mailsift.service.settings import Settings
 
 __all__ = [
@@ -53,8 +53,6 @@ ALERT_ACCOUNT_STATE = "account_state"
 ALERT_AUTH_FAILURES = "auth_failure_burst"
 FLUSH_SECONDS = 0.5
 """How often each worker writes its queued account numbers and re-judges their users."""
-NOWAIT_RETRY_MAX_SECONDS = 0.005
-"""Longest pause between attempts on the event loop while the database is busy."""
 
 
 class AccountsHost(Protocol):
@@ -91,28 +89,10 @@ async def before_outbound(
 
 
 async def _call(store: AccountStore, method: Callable[..., T], *args: Any) -> T:
-    """A store method on the event loop when the store is a local file (SQLite), else in a
-    thread (PostgreSQL's round trips).
-
-    On SQLite the loop never waits inside a call: while another writer holds the
-    database it retries after short sleeps, for as long as a thread would have waited
-    for the lock. Not a thread: it would take the write lock and then, statement by
-    statement, queue for the interpreter lock behind the busy loop, holding up every
-    writer after it.
-    """
-    if not store.on_loop:
-        return await run_in_threadpool(method, *args)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + LOCK_WAIT_SECONDS
-    pause = 0.0
-    while True:
-        try:
-            return store.nowait(method, *args)
-        except Busy:
-            if loop.time() >= deadline:
-                raise
-        await asyncio.sleep(pause)
-        pause = min(NOWAIT_RETRY_MAX_SECONDS, pause + 0.0005)
+    """A store method on the event loop when the store is a local file (SQLite) and the
+    call need not wait, else in a thread; see :func:`~mailsift.service.db.nowait_first`."""
+    nowait = functools.partial(store.nowait, method, *args) if store.on_loop else None
+    return await nowait_first(nowait, functools.partial(method, *args))
 
 
 def record_outbound(state: AccountsHost, user: str, verdict: str) -> None:
@@ -158,8 +138,8 @@ async def flush_outbound(
             judgements.append(_Judgement(old, old, False, reasons, stats))
         else:
             changes.append((old, stats, new_state, reasons))
-    if changes:  # rare, and each a compare-and-set that may wait: in a thread
-        judgements += await run_in_threadpool(_apply, store, changes, now)
+    if changes:
+        judgements += await _apply(store, changes, now)
     for judgement in judgements:
         await _announce(state, judgement)
     return {j.new.user: j.new for j in judgements}
@@ -200,7 +180,7 @@ def _judge(store: AccountStore, settings: Settings, user: str, now: float) -> _J
     return _Judgement(old, new, changed, reasons, stats)
 
 
-def _apply(
+async def _apply(
     store: AccountStore,
     changes: list[tuple[AccountState, AccountStats, RiskState, list[str]]],
     now: float,
@@ -208,9 +188,11 @@ def _apply(
     """Write judged state changes, each a compare-and-set against the state judged from."""
     judgements = []
     for old, stats, new_state, reasons in changes:
-        changed = store.set_state(old.user, new_state, "; ".join(reasons), now, expected=old.state)
+        cas = functools.partial(store.set_state, expected=old.state)
+        changed = await _call(store, cas, old.user, new_state, "; ".join(reasons), now)
         # After a lost compare-and-set another worker changed the state (and alerts for it).
-        judgements.append(_Judgement(old, store.get_state(old.user), changed, reasons, stats))
+        new = await _call(store, store.get_state, old.user)
+        judgements.append(_Judgement(old, new, changed, reasons, stats))
     return judgements
 
 

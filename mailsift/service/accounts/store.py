@@ -17,7 +17,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -53,10 +53,18 @@ from mailsift.service.accounts import (
 )
 from mailsift.service.db import (
     Busy,
+    ManyRunner,
+    Runner,
     busy_as,
+    core_many,
+    core_runner,
+    hot_statement,
     lock_key_for,
     nowait_engine,
+    nowait_raw_transaction,
     nowait_write_transaction,
+    raw_many,
+    raw_runner,
     write_transaction,
 )
 from mailsift.service.settings import Settings
@@ -307,6 +315,34 @@ def _upserts(dialect: str) -> _Upserts:
     )
 
 
+_HOT_COUNTS = hot_statement(lambda _: _SENDING_COUNTS)
+_HOT_STATE = hot_statement(lambda _: _STATE_OF)
+_HOT_HOURS = hot_statement(
+    lambda dialect: _upserts(dialect).hour, "user", "hour", "messages", "recipients"
+)
+_HOT_OUTCOMES = hot_statement(
+    lambda dialect: _upserts(dialect).outcome,
+    "user",
+    "minute",
+    "messages",
+    "recipients",
+    "scored",
+    "spam",
+)
+_HOT_DOMAINS = hot_statement(
+    lambda dialect: _upserts(dialect).domain, "user", "domain", "first_seen", "last_seen"
+)
+_HOT_SENT = hot_statement(
+    lambda dialect: _upserts(dialect).sent,
+    "user",
+    "minute",
+    "messages",
+    "recipients",
+    "scored",
+    "spam",
+)
+
+
 class _Pending:
     """What this process recorded and has not written yet, summed per row it will update."""
 
@@ -473,15 +509,21 @@ class AccountStore:
         key = normalise_user(user)
         limits = self.limits_for(key)
         rcpts = _recipients(recipients)
-        account = self._cached(key)
+        cached = self._cached(key)
         read_at = time.monotonic()
-        with self._writing(lock_key_for("limits:" + key)) as conn:
-            fresh = account is None
-            if account is None:
-                account = self._get_state(conn, key)
+
+        def admit(run: Runner) -> tuple[SendingDecision, AccountState]:
+            account = cached or _account_state(key, run(_HOT_STATE, {"key": key}))
             suspended = account.state == "suspended"
-            decision = self._check(conn, key, limits, len(rcpts), now, dry_run=suspended)
-        if fresh:
+            return self._check(run, key, limits, len(rcpts), now, dry_run=suspended), account
+
+        if self._waits() or self._nowait_engine is None:
+            with self._writing(lock_key_for("limits:" + key)) as conn:
+                decision, account = admit(core_runner(conn))
+        else:
+            with nowait_raw_transaction(self._nowait_engine) as db:
+                decision, account = admit(raw_runner(db))
+        if cached is None:
             self._remember(account, read_at)
         if decision.recorded:
             self._queue_sent(key, rcpts, now)
@@ -503,24 +545,25 @@ class AccountStore:
         limits = self.limits_for(key)
         rcpts = _recipients(recipients)
         with self._writing(lock_key_for("limits:" + key)) as conn:
-            decision = self._check(conn, key, limits, len(rcpts), now, dry_run=dry_run)
+            decision = self._check(core_runner(conn), key, limits, len(rcpts), now, dry_run=dry_run)
         if decision.recorded:
             self._queue_sent(key, rcpts, now)
         return decision
 
     def _check(
-        self, conn: Connection, key: str, limits: Limits, rcpts: int, now: float, *, dry_run: bool
+        self, run: Runner, key: str, limits: Limits, rcpts: int, now: float, *, dry_run: bool
     ) -> SendingDecision:
         """The limit check and the minute bucket's increment: all that must be exact."""
         minute = int(now // 60)
-        row = conn.execute(
-            _SENDING_COUNTS,
+        row = run(
+            _HOT_COUNTS,
             {
                 "key": key,
                 "hour_start": minute - HOUR_MINUTES + 1,
                 "day_start": minute - DAY_MINUTES + 1,
             },
-        ).one()
+        )
+        assert row is not None  # an aggregate: always one row
         messages_hour, recipients_hour, messages_day = int(row[0]), int(row[1]), int(row[2])
         wanted = {
             "messages_per_hour": messages_hour + 1,
@@ -530,8 +573,8 @@ class AccountStore:
         exceeded = tuple(name for name in LIMIT_NAMES if 0 < limits.of(name) < wanted[name])
         record = not exceeded and not dry_run
         if record:
-            conn.execute(
-                _upserts(conn.dialect.name).sent,
+            run(
+                _HOT_SENT,
                 {
                     "user": key,
                     "minute": minute,
@@ -607,40 +650,12 @@ class AccountStore:
             if not batch:
                 return
             try:
-                with self._writing(_FLUSH_LOCK_KEY) as conn:
-                    up = _upserts(conn.dialect.name)
-                    # Sorted, so that two flushes on PostgreSQL lock rows in the same order.
-                    if batch.hours:
-                        conn.execute(
-                            up.hour,
-                            [
-                                {"user": u, "hour": h, "messages": n, "recipients": r}
-                                for (u, h), (n, r) in sorted(batch.hours.items())
-                            ],
-                        )
-                    if batch.outcomes:
-                        conn.execute(
-                            up.outcome,
-                            [
-                                {
-                                    "user": u,
-                                    "minute": m,
-                                    "messages": 0,
-                                    "recipients": 0,
-                                    "scored": n,
-                                    "spam": spam,
-                                }
-                                for (u, m), (n, spam) in sorted(batch.outcomes.items())
-                            ],
-                        )
-                    if batch.domains:
-                        conn.execute(
-                            up.domain,
-                            [
-                                {"user": u, "domain": d, "first_seen": first, "last_seen": last}
-                                for (u, d), (first, last) in sorted(batch.domains.items())
-                            ],
-                        )
+                if self._waits() or self._nowait_engine is None:
+                    with self._writing(_FLUSH_LOCK_KEY) as conn:
+                        _write_batch(core_many(conn), batch)
+                else:
+                    with nowait_raw_transaction(self._nowait_engine) as db:
+                        _write_batch(raw_many(db), batch)
             except Exception:
                 with self._lock:
                     batch.absorb(self._pending)
@@ -932,10 +947,7 @@ class AccountStore:
         self._states[account.user] = (read_at, account)
 
     def _get_state(self, conn: Connection, key: str) -> AccountState:
-        row = conn.execute(_STATE_OF, {"key": key}).first()
-        if row is None:
-            return AccountState(key, "ok", None, "")
-        return AccountState(key, _risk_state(row[0]), float(row[1]), str(row[2]))
+        return _account_state(key, conn.execute(_STATE_OF, {"key": key}).first())
 
     def set_state(
         self,
@@ -1040,6 +1052,41 @@ class AccountStore:
                 )
         except Exception as exc:  # housekeeping must never fail a message
             log.error("pruning account counters failed: %s", type(exc).__name__)
+
+
+def _write_batch(many: ManyRunner, batch: _Pending) -> None:
+    # Sorted, so that two flushes on PostgreSQL lock rows in the same order.
+    if batch.hours:
+        many(
+            _HOT_HOURS,
+            [
+                {"user": u, "hour": h, "messages": n, "recipients": r}
+                for (u, h), (n, r) in sorted(batch.hours.items())
+            ],
+        )
+    if batch.outcomes:
+        many(
+            _HOT_OUTCOMES,
+            [
+                {"user": u, "minute": m, "messages": 0, "recipients": 0, "scored": n, "spam": spam}
+                for (u, m), (n, spam) in sorted(batch.outcomes.items())
+            ],
+        )
+    if batch.domains:
+        many(
+            _HOT_DOMAINS,
+            [
+                {"user": u, "domain": d, "first_seen": first, "last_seen": last}
+                for (u, d), (first, last) in sorted(batch.domains.items())
+            ],
+        )
+
+
+def _account_state(key: str, row: Sequence[Any] | None) -> AccountState:
+    """A state from its row (state, since, reason); a user never judged is ok."""
+    if row is None:
+        return AccountState(key, "ok", None, "")
+    return AccountState(key, _risk_state(row[0]), float(row[1]), str(row[2]))
 
 
 @contextmanager

@@ -161,7 +161,7 @@ async def _after_outbound(
     if refusal is not None:
         return
     try:
-        if not await run_in_threadpool(quota.take, sender):
+        if not await quota.claim(sender):
             return
         # The state scoring used may be a second old: judge the sender with this message.
         if (await settle(state, sender)).state != "ok":
