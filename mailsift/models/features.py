@@ -177,15 +177,18 @@ def hash_tokens(tokens: tuple[str, ...] | list[str], n_bits: int) -> IntArray:
     memo = _MEMO.setdefault(n_bits, {})
     if len(memo) > _MEMO_MAX:
         memo.clear()
-    missing = [t for t in tokens if t not in memo]
-    if missing:
+    # map() over the memo's own methods runs in C: no Python frame per token.
+    found = list(map(memo.get, tokens))
+    if None in found:
+        missing = list(dict.fromkeys(t for t, v in zip(tokens, found, strict=True) if v is None))
         crc = np.fromiter(
             (zlib.crc32(t.encode("utf-8", "surrogatepass")) for t in missing),
             dtype=np.uint64,
             count=len(missing),
         )
         memo.update(zip(missing, _mix(crc, n_bits).tolist(), strict=True))
-    return np.fromiter((memo[t] for t in tokens), dtype=np.int64, count=len(tokens))
+        found = list(map(memo.__getitem__, tokens))
+    return np.fromiter(found, dtype=np.int64, count=len(found))
 
 
 def _first_of_runs(ordered: IntArray) -> npt.NDArray[np.bool_]:

@@ -10,13 +10,15 @@ from mailsift.service.settings import Settings
 from mailsift.service.state import ServiceState
 
 
-def _state(request: Request) -> ServiceState:
+async def _state(request: Request) -> ServiceState:
+    # async: FastAPI runs a plain function dependency in a thread, a hop per request.
     state: ServiceState = request.app.state.mailsift
     return state
 
 
-def _settings(request: Request) -> Settings:
-    return _state(request).settings
+async def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.mailsift.settings
+    return settings
 
 
 State = Annotated[ServiceState, Depends(_state)]

@@ -6,7 +6,7 @@ One class, read through the cached :func:`get_settings` dependency, so tests bui
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -286,31 +286,31 @@ class Settings(BaseSettings):
             raise ValueError("admin_token must be at least 16 characters")
         return self
 
-    @property
+    @cached_property
     def local_domain_set(self) -> frozenset[str]:
         return _domains(self.local_domains)
 
-    @property
+    @cached_property
     def freemail_extra_set(self) -> frozenset[str]:
         return _domains(self.freemail_extra_domains)
 
-    @property
+    @cached_property
     def dlp_label_list(self) -> tuple[str, ...]:
         return tuple(x.strip() for x in self.dlp_labels.split(",") if x.strip())
 
-    @property
+    @cached_property
     def gateway_set(self) -> frozenset[str]:
         return frozenset(g.strip() for g in self.gateways.split(",") if g.strip())
 
-    @property
+    @cached_property
     def outbound_ip_list(self) -> tuple[str, ...]:
         return tuple(ip.strip() for ip in self.outbound_ips.split(",") if ip.strip())
 
-    @property
+    @cached_property
     def snapshot_path(self) -> Path:
         return self.data_dir / "model.joblib"
 
-    @property
+    @cached_property
     def parse_limits(self) -> ParseLimits:
         return ParseLimits(
             max_bytes=self.parse_max_bytes,

@@ -37,7 +37,7 @@ _BODY = {
 }
 
 
-def _dlp(request: Request) -> DlpConfig:
+async def _dlp(request: Request) -> DlpConfig:
     config: DlpConfig = request.app.state.mailsift.dlp
     return config
 
