@@ -41,6 +41,11 @@ class BenchResult:
     rss_total_mb: float
     """Peak resident memory of all server processes together."""
     baseline_req_per_s: float | None
+    server_cpu_ms_per_msg: float = float("nan")
+    """CPU time (user + system) all server processes spent per message: unlike
+    messages/s, it hardly moves when other programs share the machine."""
+    client_cpu_ms_per_msg: float = float("nan")
+    """CPU time this load generator spent per message, to show it is not the bottleneck."""
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -56,6 +61,8 @@ class BenchResult:
             "baseline_req_per_s": None
             if self.baseline_req_per_s is None
             else round(self.baseline_req_per_s, 1),
+            "server_cpu_ms_per_msg": round(self.server_cpu_ms_per_msg, 3),
+            "client_cpu_ms_per_msg": round(self.client_cpu_ms_per_msg, 3),
         }
 
 
@@ -111,9 +118,12 @@ def run_bench(
             payload = [
                 (_score_path(direction, i), body) for i, body in enumerate(list(messages) * rounds)
             ]
+            server_cpu, client_cpu = _cpu_seconds(server.pid), _own_cpu_seconds()
             latencies, seconds, errors = asyncio.run(
                 _drive(port, "POST", payload, concurrency, token)
             )
+            server_cpu = _cpu_seconds(server.pid) - server_cpu
+            client_cpu = _own_cpu_seconds() - client_cpu
             rss, rss_total = _peak_rss(server.pid)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
@@ -132,6 +142,8 @@ def run_bench(
         rss_mb=rss,
         rss_total_mb=rss_total,
         baseline_req_per_s=base,
+        server_cpu_ms_per_msg=server_cpu * 1000 / max(1, len(latencies)),
+        client_cpu_ms_per_msg=client_cpu * 1000 / max(1, len(latencies)),
     )
 
 
@@ -239,6 +251,25 @@ def _peak_rss(pid: int) -> tuple[float, float]:
             if line.startswith("VmHWM:"):
                 peaks.append(int(line.split()[1]) / 1024)
     return (max(peaks) if peaks else 0.0, sum(peaks))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children so far, from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in [pid, *_children(pid)]:
+        try:
+            stat = Path(f"/proc/{proc}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # after "(comm)", which may hold spaces
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _pct(ordered: list[float], q: float) -> float:
