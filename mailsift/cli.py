@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
+    from mailsift.gateway.settings import GatewaySettings
     from mailsift.service.auth import TokenStore
 
 from mailsift.training.corpus import CorpusError, LabelledMessage, count_messages, open_source
@@ -128,6 +129,112 @@ def diagnose(
         err.print(f"[red]error:[/red] invalid settings:\n{exc}")
         raise typer.Exit(2) from exc
     raise typer.Exit(diagnose_command(settings, as_json=json_output, admin_host=admin_host))
+
+
+# -- gateway integration: options shared by `milter` and `policy` (unset = MAILSIFT_GATEWAY_*)
+ServiceUrl = Annotated[
+    str | None,
+    typer.Option(help="The service's gateway listener (default: http://127.0.0.1:8470)."),
+]
+TokenFile = Annotated[
+    Path | None, typer.Option(help="File with a gateway token (`token create --role gateway`).")
+]
+Timeout = Annotated[
+    float | None, typer.Option(help="Seconds one service call may take (default: 5).")
+]
+FailModeOpt = Annotated[
+    str | None,
+    typer.Option(help="Service down or slow: open (pass mail) or closed (4xx) (default: open)."),
+]
+InternalNetworks = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated client networks whose mail is outbound (CIDR)."),
+]
+MetricsPort = Annotated[
+    int | None, typer.Option(help="Serve Prometheus metrics on this port (default: off).")
+]
+
+
+def _gateway(**options: object) -> GatewaySettings:
+    from pydantic import ValidationError
+
+    from mailsift.gateway.run import gateway_settings
+
+    try:
+        return gateway_settings(**options)
+    except (ValidationError, OSError) as exc:
+        err.print(f"[red]error:[/red] invalid gateway settings:\n{exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def milter(
+    host: Annotated[str | None, typer.Option(help="Listen address (default: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default: 8472).")] = None,
+    service_url: ServiceUrl = None,
+    token_file: TokenFile = None,
+    timeout: Timeout = None,
+    fail_mode: FailModeOpt = None,
+    internal_networks: InternalNetworks = None,
+    subject_prefix: Annotated[
+        str | None, typer.Option(help="Subject prefix of tagged mail (default: \\[SPAM?]).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Gateway name reported to the service.")] = None,
+    metrics_port: MetricsPort = None,
+) -> None:
+    """Run the milter for Postfix/Sendmail (smtpd_milters = inet:HOST:PORT)."""
+    from mailsift.gateway.run import run_milter
+
+    run_milter(
+        _gateway(
+            milter_host=host,
+            milter_port=port,
+            service_url=service_url,
+            token_file=token_file,
+            timeout_seconds=timeout,
+            fail_mode=fail_mode,
+            internal_networks=internal_networks,
+            subject_prefix=subject_prefix,
+            name=name,
+            metrics_port=metrics_port,
+        )
+    )
+
+
+@app.command()
+def policy(
+    host: Annotated[str | None, typer.Option(help="Listen address (default: 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (default: 8473).")] = None,
+    service_url: ServiceUrl = None,
+    token_file: TokenFile = None,
+    timeout: Timeout = None,
+    fail_mode: FailModeOpt = None,
+    internal_networks: InternalNetworks = None,
+    recipients_file: Annotated[
+        Path | None, typer.Option(help="Valid local recipients, one address per line.")
+    ] = None,
+    local_domains: Annotated[
+        str | None, typer.Option(help="Comma-separated domains whose recipients must be listed.")
+    ] = None,
+    metrics_port: MetricsPort = None,
+) -> None:
+    """Run the Postfix policy server (check_policy_service inet:HOST:PORT)."""
+    from mailsift.gateway.run import run_policy
+
+    run_policy(
+        _gateway(
+            policy_host=host,
+            policy_port=port,
+            service_url=service_url,
+            token_file=token_file,
+            timeout_seconds=timeout,
+            fail_mode=fail_mode,
+            internal_networks=internal_networks,
+            recipients_file=recipients_file,
+            local_domains=local_domains,
+            metrics_port=metrics_port,
+        )
+    )
 
 
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (service accounts of mailsift).")

@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (dlp.router, gateway),
         (feedback.router, []),
         (lists.router, []),
+        (accounts.gateway_router, gateway),
         (accounts.router, admin),
         (audit.router, admin),
         (model.router, admin),

@@ -28,6 +28,7 @@ GATEWAY_PATHS = (
     "/v1/events",
     "/v1/feedback",
     "/v1/dlp/scan",
+    "/v1/admission/",
     "/v1/lists/",
     "/healthz",
     "/readyz",

@@ -1,4 +1,8 @@
-"""Outbound accounts for administrators: a user's risk state and numbers, and the all-clear."""
+"""Outbound accounts for administrators: a user's risk state and numbers, and the all-clear.
+
+``gateway_router`` holds the one question a gateway may ask about an account: may this
+sender send one more message now (a policy server asks it at ``RCPT``, before the
+message exists, so it must not count anything)?"""
 
 from __future__ import annotations
 
@@ -11,7 +15,13 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from mailsift.service.accounts import AccountState, AccountStats, Limits, StateChange
+from mailsift.service.accounts import (
+    AccountState,
+    AccountStats,
+    Limits,
+    SendingDecision,
+    StateChange,
+)
 from mailsift.service.accounts.flow import ALERT_AUTH_FAILURES, announce_change
 from mailsift.service.accounts.store import normalise_user
 from mailsift.service.deps import State
@@ -19,6 +29,7 @@ from mailsift.service.errors import BadRequest
 from mailsift.service.schemas import ERRORS
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+gateway_router = APIRouter(prefix="/v1/admission", tags=["accounts"])
 
 UserPath = Annotated[str, Path(min_length=1, max_length=320, description="The sending user.")]
 RiskName = Literal["ok", "watch", "suspended"]
@@ -55,6 +66,18 @@ class AccountOut(BaseModel):
     limits: dict[str, int]
     stats: StatsOut
     history: list[ChangeOut]
+
+
+class AdmissionOut(BaseModel):
+    user: str
+    decision: Literal["allow", "defer"]
+    state: RiskName
+    reason: str
+    messages_hour: int
+    messages_day: int
+    recipients_hour: int
+    limits: dict[str, int]
+    exceeded: list[str]
 
 
 class ClearOut(BaseModel):
@@ -138,3 +161,43 @@ async def clear_account(
     else:
         await state.alerts.resolve(ALERT_AUTH_FAILURES, key)
     return {"user": key, "state": "ok", "previous": previous.state, "changed": changed}
+
+
+@gateway_router.get("/{user}", response_model=AdmissionOut, responses=ERRORS)
+async def admission(
+    state: State,
+    user: UserPath,
+    rcpts: Annotated[
+        int, Query(ge=1, le=1000, description="Recipients the next message would have.")
+    ] = 1,
+) -> dict[str, object]:
+    """May this sender send one more message now? Counts nothing (for RCPT-time policy)."""
+    key = _key(user)
+    store = state.accounts
+    now = time.time()
+    recipients = [f"rcpt{i}@admission.invalid" for i in range(rcpts)]
+
+    def read() -> tuple[AccountState, SendingDecision]:
+        # The same exact check scoring makes, without recording: message N+1 is refused
+        # here exactly when /v1/score would refuse it.
+        return store.get_state(key), store.check_and_record(key, recipients, now, dry_run=True)
+
+    account, sending = await run_in_threadpool(read)
+    decision: Literal["allow", "defer"] = "allow"
+    reason = ""
+    if account.state == "suspended" and state.settings.account_suspend_action == "defer":
+        decision, reason = "defer", "account suspended"
+    elif not sending.allowed:
+        decision = "defer"
+        reason = "over the limit: " + ", ".join(sending.exceeded)
+    return {
+        "user": key,
+        "decision": decision,
+        "state": account.state,
+        "reason": reason,
+        "messages_hour": sending.messages_hour,
+        "messages_day": sending.messages_day,
+        "recipients_hour": sending.recipients_hour,
+        "limits": asdict(sending.limits),
+        "exceeded": list(sending.exceeded),
+    }

@@ -1,0 +1,318 @@
+"""``mailsift milter``: a milter for Postfix and Sendmail in front of ``/v1/score``.
+
+The wire protocol (parsing, encoding, and checking that every reply is one the MTA may
+receive at that point) is kilter.protocol's: pure Python and typed, so nothing needs a C
+library to build. Its companion framework, kilter.service, runs each event through a
+per-connection task broadcast; measured through Postfix that cost ~0.15 ms per header
+event, several ms on ordinary mail, so this module drives the protocol state machine
+directly from an asyncio stream: one task per MTA connection, events handled inline.
+
+Per message it collects the envelope (client address, HELO, MAIL FROM, RCPT TO, the
+SASL user and the queue id from the MTA's macros) and the message, asks the service
+once at end of message over a shared keep-alive pool, and applies the answer (see
+:mod:`.decisions`). Every earlier event is negotiated "no reply", so the MTA waits for
+the milter only at end of message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+from typing import cast
+
+from kilter.protocol.buffer import SimpleBuffer
+from kilter.protocol.core import FilterMessage, FilterProtocol, MTAMessage
+from kilter.protocol.exceptions import InvalidMessage, UnexpectedMessage
+from kilter.protocol.messages import (
+    Abort,
+    Accept,
+    ActionFlags,
+    AddHeader,
+    Body,
+    ChangeHeader,
+    Close,
+    Connect,
+    Continue,
+    EndOfMessage,
+    EnvelopeFrom,
+    EnvelopeRecipient,
+    Header,
+    Helo,
+    Macro,
+    Negotiate,
+    ProtocolFlags,
+    Quarantine,
+    ReplyCode,
+)
+
+from mailsift.gateway.client import ScoreRequest, ServiceClient, ServiceUnavailable
+from mailsift.gateway.decisions import (
+    HEADER_PREFIX,
+    Outcome,
+    direction_of,
+    outcome_of,
+    unavailable_outcome,
+)
+from mailsift.gateway.metrics import DECISIONS, SERVICE_FAILURES
+from mailsift.gateway.settings import GatewaySettings
+
+__all__ = ["MilterConnection", "edits_for", "negotiate", "serve_milter", "strip_brackets"]
+
+log = logging.getLogger("mailsift.gateway.milter")
+
+MiB = 1024 * 1024
+# Events this filter reads but never answers: the MTA need not wait for them.
+_NO_REPLY = (
+    ProtocolFlags.NR_CONNECT
+    | ProtocolFlags.NR_HELO
+    | ProtocolFlags.NR_SENDER
+    | ProtocolFlags.NR_RECIPIENT
+    | ProtocolFlags.NR_DATA
+    | ProtocolFlags.NR_HEADER
+    | ProtocolFlags.NR_END_OF_HEADERS
+    | ProtocolFlags.NR_BODY
+    | ProtocolFlags.NR_UNKNOWN
+)
+_ACTIONS = ActionFlags.ADD_HEADERS | ActionFlags.CHANGE_HEADERS | ActionFlags.QUARANTINE
+
+
+def negotiate(offer: Negotiate) -> Negotiate:
+    """Our answer to the MTA's offer: every event but unknown commands, no replies
+    wherever the MTA allows it, and the three actions this filter uses."""
+    missing = _ACTIONS & ~offer.action_flags
+    if missing:
+        raise ValueError(f"the MTA does not allow {missing!r}")
+    options = (ProtocolFlags.NO_UNKNOWN | _NO_REPLY) & offer.protocol_flags
+    return Negotiate(6, _ACTIONS, options)
+
+
+def strip_brackets(address: str) -> str:
+    """``<a@b>`` -> ``a@b`` (the MTA passes the SMTP argument as the client wrote it)."""
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1]
+    return address
+
+
+@dataclass
+class _Transaction:
+    """One message: its envelope and content, bounded by the size the service takes."""
+
+    limit: int
+    mail_from: str = ""
+    rcpts: list[str] = field(default_factory=list)
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+    too_big: bool = False
+
+    def add_header(self, name: str, value: bytes) -> None:
+        self.headers.append((name, value))
+        self._grow(len(name) + len(value) + 4)
+
+    def add_body(self, chunk: bytes) -> None:
+        self._grow(len(chunk))
+        if not self.too_big and chunk:
+            self.parts.append(chunk)
+
+    def _grow(self, n: int) -> None:
+        self.size += n
+        if self.size > self.limit:
+            self.too_big, self.parts = True, []
+
+    def raw(self) -> bytes:
+        head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in self.headers)
+        return head + b"\r\n" + b"".join(self.parts)
+
+
+def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[FilterMessage]:
+    """What to send at end of message: header edits, then the final reply.
+
+    Headers a sender forged to look like ours are deleted before ours are added (a
+    change to an empty value deletes; the index counts headers of that name from 1).
+    """
+    if outcome.reply is not None:
+        return [ReplyCode(f"{outcome.reply}\0".encode())]
+    edits: list[FilterMessage] = []
+    seen: dict[str, int] = {}
+    subject: tuple[int, bytes] | None = None
+    for name, value in headers:
+        key = name.lower()
+        seen[key] = seen.get(key, 0) + 1
+        if key.startswith(HEADER_PREFIX.lower()):
+            edits.append(ChangeHeader(seen[key], name, b""))
+        elif key == "subject" and subject is None:
+            subject = (seen[key], value)
+    edits += [AddHeader(name, value.encode()) for name, value in outcome.headers]
+    if outcome.subject_prefix:
+        prefix = outcome.subject_prefix.encode()
+        if subject is None:
+            edits.append(AddHeader("Subject", prefix))
+        else:
+            edits.append(ChangeHeader(subject[0], "Subject", prefix + b" " + subject[1]))
+    if outcome.kind == "quarantine":
+        # A valid end-of-message action (kilter's state machine allows it) that its
+        # FilterMessage type leaves out.
+        edits.append(cast(FilterMessage, Quarantine(outcome.reason)))
+    return [*edits, Accept()]
+
+
+class MilterConnection:
+    """One MTA connection: the protocol state, the client, the current message."""
+
+    def __init__(self, client: ServiceClient, settings: GatewaySettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.proto = FilterProtocol(abort_on_unknown=True)
+        self.address: IPv4Address | IPv6Address | Path | None = None
+        self.helo = ""
+        self.macros: dict[str, str] = {}
+        self.txn = _Transaction(client.max_message_bytes)
+
+    async def on_event(self, event: MTAMessage) -> list[FilterMessage] | None:
+        """Handle one MTA event; the replies to send, or None to close the connection."""
+        match event:
+            case Negotiate():
+                return [negotiate(event)]
+            case Macro():
+                self.macros.update(event.macros)
+            case Connect():
+                self.address = event.address
+            case Helo():
+                self.helo = event.hostname
+            case EnvelopeFrom():
+                self.txn = _Transaction(self.client.max_message_bytes)
+                self.txn.mail_from = strip_brackets(bytes(event.sender).decode("utf-8", "replace"))
+            case EnvelopeRecipient():
+                rcpt = bytes(event.recipient).decode("utf-8", "replace")
+                self.txn.rcpts.append(strip_brackets(rcpt))
+            case Header():
+                self.txn.add_header(event.name, bytes(event.value))
+            case Body():
+                self.txn.add_body(bytes(event.content))
+            case EndOfMessage():
+                self.txn.add_body(bytes(event.content))
+                return edits_for(self.txn.headers, await self._decide())
+            case Abort():
+                self.txn = _Transaction(self.client.max_message_bytes)
+            case Close():
+                return None
+        if not self.proto.needs_response(event):
+            return []
+        return [Continue()]  # an MTA that would not let us skip the reply
+
+    async def _decide(self) -> Outcome:
+        txn, queue_id = self.txn, self.macros.get("i") or None
+        if txn.too_big:
+            log.info("%s: larger than %d bytes, passed unscanned", queue_id, txn.limit)
+            DECISIONS.labels("milter", "unscanned").inc()
+            return Outcome("accept")
+        user = self.macros.get("{auth_authen}") or None
+        direction = direction_of(self.address, user, self.settings.networks)
+        is_ip = isinstance(self.address, IPv4Address | IPv6Address)
+        request = ScoreRequest(
+            raw=txn.raw(),
+            direction=direction,
+            mail_from=txn.mail_from or None,
+            rcpt=txn.rcpts,
+            client_ip=str(self.address) if is_ip else None,
+            helo=self.helo or None,
+            user=user or (txn.mail_from if direction == "outbound" else None) or None,
+            queue_id=queue_id,
+        )
+        started = time.perf_counter()
+        try:
+            answer = await self.client.score(request)
+        except ServiceUnavailable as exc:
+            mode = self.settings.fail_mode
+            SERVICE_FAILURES.labels("milter", mode).inc()
+            log.warning(
+                "%s: service unavailable (%s) after %.0f ms: failing %s",
+                queue_id,
+                exc,
+                (time.perf_counter() - started) * 1000,
+                mode,
+            )
+            outcome = unavailable_outcome(mode)
+        else:
+            log.info(
+                "%s: %s %s score=%.4f action=%s",
+                queue_id,
+                direction,
+                answer.verdict,
+                answer.score,
+                answer.action,
+            )
+            outcome = outcome_of(answer, self.settings.subject_prefix)
+        DECISIONS.labels("milter", outcome.kind).inc()
+        return outcome
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read events until the MTA closes; replies go out in one write per event."""
+        buffer = SimpleBuffer(2 * MiB)  # MTA packets are at most 1 MiB (SMFIP_MDS_1M)
+        sock = writer.get_extra_info("socket")
+        try:
+            while data := await reader.read(buffer.available):
+                _quickack(sock)
+                buffer[:] = data
+                for event in self.proto.read_from(buffer):
+                    replies = await self.on_event(event)
+                    if replies is None:
+                        return
+                    if replies:
+                        out = SimpleBuffer(64 * 1024)
+                        for reply in replies:
+                            self.proto.write_to(out, reply)
+                        writer.write(out[:].tobytes())
+                        await writer.drain()
+        except (InvalidMessage, UnexpectedMessage, ValueError, UnicodeDecodeError) as exc:
+            log.warning("closing an MTA connection after a protocol error: %s", exc)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def _quickack(sock: socket.socket | None) -> None:
+    """Acknowledge what was just read at once.
+
+    The MTA writes each milter event as its own small packet and, for the events this
+    filter does not answer, does not wait in between; with Nagle's algorithm on the
+    MTA's socket each packet then waits for the ACK of the one before, which a receiver
+    with nothing to send delays by up to 40 ms (measured: +45 ms per message). Linux's
+    ``TCP_QUICKACK`` is not sticky, so it is set after every read; elsewhere a no-op.
+    """
+    flag = getattr(socket, "TCP_QUICKACK", None)
+    if sock is not None and flag is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, flag, 1)
+
+
+async def serve_milter(settings: GatewaySettings) -> None:
+    """Listen for MTA connections until cancelled; one service client for all of them."""
+    client = ServiceClient(settings)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await MilterConnection(client, settings).serve(reader, writer)
+
+    server = await asyncio.start_server(handle, settings.milter_host, settings.milter_port)
+    log.info(
+        "milter listening on %s:%d, service %s, fail %s",
+        settings.milter_host,
+        settings.milter_port,
+        settings.service_url,
+        settings.fail_mode,
+    )
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        await client.aclose()

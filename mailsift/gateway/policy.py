@@ -1,0 +1,236 @@
+"""``mailsift policy``: a Postfix policy delegation server (``check_policy_service``).
+
+Postfix asks it at ``RCPT`` time, once per recipient, before it has taken any message
+(protocol: ``name=value`` lines ending in an empty line, answered by ``action=...``; see
+Postfix's SMTPD_POLICY_README). Two questions are answered here, while the client is
+still connected, so refused mail is refused in the SMTP dialogue and never bounced later:
+
+* does the recipient exist? (when a recipient list is configured: a recipient in one of
+  its domains that it does not list gets ``550 5.1.1``);
+* may the sender send another message now? Outbound senders (SASL-authenticated, or a
+  client in an internal network) are asked about at the service, which holds the hourly
+  limits and the account states every gateway shares; over a limit or suspended is
+  ``DEFER`` (a 4xx: the client keeps the message and retries later).
+
+Everything else is ``DUNNO``: Postfix's other restrictions decide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailsift.gateway.client import ServiceClient, ServiceUnavailable
+from mailsift.gateway.decisions import direction_of
+from mailsift.gateway.metrics import DECISIONS, SERVICE_FAILURES
+from mailsift.gateway.settings import FailMode, GatewaySettings, Network
+
+__all__ = [
+    "DUNNO",
+    "PolicyServer",
+    "RecipientList",
+    "decide_recipient",
+    "outbound_sender",
+    "parse_request",
+    "serve_policy",
+]
+
+log = logging.getLogger("mailsift.gateway.policy")
+
+DUNNO = "DUNNO"
+MAX_ATTRIBUTES = 200
+"""A request with more lines is not from Postfix: the connection is dropped."""
+MAX_LINE = 8192
+
+
+class BadRequest(Exception):
+    """Not a policy delegation request."""
+
+
+def parse_request(lines: Iterable[str]) -> dict[str, str]:
+    """``name=value`` lines (without the terminating empty line) -> attributes.
+
+    Values may contain ``=``; names are lower-case in the protocol and kept as sent.
+    A repeated name keeps its last value, as Postfix's own policy servers do.
+    """
+    attributes: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if not sep or not name:
+            raise BadRequest("a line that is not name=value")
+        attributes[name.strip()] = value.strip()
+    return attributes
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientList:
+    """Valid local recipients; their domains (and ``extra_domains``) are the ones judged."""
+
+    addresses: frozenset[str]
+    domains: frozenset[str]
+
+    @classmethod
+    def load(cls, path: Path | None, extra_domains: Iterable[str] = ()) -> RecipientList:
+        addresses: set[str] = set()
+        if path is not None:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.split("#", 1)[0].strip().lower()
+                if line:
+                    addresses.add(line)
+        domains = {a.rpartition("@")[2] for a in addresses if "@" in a}
+        domains |= {d.lower().rstrip(".") for d in extra_domains}
+        return cls(frozenset(addresses), frozenset(domains))
+
+    def exists(self, recipient: str) -> bool | None:
+        """True/False for a recipient of a judged domain; None for anyone else's."""
+        address = recipient.strip().lower()
+        domain = address.rpartition("@")[2].rstrip(".")
+        if domain not in self.domains:
+            return None
+        return address in self.addresses
+
+
+def decide_recipient(recipients: RecipientList, recipient: str) -> str | None:
+    """The refusal (an access(5) action) for a recipient that does not exist, else None."""
+    if recipients.exists(recipient) is False:
+        # Postfix puts "<rcpt>: Recipient address rejected:" before the text itself.
+        return "550 5.1.1 no such user here"
+    return None
+
+
+def outbound_sender(attributes: dict[str, str], networks: Iterable[Network]) -> str | None:
+    """The user whose limits apply: the SASL login, or the envelope sender of a client in
+    an internal network; None for inbound mail (nobody's limit)."""
+    user = attributes.get("sasl_username") or None
+    client = attributes.get("client_address") or None
+    sender = attributes.get("sender") or None
+    try:
+        address = ipaddress.ip_address(client) if client else None
+    except ValueError:
+        address = None
+    if address is None and not user:
+        return None  # no client address: not a request about SMTP mail we can judge
+    if direction_of(address, user, networks) != "outbound":
+        return None
+    return user or sender
+
+
+class PolicyServer:
+    """Answers policy requests; one instance serves every Postfix connection."""
+
+    def __init__(self, client: ServiceClient, settings: GatewaySettings) -> None:
+        self.client = client
+        self.settings = settings
+        self._recipients_path = settings.recipients_file
+        self._recipients_mtime: float | None = None
+        self.recipients = RecipientList.load(None, settings.local_domain_set)
+        self._reload_recipients()
+
+    def _reload_recipients(self) -> None:
+        """Re-read the recipient list when its file changed (a stat per request)."""
+        path = self._recipients_path
+        if path is None:
+            return
+        mtime = os.stat(path).st_mtime
+        if mtime != self._recipients_mtime:
+            self.recipients = RecipientList.load(path, self.settings.local_domain_set)
+            self._recipients_mtime = mtime
+            log.info("recipient list loaded: %d addresses", len(self.recipients.addresses))
+
+    async def answer(self, attributes: dict[str, str]) -> str:
+        """The action for one request (``DUNNO`` when this server has no objection)."""
+        if attributes.get("request") != "smtpd_access_policy":
+            return DUNNO
+        if attributes.get("protocol_state", "").upper() != "RCPT":
+            return DUNNO
+        self._reload_recipients()
+        recipient = attributes.get("recipient", "")
+        refusal = decide_recipient(self.recipients, recipient) if recipient else None
+        if refusal is not None:
+            DECISIONS.labels("policy", "unknown_recipient").inc()
+            return refusal
+        user = outbound_sender(attributes, self.settings.networks)
+        if user is None:
+            return DUNNO
+        try:
+            admission = await self.client.admission(user)
+        except ServiceUnavailable as exc:
+            return self._unavailable(str(exc), self.settings.fail_mode)
+        if admission.decision == "defer":
+            DECISIONS.labels("policy", "defer").inc()
+            return f"DEFER 4.7.1 {admission.reason or 'not now'}, try again later"
+        return DUNNO
+
+    def _unavailable(self, cause: str, mode: FailMode) -> str:
+        SERVICE_FAILURES.labels("policy", mode).inc()
+        log.warning("service unavailable (%s): failing %s", cause, mode)
+        if mode == "open":
+            return DUNNO
+        return "DEFER 4.3.0 policy service temporarily unavailable, try again later"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One Postfix connection: requests one after another until it hangs up."""
+        try:
+            while True:
+                lines = await _read_request(reader)
+                if lines is None:
+                    return
+                action = await self.answer(parse_request(lines))
+                writer.write(f"action={action}\n\n".encode())
+                await writer.drain()
+        except (BadRequest, ValueError, UnicodeDecodeError) as exc:
+            log.warning("dropping a policy connection: %s", exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> list[str] | None:
+    """The lines of one request; None when the peer closed between requests."""
+    lines: list[str] = []
+    while True:
+        raw = await reader.readline()
+        if not raw:
+            if lines:
+                raise BadRequest("connection closed inside a request")
+            return None
+        if len(raw) > MAX_LINE:
+            raise BadRequest("line too long")
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if lines:
+                return lines
+            continue  # stray empty line between requests
+        lines.append(line)
+        if len(lines) > MAX_ATTRIBUTES:
+            raise BadRequest("too many attributes")
+
+
+async def serve_policy(settings: GatewaySettings) -> None:
+    """Listen for Postfix connections until cancelled."""
+    client = ServiceClient(settings)
+    server = PolicyServer(client, settings)
+    listener = await asyncio.start_server(
+        server.handle, settings.policy_host, settings.policy_port, limit=MAX_LINE * 2
+    )
+    log.info(
+        "policy server listening on %s:%d, service %s, fail %s",
+        settings.policy_host,
+        settings.policy_port,
+        settings.service_url,
+        settings.fail_mode,
+    )
+    try:
+        async with listener:
+            await listener.serve_forever()
+    finally:
+        await client.aclose()

@@ -1,0 +1,56 @@
+"""Starting the gateway processes: settings from the environment plus command-line
+overrides, logging, the metrics listener, and the event loop. The CLI only calls these."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import anyio
+
+from mailsift.gateway.metrics import serve_metrics
+from mailsift.gateway.milter import serve_milter
+from mailsift.gateway.policy import serve_policy
+from mailsift.gateway.settings import GatewaySettings
+
+__all__ = ["gateway_settings", "run_milter", "run_policy"]
+
+
+def gateway_settings(**overrides: Any) -> GatewaySettings:
+    """``MAILSIFT_GATEWAY_*`` variables, with the options given on the command line on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return GatewaySettings(**given)
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    logging.getLogger("kilter").setLevel(logging.WARNING)
+
+
+def _uvloop() -> bool:
+    """uvloop (installed with uvicorn[standard]) when present: a faster event loop."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def run_milter(settings: GatewaySettings) -> None:
+    """Serve the milter until interrupted."""
+    _logging()
+    serve_metrics(settings.metrics_port)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(serve_milter, settings, backend_options={"use_uvloop": _uvloop()})
+
+
+def run_policy(settings: GatewaySettings) -> None:
+    """Serve the policy server until interrupted."""
+    _logging()
+    serve_metrics(settings.metrics_port)
+    with contextlib.suppress(KeyboardInterrupt):
+        anyio.run(serve_policy, settings, backend_options={"use_uvloop": _uvloop()})

@@ -1,0 +1,106 @@
+"""Settings of the milter and the policy server, read from ``MAILSIFT_GATEWAY_*`` variables.
+
+A class of their own: they configure processes that run beside the MTA (often on another
+host than the service), and none of the service's settings applies to them. Every field
+can also be given as a command-line option of ``mailsift milter`` / ``mailsift policy``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["FailMode", "GatewaySettings", "Network"]
+
+FailMode = Literal["open", "closed"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class GatewaySettings(BaseSettings):
+    """Where the service is, how long to wait for it, and what to do when it does not answer."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILSIFT_GATEWAY_", extra="ignore", frozen=True)
+
+    service_url: str = Field(
+        "http://127.0.0.1:8470", description="Base URL of the service's gateway listener."
+    )
+    token: SecretStr | None = Field(
+        None, description="A gateway-role token (`mailsift token create --role gateway`)."
+    )
+    token_file: Path | None = Field(
+        None, description="File holding the token (keeps it out of the process list)."
+    )
+    timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="How long one call to the service may take."
+    )
+    fail_mode: FailMode = Field(
+        "open",
+        description="Service down or slow: `open` passes mail unscanned, `closed` "
+        "answers 4xx so the client retries later.",
+    )
+    internal_networks: str = Field(
+        "",
+        description="Comma-separated client networks whose mail is outbound "
+        "(SASL-authenticated clients always are).",
+    )
+    subject_prefix: str = Field(
+        "[SPAM?]", description="Prefix added to the Subject of mail the service tags."
+    )
+    name: str = Field("", description="Gateway name reported to the service (`gateway`).")
+    milter_host: str = Field("127.0.0.1", description="Address the milter listens on.")
+    milter_port: int = Field(8472, ge=1, le=65535, description="Port the milter listens on.")
+    policy_host: str = Field("127.0.0.1", description="Address the policy server listens on.")
+    policy_port: int = Field(8473, ge=1, le=65535, description="Port the policy server listens on.")
+    recipients_file: Path | None = Field(
+        None,
+        description="Valid local recipients, one address per line; recipients in their "
+        "domains (and `local_domains`) that are not listed are refused at RCPT.",
+    )
+    local_domains: str = Field(
+        "", description="Comma-separated domains whose recipients must be in the file."
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0 = off)."
+    )
+    max_message_bytes: int = Field(
+        25 * 1024 * 1024,
+        ge=1024,
+        description="Larger messages are passed unscanned (the service would refuse them).",
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> GatewaySettings:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        self.networks  # noqa: B018 - parse now: a typo must stop start-up, not the first mail
+        return self
+
+    @cached_property
+    def networks(self) -> tuple[Network, ...]:
+        try:
+            return tuple(
+                ipaddress.ip_network(n.strip(), strict=False)
+                for n in self.internal_networks.split(",")
+                if n.strip()
+            )
+        except ValueError as exc:
+            raise ValueError(f"internal_networks: {exc}") from None
+
+    @property
+    def local_domain_set(self) -> frozenset[str]:
+        return frozenset(
+            d.strip().lower().rstrip(".") for d in self.local_domains.split(",") if d.strip()
+        )
+
+    def bearer(self) -> str | None:
+        """The token, from the setting or the file (read at start, whitespace stripped)."""
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            return self.token_file.read_text(encoding="utf-8").strip() or None
+        return None

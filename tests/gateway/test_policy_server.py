@@ -1,0 +1,115 @@
+"""The real ``mailsift policy`` over a real socket, speaking Postfix's policy protocol to
+a running service (no Postfix needed): recipients, limits, and a service that is down."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.gateway.processes import GatewayProcess, gateway_token
+from tests.service.server import Service, free_port, message
+
+USER = "carol@corp.example"
+
+
+class PolicyClient:
+    """What Postfix's smtpd does: requests on one connection, one ``action=`` line each."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rwb")
+
+    def ask(self, **attributes: str) -> str:
+        request = {"request": "smtpd_access_policy", "protocol_state": "RCPT", **attributes}
+        self.file.write(b"".join(f"{k}={v}\n".encode() for k, v in request.items()) + b"\n")
+        self.file.flush()
+        answer = self.file.readline().decode().rstrip("\n")
+        assert self.file.readline() == b"\n"
+        assert answer.startswith("action=")
+        return answer.removeprefix("action=")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def outbound(**extra: str) -> dict[str, str]:
+    return {"client_address": "10.0.0.5", "sender": USER, "recipient": "x@partner.example", **extra}
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    env = {"MAILSIFT_LIMIT_MESSAGES_PER_HOUR": "3", "MAILSIFT_OUTBOUND_LEARNING": "false"}
+    with Service(tmp_path / "data", env=env) as svc:
+        yield svc
+
+
+def test_policy_answers_recipients_and_limits_from_the_service(
+    tmp_path: Path, service: Service
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(gateway_token(service.data_dir, service.env))
+    recipients = tmp_path / "recipients"
+    recipients.write_text("alice@example.org\n")
+    args = ("--service-url", service.url, "--token-file", str(token))
+    args += ("--internal-networks", "10.0.0.0/8", "--recipients-file", str(recipients))
+    with GatewayProcess("policy", tmp_path, *args) as policy:
+        client = PolicyClient(policy.port)
+        try:
+            inbound = {"client_address": "192.0.2.9", "sender": "x@remote.example"}
+            assert client.ask(**inbound, recipient="alice@example.org") == "DUNNO"
+            refused = client.ask(**inbound, recipient="nobody@example.org")
+            assert refused.startswith("550 5.1.1 ")
+            assert client.ask(**inbound, recipient="someone@elsewhere.example") == "DUNNO"
+            assert client.ask(**outbound()) == "DUNNO"
+            assert client.ask(**outbound(), protocol_state="DATA") == "DUNNO"
+
+            with service.client() as c:
+                for i in range(3):  # what the milter's /v1/score calls count
+                    r = c.post(
+                        "/v1/score",
+                        params={"direction": "outbound", "user": USER},
+                        content=message(i, spammy=False),
+                        headers={"content-type": "message/rfc822"},
+                    )
+                    assert r.status_code == 200, r.text
+            deferred = client.ask(**outbound())
+            assert deferred.startswith("DEFER 4.7.1 ") and "messages_per_hour" in deferred
+            assert client.ask(**outbound(sasl_username="dave")) == "DUNNO"  # another user
+            assert client.ask(**outbound(client_address="192.0.2.9")) == "DUNNO"  # inbound
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("open", "DUNNO"), ("closed", "DEFER 4.3.0")])
+def test_a_dead_service_fails_open_or_closed(tmp_path: Path, mode: str, expected: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    args = ("--service-url", dead, "--internal-networks", "10.0.0.0/8", "--fail-mode", mode)
+    with GatewayProcess("policy", tmp_path, *args, "--metrics-port", str(port := free_port())) as p:
+        client = PolicyClient(p.port)
+        try:
+            assert client.ask(**outbound()).startswith(expected)
+        finally:
+            client.close()
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        line = f'mailsift_gateway_service_failures_total{{component="policy",mode="{mode}"}} 1.0'
+        assert line in metrics
+        assert "service unavailable" in p.log()
+
+
+def test_garbage_is_dropped_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    args = ("--service-url", f"http://127.0.0.1:{free_port()}")
+    with GatewayProcess("policy", tmp_path, *args) as policy:
+        with socket.create_connection(("127.0.0.1", policy.port), timeout=10) as s:
+            s.sendall(b"this is not a policy request\n\n")
+            assert s.recv(100) == b""  # closed without an answer
+        client = PolicyClient(policy.port)
+        try:
+            inbound = {"client_address": "192.0.2.9", "recipient": "a@example.org"}
+            assert client.ask(**inbound) == "DUNNO"
+        finally:
+            client.close()

@@ -1,0 +1,201 @@
+"""End to end through a real Postfix: SMTP (smtplib) -> Postfix -> milter and policy
+server -> the running service, and what Postfix then does with the mail.
+
+Run alone with ``pytest -m postfix``. Skipped where Postfix is not installed (``.ci/run``
+installs it). One stack for the module: a service taught a little ham and spam, two
+milters sharing it (one failing open, one failing closed, each behind its own Postfix
+SMTP port), a policy server, and one private Postfix instance. 127.0.0.2 is the internal
+network: a client connecting from there sends outbound mail, from 127.0.0.1 inbound.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.gateway.postfix import DOMAIN, Postfix, postfix_missing
+from tests.gateway.processes import GatewayProcess, gateway_token
+from tests.service.server import Service, feedback, message, wait_for
+
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.skipif(postfix_missing() is not None, reason=str(postfix_missing())),
+]
+
+INTERNAL = "127.0.0.2"
+LIMITED = "limited@corp.test"
+CARD = "4111 1111 1111 1111"
+
+
+@dataclass
+class Stack:
+    service: Service
+    postfix: Postfix
+    open_port: int
+    closed_port: int
+
+
+def _teach(client: httpx.Client, n: int = 12) -> None:
+    for i in range(n):
+        feedback(client, message(1000 + i, spammy=False), "ham")
+        feedback(client, message(1000 + i, spammy=True), "spam")
+
+    def learned() -> bool:
+        model = client.get("/v1/model").json()
+        return bool(model["ham"] >= n and model["spam"] >= n)
+
+    assert wait_for(learned, 30), "the service did not learn the examples"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    env = {
+        "MAILSIFT_LIMIT_OVERRIDES": f'{{"{LIMITED}": {{"messages_per_hour": 20}}}}',
+        "MAILSIFT_INBOUND_REJECT_THRESHOLD": "0.9",
+        "MAILSIFT_DLP_ACTION_HIGH": "quarantine",
+        "MAILSIFT_DLP_ACTION_MEDIUM": "quarantine",
+        "MAILSIFT_OUTBOUND_LEARNING": "false",
+        "MAILSIFT_LOCAL_DOMAINS": DOMAIN,
+    }
+    data = tmp / "data"
+    service = Service(data, env=env).start()
+    try:
+        with service.client() as admin:
+            _teach(admin)
+        token_file = tmp / "gateway.token"
+        token_file.write_text(gateway_token(data, service.env) + "\n")
+        token_file.chmod(0o600)
+        recipients = tmp / "recipients"
+        recipients.write_text(f"alice@{DOMAIN}\nbob@{DOMAIN}\n")
+        common = (
+            "--service-url",
+            service.url,
+            "--token-file",
+            str(token_file),
+            "--internal-networks",
+            f"{INTERNAL}/32",
+        )
+        with (
+            GatewayProcess("milter", tmp, *common, "--fail-mode", "open") as fail_open,
+            GatewayProcess("milter", tmp, *common, "--fail-mode", "closed") as fail_closed,
+            GatewayProcess("policy", tmp, *common, "--recipients-file", str(recipients)) as policy,
+            Postfix(
+                listeners={
+                    "open": {
+                        "smtpd_milters": f"inet:127.0.0.1:{fail_open.port}",
+                        "milter_default_action": "accept",
+                    },
+                    "closed": {
+                        "smtpd_milters": f"inet:127.0.0.1:{fail_closed.port}",
+                        "milter_default_action": "tempfail",
+                    },
+                },
+                policy_port=policy.port,
+                internal_network=f"{INTERNAL}/32",
+            ) as postfix,
+        ):
+            try:
+                yield Stack(service, postfix, postfix.ports["open"], postfix.ports["closed"])
+            finally:
+                print(postfix.maillog()[-5000:])
+                print(fail_open.log(), fail_closed.log(), policy.log())
+    finally:
+        service.kill()
+
+
+def smtp(port: int, *, internal: bool = False) -> smtplib.SMTP:
+    source = (INTERNAL, 0) if internal else ("127.0.0.1", 0)
+    return smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=source)
+
+
+def _with_id(raw: bytes, message_id: str) -> bytes:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = [h for h in head.split(b"\r\n") if not h.lower().startswith(b"message-id:")]
+    return b"\r\n".join([*lines, f"Message-ID: <{message_id}>".encode()]) + b"\r\n\r\n" + body
+
+
+def _delivered(postfix: Postfix, mailbox: str, message_id: str) -> email.message.Message | None:
+    for raw in postfix.delivered(mailbox):
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        if message_id in str(msg.get("Message-ID", "")):
+            return msg
+    return None
+
+
+def test_inbound_ham_is_delivered_with_the_mailsift_headers(stack: Stack) -> None:
+    raw = _with_id(message(1, spammy=False), "ham-1@remote.test")
+    with smtp(stack.open_port) as s:
+        s.sendmail("news@remote.test", [f"alice@{DOMAIN}"], raw)
+    assert wait_for(lambda: _delivered(stack.postfix, "alice", "ham-1@") is not None, 30)
+    msg = _delivered(stack.postfix, "alice", "ham-1@")
+    assert msg is not None
+    assert msg["X-Mailsift-Verdict"] == "ham"
+    assert 0.0 <= float(msg["X-Mailsift-Score"]) < 0.3
+    assert msg["X-Mailsift-Reasons"]
+
+
+def test_inbound_spam_is_rejected_with_5xx(stack: Stack) -> None:
+    raw = _with_id(message(2, spammy=True), "spam-2@remote.test")
+    with smtp(stack.open_port) as s, pytest.raises(smtplib.SMTPDataError) as refused:
+        s.sendmail("offers@remote.test", [f"alice@{DOMAIN}"], raw)
+    assert refused.value.smtp_code == 550
+    assert b"5.7.1" in refused.value.smtp_error
+    assert _delivered(stack.postfix, "alice", "spam-2@") is None
+
+
+def test_outbound_card_number_is_held_in_the_hold_queue(stack: Stack) -> None:
+    raw = (
+        b"From: carol@corp.test\r\nTo: partner@partner.test\r\nSubject: payment\r\n"
+        b"Message-ID: <card-3@corp.test>\r\n\r\n"
+        + f"Here is the company card: {CARD}, expiry 12/29.\r\n".encode()
+    )
+    with smtp(stack.open_port, internal=True) as s:
+        s.sendmail("carol@corp.test", ["partner@partner.test"], raw)
+
+    def held() -> bool:
+        return any(e.get("queue_name") == "hold" for e in stack.postfix.queue_entries())
+
+    assert wait_for(held, 30), stack.postfix.queue_entries()
+
+
+def test_the_21st_message_of_a_user_limited_to_20_is_deferred_at_rcpt(stack: Stack) -> None:
+    with smtp(stack.open_port, internal=True) as s:  # one connection: 20 transactions
+        for i in range(20):
+            raw = _with_id(message(100 + i, spammy=False), f"limit-{i}@corp.test")
+            s.sendmail(LIMITED, ["partner@partner.test"], raw)
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            s.sendmail(LIMITED, ["partner@partner.test"], message(121, spammy=False))
+    code, text = refused.value.recipients["partner@partner.test"]
+    assert code == 450 and b"4.7.1" in text, (code, text)
+
+
+def test_a_nonexistent_local_recipient_is_rejected_at_rcpt(stack: Stack) -> None:
+    with smtp(stack.open_port) as s, pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        s.sendmail("someone@remote.test", [f"nobody@{DOMAIN}"], message(4, spammy=False))
+    code, text = refused.value.recipients[f"nobody@{DOMAIN}"]
+    assert code == 550 and b"5.1.1" in text, (code, text)
+
+
+def test_with_the_service_stopped_fail_open_delivers_and_fail_closed_tempfails(
+    stack: Stack,
+) -> None:
+    """Last in the module: it stops the service the other tests use."""
+    stack.service.kill()
+    raw = _with_id(message(5, spammy=False), "down-5@remote.test")
+    with smtp(stack.open_port) as s:
+        s.sendmail("news@remote.test", [f"bob@{DOMAIN}"], raw)
+    assert wait_for(lambda: _delivered(stack.postfix, "bob", "down-5@") is not None, 30)
+    msg = _delivered(stack.postfix, "bob", "down-5@")
+    assert msg is not None and msg["X-Mailsift-Verdict"] is None  # passed unscanned
+
+    with smtp(stack.closed_port) as s, pytest.raises(smtplib.SMTPDataError) as refused:
+        s.sendmail("news@remote.test", [f"bob@{DOMAIN}"], message(6, spammy=False))
+    assert refused.value.smtp_code == 451
+    assert b"4.3.0" in refused.value.smtp_error
