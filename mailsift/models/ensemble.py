@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from mailsift.models.features import FeatureConfig, Features, extract
+from mailsift.models.features import FeatureConfig, Features, IntArray, extract
 from mailsift.models.linear import OnlineLogistic, sigmoid
 from mailsift.models.naive_bayes import NaiveBayes
 from mailsift.models.parse import ParsedMessage
@@ -30,6 +30,7 @@ __all__ = ["Label", "Score", "SpamModel", "TokenWeight", "label_to_int"]
 
 Label = Literal["ham", "spam"]
 MEMBERS = ("words", "chars", "bayes")
+FloatVector = npt.NDArray[np.float64]
 
 
 def label_to_int(label: Label) -> int:
@@ -113,22 +114,31 @@ class SpamModel:
     def features(self, msg: ParsedMessage) -> Features:
         return extract(msg, self.config)
 
-    def _member_logits(self, f: Features) -> npt.NDArray[np.float64]:
+    def _member_logits(self, f: Features, bayes_logodds: float | None = None) -> FloatVector:
+        if bayes_logodds is None:
+            bayes_logodds = self.bayes.decision_one(f.word_idx)
         return np.array(
             [
                 self.words.decision_one(f.word_idx, f.word_val),
                 self.chars.decision_one(f.char_idx, f.char_val),
-                self.bayes.decision_one(f.word_idx),
+                bayes_logodds,
                 1.0,
             ]
         )
 
     def score(self, f: Features, explain: int = 0) -> Score:
         """Spam probability of one message, with the ``explain`` most telling tokens each way."""
-        logits = self._member_logits(f)
+        spam_tokens: list[TokenWeight] = []
+        ham_tokens: list[TokenWeight] = []
+        if explain:
+            # Naive Bayes picks its telling tokens once, for the score and the explanation.
+            telling = self.bayes.telling_tokens(f.word_idx)
+            logits = self._member_logits(f, float(telling[1].sum()))
+            spam_tokens, ham_tokens = self._explain(f, explain, telling)
+        else:
+            logits = self._member_logits(f)
         z = float(logits @ self.calibration_)
         members = dict(zip(MEMBERS, (float(v) for v in logits[:3]), strict=True))
-        spam_tokens, ham_tokens = self._explain(f, explain) if explain else ([], [])
         return Score(sigmoid(z), z, members, spam_tokens, ham_tokens)
 
     def learn(self, f: Features, label: Label) -> SpamModel:
@@ -177,11 +187,13 @@ class SpamModel:
         norm = float(np.sqrt(1.0 + logits @ logits))
         self.calibration_ += self.calibration_rate * (y - p) * logits / norm
 
-    def _explain(self, f: Features, top: int) -> tuple[list[TokenWeight], list[TokenWeight]]:
+    def _explain(
+        self, f: Features, top: int, telling: tuple[IntArray, FloatVector]
+    ) -> tuple[list[TokenWeight], list[TokenWeight]]:
         """Per-token share of the combined log-odds from the word-level members."""
         weights = self.calibration_
         contrib = (self.words.coef_[f.word_idx] * f.word_val).astype(np.float64) * weights[0]
-        pos, nb_logodds = self.bayes.telling_tokens(f.word_idx)
+        pos, nb_logodds = telling
         contrib[pos] += nb_logodds * weights[2]
         order = np.argsort(contrib)
         spam = [

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +50,16 @@ from mailsift.service.trainlog import open_training_log
 __all__ = ["create_app"]
 
 log = logging.getLogger("mailsift.app")
+
+
+# mailsift exports its own Prometheus metrics. FastAPI's native OpenTelemetry layer (in
+# the releases that have it) would otherwise ask for the tracer provider and wrap each
+# phase of every request, a few percent of a worker's time under load.
+_NO_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters
+    else {}
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -104,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Spam and data-leak filter for mail gateways, inbound and outbound.",
         lifespan=lifespan,
+        **_NO_NATIVE_TELEMETRY,
     )
     install_error_handlers(app)
     # Who may call what: gateways score, report events and scan; routers that mix roles
