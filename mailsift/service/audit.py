@@ -248,9 +248,13 @@ class AuditTrail:
                     ]
                 if not batch:
                     break
+                # Rows are built before the write lock is taken: every worker's admission
+                # of outbound mail waits for that lock, and this thread shares the GIL
+                # with a busy event loop, so each step under the lock may wait its turn.
+                rows = [_to_row(r) for r in batch]
                 try:
                     with write_transaction(self._engine, lock_key=_LOCK_KEY) as conn:
-                        conn.execute(insert(_events), [_to_row(r) for r in batch])
+                        conn.execute(insert(_events), rows)
                 except Exception:
                     self._requeue(batch)
                     raise
