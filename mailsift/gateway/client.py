@@ -24,11 +24,34 @@ __all__ = [
     "ScoreRequest",
     "ServiceClient",
     "ServiceUnavailable",
+    "recipients_that_fit",
 ]
 
 Direction = Literal["inbound", "outbound"]
 Action = Literal["accept", "tag", "quarantine", "reject", "defer"]
 _ACTIONS: tuple[Action, ...] = ("accept", "tag", "quarantine", "reject", "defer")
+
+
+# httpx refuses a URL over 64 KiB; the envelope is sent in the query. Leave room for the
+# other parameters (each at most a few hundred characters).
+_RCPT_QUERY_BUDGET = 60_000
+
+
+def recipients_that_fit(rcpt: Sequence[str], budget: int = _RCPT_QUERY_BUDGET) -> list[str]:
+    """The first recipients whose escaped ``rcpt=`` parameters fit in ``budget`` characters.
+
+    An MTA admits 1,000 recipients by default (Postfix's smtpd_recipient_limit): of usual
+    length they all fit; of the longest legal length only about 180 do, and the message
+    is scored with those rather than not at all.
+    """
+    kept: list[str] = []
+    used = 0
+    for address in rcpt:
+        used += len("&rcpt=") + len(quote(address, safe="@"))
+        if used > budget:
+            break
+        kept.append(address)
+    return kept
 
 
 class ServiceUnavailable(Exception):
@@ -116,7 +139,7 @@ class ServiceClient:
             value = getattr(request, name)
             if value:
                 params.append((name, value))
-        params += [("rcpt", r) for r in request.rcpt]
+        params += [("rcpt", r) for r in recipients_that_fit(request.rcpt)]
         if self.gateway:
             params.append(("gateway", self.gateway))
         body = await self._call(

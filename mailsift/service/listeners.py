@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
 from mailsift.service.errors import error_response
+from mailsift.service.http_limits import BoundedHttpToolsProtocol
 
 __all__ = ["GATEWAY_PATHS", "ListenerGuard", "is_loopback", "serve", "tls_context"]
 
@@ -128,6 +129,7 @@ def serve(
         workers=workers,
         log_config=log_config,
         access_log=access_log,
+        http=BoundedHttpToolsProtocol,
         proxy_headers=False,
         server_header=False,
         ssl_certfile=certfile,
