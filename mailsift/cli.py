@@ -301,6 +301,10 @@ def bench(
     direction: Annotated[
         str, typer.Option(help="inbound, or outbound (500 simulated senders).")
     ] = "inbound",
+    warmup: Annotated[
+        int,
+        typer.Option(min=0, help="Messages sent first and not measured: a served worker is warm."),
+    ] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Start the service with W workers and measure messages/s, latency and memory."""
@@ -328,6 +332,7 @@ def bench(
         model=model,
         rounds=rounds,
         direction=direction,
+        warmup=warmup,
     )
     if as_json:
         typer.echo(json.dumps(result.as_dict()))

@@ -1,0 +1,28 @@
+"""``mailsift bench`` against a real server: every message counted once, none failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailsift.training.bench import run_bench
+from tests.service.server import message
+
+
+@pytest.mark.parametrize("direction", ["inbound", "outbound"])
+def test_bench_measures_every_message_once_after_the_warmup(direction: str) -> None:
+    messages = [message(i, spammy=i % 3 == 0) for i in range(40)]
+    result = run_bench(
+        messages,
+        workers=1,
+        concurrency=4,
+        rounds=2,
+        direction=direction,
+        warmup=10,
+        baseline=False,
+    )
+    assert result.requests == 80  # the warm-up is not among them
+    assert result.errors == 0
+    assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms
+    assert result.msgs_per_s > 0 and result.rss_mb > 0
+    assert result.server_cpu_ms_per_msg > 0 and result.client_cpu_ms_per_msg > 0
+    assert set(result.as_dict()) >= {"msgs_per_s", "p50_ms", "p95_ms", "p99_ms", "rss_mb"}
