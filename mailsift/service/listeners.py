@@ -120,9 +120,13 @@ def serve(
 ) -> None:
     """Bind both listeners, then run the app in ``workers`` processes over them."""
     per_worker = workers > 1
-    sockets = [_bind(host, port, per_worker=per_worker)]
-    if admin_port is not None:
-        sockets.append(_bind(admin_host, admin_port, per_worker=per_worker))
+    addresses = [(host, port)] + ([(admin_host, admin_port)] if admin_port is not None else [])
+    if per_worker:
+        for address in addresses:
+            # SO_REUSEPORT would let a second mailsift on this port quietly share its
+            # connections: a plain bind first fails, as it should, if anyone listens.
+            _bind(*address).close()
+    sockets = [_bind(*address, per_worker=per_worker) for address in addresses]
     config = uvicorn.Config(
         "mailsift.service.app:create_app",
         factory=True,

@@ -132,3 +132,19 @@ def test_a_killed_workers_share_goes_to_its_replacement(tmp_path: Path) -> None:
         finally:
             for client in clients:
                 client.close()
+
+
+def test_a_second_service_on_the_same_port_fails_instead_of_sharing(tmp_path: Path) -> None:
+    with Service(tmp_path / "one", workers=2) as first:
+        assert wait_for(lambda: _listening(first.port) == 2, timeout=30)
+        args = ["serve", "--port", str(first.port), "--workers", "2", "--admin-port", "0"]
+        second = subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", *args],
+            env={**first.env, "MAILSIFT_DATA_DIR": str(tmp_path / "two")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert "address already in use" in second.stderr.lower(), second.stderr[-2000:]
+        assert _listening(first.port) == 2  # the first one still serves alone
