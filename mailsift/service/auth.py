@@ -30,17 +30,14 @@ from sqlalchemy import Column, Double, Engine, MetaData, String, Table, Text, in
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.db import write_transaction
-from mailsift.service.errors import ApiError
+from mailsift.service.errors import Forbidden, Unauthorized
 from mailsift.service.settings import Settings
 
 __all__ = [
-    "Forbidden",
     "Principal",
-    "RateLimited",
     "Role",
     "TokenInfo",
     "TokenStore",
-    "Unauthorized",
     "authenticate",
     "require",
 ]
@@ -48,21 +45,6 @@ __all__ = [
 Role = Literal["gateway", "user", "admin"]
 ROLES: tuple[Role, ...] = ("gateway", "user", "admin")
 _TOKEN = re.compile(r"^msk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
-
-
-class Unauthorized(ApiError):
-    status = 401
-    code = "unauthorized"
-
-
-class Forbidden(ApiError):
-    status = 403
-    code = "forbidden"
-
-
-class RateLimited(ApiError):
-    status = 429
-    code = "rate_limited"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 __all__ = [
     "ApiError",
     "BadRequest",
+    "Forbidden",
     "MessageTooLarge",
     "ModelNotReady",
+    "NotFound",
+    "RateLimited",
+    "StateUnavailable",
+    "Unauthorized",
     "UnsupportedMediaType",
     "UnusableMessage",
     "install_error_handlers",
@@ -40,6 +45,21 @@ class BadRequest(ApiError):
     pass
 
 
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
 class MessageTooLarge(ApiError):
     status = 413
     code = "message_too_large"
@@ -55,9 +75,21 @@ class UnusableMessage(ApiError):
     code = "unusable_message"
 
 
+class RateLimited(ApiError):
+    status = 429
+    code = "rate_limited"
+
+
 class ModelNotReady(ApiError):
     status = 503
     code = "not_ready"
+
+
+class StateUnavailable(ApiError):
+    """The state database (lists, audit trail, accounts) cannot be read or written."""
+
+    status = 503
+    code = "unavailable"
 
 
 def error_response(status: int, code: str, detail: str) -> JSONResponse:

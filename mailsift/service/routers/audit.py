@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.deps import State
-from mailsift.service.errors import ApiError, BadRequest
+from mailsift.service.errors import BadRequest, StateUnavailable
 from mailsift.service.schemas import ErrorBody
 
 router = APIRouter(prefix="/v1", tags=["audit"])
@@ -36,11 +36,6 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 # A "+hh:mm" offset typed unencoded into a query string arrives as " hh:mm".
 _SPACED_OFFSET = re.compile(r" (\d{2}(?::?\d{2})?)$")
-
-
-class StateUnavailable(ApiError):
-    status = 503
-    code = "unavailable"
 
 
 class ReasonBrief(BaseModel):

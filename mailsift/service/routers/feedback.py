@@ -14,10 +14,10 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.analysis import analyse
-from mailsift.service.auth import AdminCaller, Forbidden, RateLimited, UserCaller
+from mailsift.service.auth import AdminCaller, UserCaller
 from mailsift.service.body import read_message
 from mailsift.service.deps import State
-from mailsift.service.errors import BadRequest, ModelNotReady
+from mailsift.service.errors import BadRequest, Forbidden, ModelNotReady, RateLimited
 from mailsift.service.schemas import ERRORS, LearnOut
 from mailsift.service.state import ServiceState
 from mailsift.service.trainlog import AppendResult, TrainingLogError

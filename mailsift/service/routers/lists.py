@@ -15,9 +15,9 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from mailsift.service.auth import Forbidden, Principal, UserCaller
+from mailsift.service.auth import Principal, UserCaller
 from mailsift.service.deps import State
-from mailsift.service.errors import ApiError
+from mailsift.service.errors import Forbidden, NotFound, StateUnavailable
 from mailsift.service.schemas import ErrorBody
 
 router = APIRouter(prefix="/v1/lists", tags=["lists"])
@@ -42,16 +42,6 @@ ERRORS: dict[int | str, dict[str, object]] = {
         503: "state database unavailable",
     }.items()
 }
-
-
-class ListEntryNotFound(ApiError):
-    status = 404
-    code = "not_found"
-
-
-class StateUnavailable(ApiError):
-    status = 503
-    code = "unavailable"
 
 
 class ListEntryOut(BaseModel):
@@ -126,7 +116,7 @@ async def get_entry(
     _own_lists_only(caller, scope, user)
     found = await _call(lambda: state.lists.get(kind, entry, scope, user))
     if found is None:
-        raise ListEntryNotFound(f"{entry} is not on the {scope} {kind} list")
+        raise NotFound(f"{entry} is not on the {scope} {kind} list")
     return found.as_dict()
 
 
@@ -170,5 +160,5 @@ async def delete_entry(
     _own_lists_only(caller, scope, user)
     deleted = await _call(lambda: state.lists.delete(kind, entry, scope, user))
     if not deleted:
-        raise ListEntryNotFound(f"{entry} is not on the {scope} {kind} list")
+        raise NotFound(f"{entry} is not on the {scope} {kind} list")
     return {"deleted": True, "kind": kind, "scope": scope, "user": user, "entry": entry}
