@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mailsift.service.settings import domain_set
+
 __all__ = ["FailMode", "GatewaySettings", "Network"]
 
 FailMode = Literal["open", "closed"]
@@ -91,11 +93,9 @@ class GatewaySettings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"internal_networks: {exc}") from None
 
-    @property
+    @cached_property
     def local_domain_set(self) -> frozenset[str]:
-        return frozenset(
-            d.strip().lower().rstrip(".") for d in self.local_domains.split(",") if d.strip()
-        )
+        return domain_set(self.local_domains)
 
     def bearer(self) -> str | None:
         """The token, from the setting or the file (read at start, whitespace stripped)."""

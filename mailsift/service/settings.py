@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailsift.models.parse import ParseLimits
 
-__all__ = ["Action", "Settings", "get_settings"]
+__all__ = ["Action", "Settings", "domain_set", "get_settings"]
 
 Action = Literal["accept", "tag", "quarantine", "reject", "defer"]
 MiB = 1024 * 1024
@@ -288,11 +288,11 @@ class Settings(BaseSettings):
 
     @cached_property
     def local_domain_set(self) -> frozenset[str]:
-        return _domains(self.local_domains)
+        return domain_set(self.local_domains)
 
     @cached_property
     def freemail_extra_set(self) -> frozenset[str]:
-        return _domains(self.freemail_extra_domains)
+        return domain_set(self.freemail_extra_domains)
 
     @cached_property
     def dlp_label_list(self) -> tuple[str, ...]:
@@ -321,7 +321,8 @@ class Settings(BaseSettings):
         )
 
 
-def _domains(value: str) -> frozenset[str]:
+def domain_set(value: str) -> frozenset[str]:
+    """A comma-separated domain setting, lower-cased, without trailing dots."""
     return frozenset(d.strip().lower().rstrip(".") for d in value.split(",") if d.strip())
 
 
