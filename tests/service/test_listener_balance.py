@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -50,27 +51,23 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _server_side_inodes(port: int) -> dict[int, int]:
-    """Client port -> inode of the server's socket of each established connection to ``port``."""
-    found = {}
+def _tcp_sockets(port: int) -> Iterator[tuple[str, int, int]]:
+    """(state, peer port, inode) of each TCP socket whose local port is ``port``."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                found[int(remote.rsplit(":", 1)[1], 16)] = inode
-    return found
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                yield fields[3], int(fields[2].rsplit(":", 1)[1], 16), int(fields[9])
+
+
+def _server_side_inodes(port: int) -> dict[int, int]:
+    """Client port -> inode of the server's socket of each established connection to ``port``."""
+    return {peer: inode for state, peer, inode in _tcp_sockets(port) if state == "01"}
 
 
 def _listening(port: int) -> int:
     """How many sockets listen on ``port``."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                count += 1
-    return count
+    return sum(1 for state, _, _ in _tcp_sockets(port) if state == "0A")
 
 
 def _holders(service: Service, clients: list[socket.socket]) -> collections.Counter[int]:
