@@ -15,9 +15,9 @@ of the longest legal one.
 
 from __future__ import annotations
 
-import json
-
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from mailsift.service.errors import error_body
 
 __all__ = ["MAX_HEADER_BYTES", "MAX_URL_BYTES", "BoundedHttpToolsProtocol"]
 
@@ -62,7 +62,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._too_large is None:
             super().send_400_response(msg)
             return
-        body = json.dumps({"error": "request_head_too_large", "detail": self._too_large}).encode()
+        body = error_body("request_head_too_large", self._too_large)
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
             b"content-type: application/json\r\n"

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.deps import State
+from mailsift.service.errors import error_response
 from mailsift.service.trainlog import TrainingLogError
 
 router = APIRouter(tags=["health"])
@@ -24,7 +25,7 @@ async def readyz(state: State) -> JSONResponse:
     try:
         await run_in_threadpool(state.trainlog.ping)
     except TrainingLogError as exc:
-        return JSONResponse({"error": "not_ready", "detail": str(exc)}, status_code=503)
+        return error_response(503, "not_ready", str(exc))
     status = state.learner.status()
     return JSONResponse(
         {"status": "ready", "model_version": status.version, "log_position": status.log_position}
