@@ -497,6 +497,8 @@ def _read_top_headers(
 def decode_header_value(value: object, max_chars: int = 8192) -> str:
     """Decode RFC 2047 words and raw 8-bit junk in a header value; never raises."""
     raw = _repair_surrogates(str(value)[: max_chars * 4])
+    if "=?" not in raw:  # no encoded word (most fields): what decode_header would return
+        return " ".join(raw.split())[:max_chars]
     try:
         chunks = decode_header(raw)
     except Exception:

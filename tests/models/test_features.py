@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -137,6 +138,25 @@ def test_hash_values_are_pinned() -> None:
     assert hash_tokens(tokens, 20).tolist() == [310475, 548766, 106568, 744305]
     assert hash_tokens(["body:viagra"], 16).tolist() == [19404]
     assert hash_tokens(["body:viagra"], 26).tolist() == [19870438]
+
+
+def test_a_lone_surrogate_hashes_as_its_utf8_surrogate_bytes() -> None:
+    # The parser keeps undecodable header bytes as lone surrogates; hashing must not fail
+    # on them, and the token next to one must hash as it does alone.
+    token = "body:caf\udce9"
+    expected = zlib.crc32(token.encode("utf-8", "surrogatepass"))
+    mixed = (expected * 0x9E3779B97F4A7C15) % 2**64 >> (64 - 20)
+    assert hash_tokens(["body:viagra", token], 20).tolist() == [310475, mixed]
+
+
+def test_a_token_repeated_within_a_field_is_listed_once() -> None:
+    raw = b"Subject: buy buy now\r\nFrom: a@b.test\r\n\r\nbuy now buy now buy now"
+    tokens = tokenize(parse_message(raw), FeatureConfig())
+    assert tokens.count("body:buy") == 1
+    assert tokens.count("body:buy now") == 1
+    assert tokens.count("body:now buy") == 1
+    assert tokens.count("subject:buy") == 1
+    assert tokens.count("subject:buy buy") == 1
 
 
 @pytest.mark.parametrize(("n_bits", "source"), [(16, "text"), (20, "raw"), (26, "text")])
