@@ -192,6 +192,32 @@ def test_errors_are_json_with_a_code_and_a_detail(
     assert set(body) == {"error", "detail"} and body["error"] == code and body["detail"]
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("", "direction"),
+        ("direction=sideways", "direction"),
+        ("direction=inbound&rcpt=" + "a" * 321 + "@x.test", "rcpt"),
+        ("direction=inbound&helo=" + "h" * 256, "helo"),
+        ("direction=inbound" + "&rcpt=a@x.test" * 1001, "rcpt"),
+    ],
+)
+def test_a_bad_envelope_parameter_is_named_in_the_400(
+    client: httpx.Client, query: str, named: str
+) -> None:
+    r = client.post(f"/v1/score?{query}", content=b"Subject: x\r\n\r\nhi", headers=RFC822)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "bad_request"
+    assert r.json()["detail"].split(":")[0].split(".")[0] == named, r.json()  # rcpt.0: …
+
+
+def test_unknown_query_parameters_are_ignored(client: httpx.Client) -> None:
+    r = client.post(
+        "/v1/score?direction=inbound&future_flag=1", content=b"Subject: x\r\n\r\nhi", headers=RFC822
+    )
+    assert r.status_code == 200, r.text
+
+
 def test_oversized_body_is_refused_while_streaming(client: httpx.Client) -> None:
     """No Content-Length (chunked): the limit must bite as bytes arrive."""
 

@@ -6,8 +6,10 @@ import ipaddress
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -18,7 +20,6 @@ from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
 from mailsift.service.body import read_message
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
-from mailsift.service.deps import State
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
 from mailsift.service.metrics import observe_verdict
@@ -31,8 +32,8 @@ from mailsift.service.verdict import Verdict, decide
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-Address = Annotated[str | None, Query(max_length=320)]
-Short = Annotated[str | None, Query(max_length=255)]
+Address = Annotated[str | None, Field(max_length=320)]
+Short = Annotated[str | None, Field(max_length=255)]
 _BODY = {
     "requestBody": {
         "required": True,
@@ -41,20 +42,64 @@ _BODY = {
 }
 
 
-@router.post("/score", response_model=ScoreOut, responses=ERRORS, openapi_extra=_BODY)
-async def score(
-    request: Request,
-    state: State,
-    direction: Literal["inbound", "outbound"],
-    mail_from: Address = None,
-    rcpt: Annotated[list[str], Query(max_length=1000)] = [],  # noqa: B006 - FastAPI copies defaults
-    client_ip: Short = None,
-    helo: Short = None,
-    user: Address = None,
-    queue_id: Short = None,
-    gateway: Short = None,
-) -> JSONResponse:
+class ScoreQuery(BaseModel):
+    """The envelope, as the gateway saw it in the SMTP dialogue (query parameters)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    direction: Literal["inbound", "outbound"]
+    mail_from: Address = None
+    rcpt: Annotated[list[Annotated[str, Field(max_length=320)]], Field(max_length=1000)] = []
+    client_ip: Short = None
+    helo: Short = None
+    user: Address = None
+    queue_id: Short = None
+    gateway: Short = None
+
+
+_REPEATED = frozenset({"rcpt"})
+
+
+def _envelope_query(request: Request) -> ScoreQuery:
+    """The query validated in one pass of :class:`ScoreQuery`.
+
+    FastAPI's own parameter handling re-inspects every declared parameter's type on
+    every request: for this endpoint's nine that was a fifth of the framework's time
+    per message. The schema below documents the same model, so the two cannot drift.
+    """
+    params = request.query_params
+    data = {k: params.getlist(k) if k in _REPEATED else params[k] for k in params}
+    try:
+        return ScoreQuery.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("query", *err["loc"])} for err in exc.errors(include_url=False)]
+        ) from None
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters from a model's JSON schema."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+@router.post(
+    "/score",
+    response_model=ScoreOut,
+    responses=ERRORS,
+    openapi_extra={**_BODY, "parameters": _query_parameters(ScoreQuery)},
+)
+async def score(request: Request) -> JSONResponse:
     """Score one raw message and return the verdict, the action and its reasons."""
+    # No FastAPI dependencies here: each costs a pass of its machinery, per message.
+    state: ServiceState = request.app.state.mailsift
+    query = _envelope_query(request)
+    direction, mail_from, rcpt = query.direction, query.mail_from, query.rcpt
+    client_ip, user, gateway = query.client_ip, query.user, query.gateway
     note_gateway(state, gateway)  # a gateway sending bad mail is still calling
     started = time.perf_counter()
     if client_ip is not None:
@@ -62,11 +107,11 @@ async def score(
             ipaddress.ip_address(client_ip)
         except ValueError:
             raise BadRequest(f"client_ip {client_ip!r} is not an IP address") from None
-    if any(len(r) > 320 for r in rcpt):
-        raise BadRequest("rcpt: each address must be at most 320 characters")
     raw = await read_message(request, state.settings.max_message_bytes)
     analysed = await analyse(raw, state)
-    envelope = Envelope(direction, mail_from, tuple(rcpt), client_ip, helo, user, queue_id, gateway)
+    envelope = Envelope(
+        direction, mail_from, tuple(rcpt), client_ip, query.helo, user, query.queue_id, gateway
+    )
     settings = state.settings
     msg = analysed.message
     model_score = state.learner.model.score(analysed.features, explain=settings.explain_tokens)
