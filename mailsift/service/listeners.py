@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
 from mailsift.service.errors import error_response
-from mailsift.service.http_limits import BoundedHttpToolsProtocol
+from mailsift.service.http_protocol import HttpProtocol
 
 __all__ = ["GATEWAY_PATHS", "ListenerGuard", "is_loopback", "serve", "tls_context"]
 
@@ -133,7 +133,7 @@ def serve(
         workers=workers,
         log_config=log_config,
         access_log=access_log,
-        http=BoundedHttpToolsProtocol,
+        http=HttpProtocol,
         proxy_headers=False,
         server_header=False,
         ssl_certfile=certfile,
