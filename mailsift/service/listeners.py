@@ -8,6 +8,7 @@ listeners are sockets of the same worker processes, so they share one model.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import ssl
@@ -18,6 +19,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
+from mailsift.service.balance import shared_listener
 from mailsift.service.errors import error_response
 from mailsift.service.http_protocol import HttpProtocol
 
@@ -74,36 +76,13 @@ class ListenerGuard:
         await self.app(scope, receive, send)
 
 
-def _bind(host: str, port: int, *, per_worker: bool = False) -> socket.socket:
+def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = (_PerWorkerSocket if per_worker else socket.socket)(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if per_worker:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock
-
-
-class _PerWorkerSocket(socket.socket):
-    """A listening address that each worker process binds for itself, with SO_REUSEPORT.
-
-    Workers sharing one socket race for its connections, and one woken worker accepts a
-    whole burst: measured under ``mailsift bench``, 14 of 16 keep-alive connections sat
-    on one of two workers for the whole run, doubling its latency while the other idled.
-    With a socket each, the kernel spreads new connections over the workers' sockets.
-    Pickled into a worker (how the supervisor hands it over), this socket becomes a new
-    one bound to the same address; the supervisor's own never listens, it only holds
-    the port. A worker that exits takes its socket, and its share, with it.
-    """
-
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        host, port = self.getsockname()[:2]
-        return (_bind_in_worker, (host, port))
-
-
-def _bind_in_worker(host: str, port: int) -> socket.socket:
-    return _bind(host, port, per_worker=True)
 
 
 def serve(
@@ -118,19 +97,17 @@ def serve(
     log_config: dict[str, Any],
     access_log: bool,
 ) -> None:
-    """Bind both listeners, then run the app in ``workers`` processes over them."""
-    per_worker = workers > 1
+    """Bind both listeners, then run the app in ``workers`` processes over them.
+
+    Several workers share each listener and accept from it by turns, the least-loaded
+    first (:mod:`mailsift.service.balance`).
+    """
     addresses = [(host, port)] + ([(admin_host, admin_port)] if admin_port is not None else [])
-    if per_worker:
-        for address in addresses:
-            # SO_REUSEPORT would let a second mailsift on this port quietly share its
-            # connections: a plain bind first fails, as it should, if anyone listens.
-            _bind(*address).close()
-    sockets = [_bind(*address, per_worker=per_worker) for address in addresses]
     config = uvicorn.Config(
         "mailsift.service.app:create_app",
         factory=True,
         workers=workers,
+        loop="mailsift.service.balance:BalancingLoop",
         log_config=log_config,
         access_log=access_log,
         http=HttpProtocol,
@@ -140,7 +117,11 @@ def serve(
         ssl_keyfile=keyfile,
         ssl_context_factory=tls_context if certfile else None,
     )
-    if workers > 1:
+    if workers == 1:
+        uvicorn.Server(config).run(sockets=[_bind(*address) for address in addresses])
+        return
+    with contextlib.ExitStack() as listeners:
+        sockets: list[socket.socket] = [
+            listeners.enter_context(shared_listener(*address)) for address in addresses
+        ]
         Multiprocess(config, sockets=sockets).run()
-    else:
-        uvicorn.Server(config).run(sockets=sockets)

@@ -1,4 +1,4 @@
-"""Keep-alive connections are spread over the workers, and a dead worker's share moves on.
+"""Keep-alive connections are spread evenly over the workers; a dead worker's share moves on.
 
 A gateway holds a few persistent connections for hours; which worker accepted each
 decides the load of each worker for as long. Observed from outside: which process holds
@@ -16,7 +16,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.service.server import ADMIN_TOKEN, Service, wait_for
@@ -96,17 +95,27 @@ def _connect(service: Service, n: int) -> list[socket.socket]:
     return clients
 
 
-def test_connections_opened_together_spread_over_the_workers(tmp_path: Path) -> None:
+def _both_accepting(svc: Service) -> bool:
+    """Whether both workers take connections (each accepts once its start-up is done)."""
+    clients = _connect(svc, 4)
+    try:
+        return len(_holders(svc, clients)) == 2
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_connections_opened_together_are_split_evenly(tmp_path: Path) -> None:
     with Service(tmp_path / "data", workers=2) as svc:
-        # A socket each: the kernel, not a race between woken workers, picks the worker.
-        assert wait_for(lambda: _listening(svc.port) == 2, timeout=30)
+        assert wait_for(lambda: _both_accepting(svc), timeout=30)
         clients = _connect(svc, CONNECTIONS)
         try:
             counts = _holders(svc, clients)
             assert sum(counts.values()) == CONNECTIONS, counts
-            # Shared accept queue: one worker took nearly all. Spread: both hold a share
-            # (fewer than 4 of 32 on either has a chance of about 1 in 250,000).
-            assert len(counts) == 2 and min(counts.values()) >= 4, counts
+            # By turns, least-loaded first: 16/16 give or take a stalled moment. (The
+            # kernel's SO_REUSEPORT hash misses this bound one time in nine; one socket
+            # accepted by uvloop in each worker gave 30/2.)
+            assert len(counts) == 2 and min(counts.values()) >= 13, counts
         finally:
             for client in clients:
                 client.close()
@@ -114,26 +123,24 @@ def test_connections_opened_together_spread_over_the_workers(tmp_path: Path) -> 
 
 def test_a_killed_workers_share_goes_to_its_replacement(tmp_path: Path) -> None:
     with Service(tmp_path / "data", workers=2) as svc:
+        assert wait_for(lambda: _both_accepting(svc), timeout=30)
         victim = _workers(svc)[0]
         os.kill(victim, signal.SIGKILL)
         # The supervisor starts a replacement; until then the survivor takes every
-        # connection, since the victim's socket died with it.
-        assert wait_for(
-            lambda: victim not in _workers(svc) and _listening(svc.port) == 2, timeout=30
-        )
-        with httpx.Client(base_url=svc.url, timeout=5) as c:
-            assert wait_for(lambda: c.get("/readyz").status_code == 200, timeout=30)
+        # connection (deferring at most MAX_WAIT to the dead worker's last count).
+        assert wait_for(lambda: victim not in _workers(svc), timeout=30)
         clients = _connect(svc, CONNECTIONS)  # every one is answered: none hangs
         try:
             assert sum(_holders(svc, clients).values()) == CONNECTIONS
         finally:
             for client in clients:
                 client.close()
+        assert wait_for(lambda: len(_workers(svc)) == 2 and _both_accepting(svc), timeout=30)
 
 
 def test_a_second_service_on_the_same_port_fails_instead_of_sharing(tmp_path: Path) -> None:
     with Service(tmp_path / "one", workers=2) as first:
-        assert wait_for(lambda: _listening(first.port) == 2, timeout=30)
+        assert wait_for(lambda: _listening(first.port) == 1, timeout=30)
         args = ["serve", "--port", str(first.port), "--workers", "2", "--admin-port", "0"]
         second = subprocess.run(
             [sys.executable, "-m", "mailsift.cli", *args],
@@ -144,4 +151,4 @@ def test_a_second_service_on_the_same_port_fails_instead_of_sharing(tmp_path: Pa
         )
         assert second.returncode != 0
         assert "address already in use" in second.stderr.lower(), second.stderr[-2000:]
-        assert _listening(first.port) == 2  # the first one still serves alone
+        assert _listening(first.port) == 1  # the first one still serves alone
