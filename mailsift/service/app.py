@@ -21,7 +21,7 @@ from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, TokenStore, require
-from mailsift.service.db import open_state_engine
+from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
 from mailsift.service.learner import Learner
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(state.audit.run()),
             asyncio.create_task(monitor.watch(state)),
             asyncio.create_task(run_flusher(state)),
+            asyncio.create_task(keep_checkpointed(state.state_engine)),
         ]
         try:
             yield

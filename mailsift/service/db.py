@@ -7,6 +7,7 @@ URL normalisation, SQLite's pragmas and ``BEGIN IMMEDIATE``, PostgreSQL's write 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sqlite3
 import threading
@@ -22,10 +23,11 @@ from urllib.parse import quote, quote_plus
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 T = TypeVar("T")
+log = logging.getLogger("mailsift.db")
 
 SQLITE_FILENAME = "mailsift.db"
 STATE_FILENAME = "state.db"
@@ -34,6 +36,7 @@ STATE_FILENAME = "state.db"
 LOCK_WAIT_SECONDS = 30.0
 _NOWAIT_MAX_PAUSE_SECONDS = 0.005  # longest pause between tries of a call on the loop
 CONNECT_TIMEOUT_SECONDS = 10
+CHECKPOINT_SECONDS = 1.0  # how often a worker checkpoints the state file's WAL (SQLite)
 
 _WRITE_OPTION = "mailsift_write"
 # pg_advisory_xact_lock key: the bytes of "mailsift" read as a positive 64-bit integer.
@@ -232,6 +235,37 @@ async def nowait_first(nowait: Callable[[], T] | None, wait: Callable[[], T]) ->
                 raise
         await asyncio.sleep(pause)
         pause = min(_NOWAIT_MAX_PAUSE_SECONDS, pause + 0.0005)
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy what SQLite's write-ahead log holds into the database file (PASSIVE: waits
+    for no reader or writer). Blocking: call it in a thread. Nothing on PostgreSQL."""
+    if _SQLITE_FILES.get(engine) is None:
+        return
+    pooled = engine.raw_connection()
+    try:
+        db = pooled.driver_connection
+        assert isinstance(db, sqlite3.Connection)
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        pooled.close()
+
+
+async def keep_checkpointed(engine: Engine, every: float = CHECKPOINT_SECONDS) -> None:
+    """Checkpoint ``engine``'s file every ``every`` seconds, in a thread (a lifespan task).
+
+    Writes made on the event loop never checkpoint (that syncs the disk, and a commit
+    that checkpoints holds this process's writer lock meanwhile): without this the log
+    of a busy worker would only grow.
+    """
+    if _SQLITE_FILES.get(engine) is None:
+        return
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await run_in_threadpool(checkpoint, engine)
+        except (sqlite3.Error, DBAPIError) as exc:  # the next round takes what this left
+            log.warning("checkpoint of the state database failed: %s", type(exc).__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -16,9 +17,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from mailsift.models.parse import parse_message
-from mailsift.service.audit import AuditRecord, AuditTrail, audit_record
+from mailsift.service.audit import MAX_SEARCH, AuditRecord, AuditTrail, audit_record
 from mailsift.service.checks.base import Envelope, Reason
-from mailsift.service.db import open_state_engine
+from mailsift.service.db import checkpoint, open_state_engine
 from mailsift.service.errors import BadRequest, install_error_handlers
 from mailsift.service.routers import audit as audit_router
 from mailsift.service.routers.audit import parse_time
@@ -224,6 +225,55 @@ def test_the_background_flusher_writes_a_full_batch_without_waiting(engine: Engi
 
     assert asyncio.run(scenario()) == 50
     assert len(trail.search(limit=100)) == 50
+
+
+def test_drain_writes_from_the_loop_and_waits_out_another_processes_writer(
+    engine: Engine,
+) -> None:
+    """SQLite: batches are written on the event loop only when the write lock is free at
+    once; while another process holds it the loop goes on serving and no row is lost."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL writes from a thread")
+    trail = AuditTrail(engine, SETTINGS, loop_batch_rows=7)
+    for n in range(20):
+        trail.record(row(queue_id=str(n)))
+    assert engine.url.database is not None
+    other = sqlite3.connect(engine.url.database, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process's writer holds the file
+
+    async def scenario() -> int:
+        drain = asyncio.create_task(trail.drain())
+        for _ in range(20):  # the loop keeps turning while the rows wait
+            await asyncio.sleep(0.005)
+        assert not drain.done() and trail.written == 0
+        other.execute("COMMIT")
+        return await asyncio.wait_for(drain, DEADLINE_SECONDS)
+
+    try:
+        assert asyncio.run(scenario()) == 20
+    finally:
+        other.close()
+    assert trail.buffered == 0
+    assert sorted(int(str(q)) for q in ids(trail.search(limit=100))) == list(range(20))
+
+
+def test_checkpoint_moves_what_loop_writes_logged_into_the_database_file(
+    engine: Engine,
+) -> None:
+    """Writes on the loop never checkpoint; :func:`checkpoint` (a thread, every second in
+    a worker) does, so the write-ahead log of a busy worker does not only grow."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    trail = AuditTrail(engine, SETTINGS)
+    for n in range(2000):
+        trail.record(row(queue_id=str(n)))
+    assert asyncio.run(trail.drain()) == 2000
+    assert engine.url.database is not None
+    main = Path(engine.url.database)
+    before = main.stat().st_size
+    checkpoint(engine)
+    assert main.stat().st_size > before + 100_000  # the rows now live in the file itself
+    assert len(trail.search(limit=MAX_SEARCH)) == MAX_SEARCH
 
 
 def test_the_background_flusher_writes_on_its_interval_and_prunes(engine: Engine) -> None:
