@@ -13,24 +13,45 @@ never fails, and never holds up for long, the request that raised it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
-from sqlalchemy import Column, Engine, Float, Integer, MetaData, String, Table, delete, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from starlette.concurrency import run_in_threadpool
 
-from mailsift.service.db import lock_key_for, write_transaction
+from mailsift.service.db import (
+    Busy,
+    lock_key_for,
+    nowait_engine,
+    nowait_first,
+    nowait_write_transaction,
+    write_transaction,
+)
 from mailsift.service.monitor import mail_alert
 from mailsift.service.settings import Settings
 
 __all__ = ["Alerter"]
 
 log = logging.getLogger("mailsift.alerts")
+T = TypeVar("T")
 
 MAX_KIND = 64
 MAX_KEY = 512
@@ -67,6 +88,8 @@ class Alerter:
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._last_delivery: asyncio.Task[bool] | None = None
+        self._nowait = nowait_engine(engine)
         with write_transaction(engine, lock_key=lock_key_for("alerts:schema")) as conn:
             _metadata.create_all(conn)
 
@@ -78,7 +101,7 @@ class Alerter:
         now = time.time() if now is None else now
         kind, key = kind[:MAX_KIND], key[:MAX_KEY]
         try:
-            opened = await run_in_threadpool(self._claim, kind, key, now)
+            opened = await self._store(self._claim, kind, key, now)
         except Exception as exc:
             log.error("alert %s for %s not recorded: %s", kind, key, type(exc).__name__)
             return False
@@ -101,7 +124,10 @@ class Alerter:
             except (TypeError, ValueError) as exc:  # a caller's bug must not fail its request
                 log.error("alert %s for %s has no JSON form: %s", kind, key, type(exc).__name__)
                 return True
-            task = asyncio.create_task(self._deliver(kind, key, opened, content))
+            task = asyncio.create_task(
+                self._deliver(kind, key, opened, content, after=self._last_delivery)
+            )
+            self._last_delivery = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return True
@@ -110,7 +136,7 @@ class Alerter:
         """Close an incident so that the next raise fires again; True if one was open."""
         kind, key = kind[:MAX_KIND], key[:MAX_KEY]
         try:
-            return await run_in_threadpool(self._resolve, kind, key, None)
+            return await self._store(self._resolve, kind, key, None)
         except Exception as exc:
             log.error("alert %s for %s not resolved: %s", kind, key, type(exc).__name__)
             return False
@@ -131,14 +157,31 @@ class Alerter:
 
     # -- incident table -------------------------------------------------------------
 
+    async def _store(self, call: Callable[..., T], *args: Any) -> T:
+        """``call`` on the event loop when the table is in a local SQLite file and its
+        write lock is free at once, else in a thread (see ``db.nowait_first``): a storm
+        of state changes (a spam wave through many accounts) then costs each worker's
+        outbound admissions no waits behind threads queueing for the interpreter lock."""
+        nowait = None
+        if self._nowait is not None:
+            nowait = functools.partial(call, *args, nowait=True)
+        return await nowait_first(nowait, functools.partial(call, *args))
+
     def _lock(self, kind: str, key: str) -> int:
         return lock_key_for(f"alert:{kind}:{key}")
 
-    def _claim(self, kind: str, key: str, now: float) -> float | None:
+    def _writing(self, kind: str, key: str, nowait: bool) -> AbstractContextManager[Connection]:
+        if nowait:
+            if self._nowait is None:
+                raise Busy
+            return nowait_write_transaction(self._nowait)
+        return write_transaction(self.engine, lock_key=self._lock(kind, key))
+
+    def _claim(self, kind: str, key: str, now: float, *, nowait: bool = False) -> float | None:
         """Record one raise; the incident's opening time when it fires, else None."""
         c = _incidents.c
         where = (c.kind == kind) & (c.incident == key)
-        with write_transaction(self.engine, lock_key=self._lock(kind, key)) as conn:
+        with self._writing(kind, key, nowait) as conn:
             last_seen = conn.execute(select(c.last_seen).where(where)).scalar_one_or_none()
             if last_seen is not None and now - last_seen < self.quiet_seconds:
                 conn.execute(
@@ -157,19 +200,33 @@ class Alerter:
             conn.execute(delete(_incidents).where(c.last_seen < now - 2 * self.quiet_seconds))
         return now
 
-    def _resolve(self, kind: str, key: str, opened_at: float | None) -> bool:
+    def _resolve(
+        self, kind: str, key: str, opened_at: float | None, *, nowait: bool = False
+    ) -> bool:
         c = _incidents.c
         where = (c.kind == kind) & (c.incident == key)
         if opened_at is not None:
             where = where & (c.opened_at == opened_at)
-        with write_transaction(self.engine, lock_key=self._lock(kind, key)) as conn:
+        with self._writing(kind, key, nowait) as conn:
             return conn.execute(delete(_incidents).where(where)).rowcount > 0
 
     # -- delivery -------------------------------------------------------------------
 
-    async def _deliver(self, kind: str, key: str, opened_at: float, content: bytes) -> bool:
+    async def _deliver(
+        self,
+        kind: str,
+        key: str,
+        opened_at: float,
+        content: bytes,
+        *,
+        after: asyncio.Task[bool] | None = None,
+    ) -> bool:
+        """POST one alert, once ``after`` (the alert raised before it) is done: the
+        webhook hears of a user going ok -> watch before watch -> suspended."""
         url = self.settings.alert_webhook_url
         assert url is not None
+        if after is not None and not after.done():
+            await asyncio.wait([after])
         problem = ""
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
             for attempt in range(self.attempts):
@@ -192,7 +249,7 @@ class Alerter:
         log.error("alert %s for %s not delivered to the webhook: %s", kind, key, problem)
         try:
             # Undelivered: let the next raise of this incident try again.
-            await run_in_threadpool(self._resolve, kind, key, opened_at)
+            await self._store(self._resolve, kind, key, opened_at)
         except Exception as exc:
             log.error("alert %s for %s: %s", kind, key, type(exc).__name__)
         return False

@@ -132,6 +132,24 @@ def test_one_post_per_incident_across_two_workers(
     assert {k: body[k] for k in payload} == payload
 
 
+def test_alerts_reach_the_webhook_in_the_order_raised(
+    engines: list[Engine], webhook: Webhook, settings_for: dict[str, Any]
+) -> None:
+    """A user's ok -> watch arrives before watch -> suspended, even when the first POST
+    is refused once and retried while the second is already raised."""
+    webhook.statuses = [503]
+    alerter, _ = _alerters(engines, _settings(webhook, **settings_for))
+
+    async def run() -> None:
+        assert await alerter.alert("account_state", "carol@example.com:watch", {})
+        assert await alerter.alert("account_state", "carol@example.com:suspended", {})
+        await _drain(alerter)
+
+    asyncio.run(run())
+    keys = [b["key"] for b in webhook.bodies()]
+    assert keys == ["carol@example.com:watch"] * 2 + ["carol@example.com:suspended"]
+
+
 def test_resolve_lets_the_incident_fire_again(
     engines: list[Engine], webhook: Webhook, settings_for: dict[str, Any]
 ) -> None:

@@ -141,7 +141,9 @@ async def flush_outbound(
     if changes:
         judgements += await _apply(store, changes, now)
     for judgement in judgements:
-        await _announce(state, judgement)
+        if judgement.changed:
+            await _announce(state, judgement)
+            await asyncio.sleep(0)  # a wave of changes must not hold up requests
     return {j.new.user: j.new for j in judgements}
 
 
@@ -193,6 +195,7 @@ async def _apply(
         # After a lost compare-and-set another worker changed the state (and alerts for it).
         new = await _call(store, store.get_state, old.user)
         judgements.append(_Judgement(old, new, changed, reasons, stats))
+        await asyncio.sleep(0)  # each call above may run on the loop: let requests in
     return judgements
 
 
