@@ -31,11 +31,14 @@ def _workers(service: Service) -> list[int]:
         ["pgrep", "-P", str(service.proc.pid)], capture_output=True, text=True, check=False
     ).stdout
     # The supervisor also runs multiprocessing's resource tracker: workers run uvicorn.
-    return [
-        int(pid)
-        for pid in out.split()
-        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    return [int(pid) for pid in out.split() if _is_worker(pid)]
+
+
+def _is_worker(pid: str) -> bool:
+    try:
+        return b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:  # reaped since pgrep listed it
+        return False
 
 
 def _socket_inodes(pid: int) -> set[int]:
