@@ -59,6 +59,13 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    opened = open_state_engine(None, tmp_path)
+    yield opened
+    opened.dispose()
+
+
+@pytest.fixture
 def trail(engine: Engine) -> AuditTrail:
     return AuditTrail(engine, SETTINGS)
 
@@ -228,12 +235,11 @@ def test_the_background_flusher_writes_a_full_batch_without_waiting(engine: Engi
 
 
 def test_drain_writes_from_the_loop_and_waits_out_another_processes_writer(
-    engine: Engine,
+    sqlite_engine: Engine,
 ) -> None:
     """SQLite: batches are written on the event loop only when the write lock is free at
     once; while another process holds it the loop goes on serving and no row is lost."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("PostgreSQL writes from a thread")
+    engine = sqlite_engine
     trail = AuditTrail(engine, SETTINGS, loop_batch_rows=7)
     for n in range(20):
         trail.record(row(queue_id=str(n)))
@@ -258,12 +264,11 @@ def test_drain_writes_from_the_loop_and_waits_out_another_processes_writer(
 
 
 def test_checkpoint_moves_what_loop_writes_logged_into_the_database_file(
-    engine: Engine,
+    sqlite_engine: Engine,
 ) -> None:
     """Writes on the loop never checkpoint; :func:`checkpoint` (a thread, every second in
     a worker) does, so the write-ahead log of a busy worker does not only grow."""
-    if engine.dialect.name != "sqlite":
-        pytest.skip("SQLite only")
+    engine = sqlite_engine
     trail = AuditTrail(engine, SETTINGS)
     for n in range(2000):
         trail.record(row(queue_id=str(n)))
