@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy import (
     BigInteger,
     Column,
+    ColumnElement,
     Double,
     Engine,
     Index,
@@ -43,7 +44,6 @@ from sqlalchemy import (
     Table,
     Text,
     case,
-    delete,
     func,
     insert,
     or_,
@@ -51,7 +51,10 @@ from sqlalchemy import (
 )
 
 from mailsift.service.db import (
+    PRUNE_BATCH_ROWS,
     Busy,
+    delete_in_turns,
+    delete_some,
     hot_statement,
     lock_key_for,
     nowait_engine,
@@ -348,7 +351,7 @@ class AuditTrail:
                     await self.drain()
                     if self._loop.time() >= next_prune:
                         next_prune = self._loop.time() + self.prune_every_seconds
-                        await asyncio.to_thread(self.prune, time.time())
+                        await self.prune_in_turns(time.time())
                 except Exception as exc:  # keep going: the buffer holds rows until it works
                     log.warning("audit flush failed (%d rows buffered): %s", self.buffered, exc)
                 if self.dropped != self._dropped_logged:
@@ -357,17 +360,25 @@ class AuditTrail:
         finally:
             self._loop = self._wake = None
 
-    def prune(self, now: float, *, batch: int = 5000) -> int:
+    def prune(self, now: float, *, batch: int = PRUNE_BATCH_ROWS) -> int:
         """Delete rows older than the retention, a batch per transaction; returns rows deleted."""
-        cutoff = now - self._settings.audit_retention_days * DAY
         deleted = 0
         while True:
-            ids = select(_events.c.id).where(_events.c.created_at < cutoff).limit(batch)
             with write_transaction(self._engine, lock_key=_LOCK_KEY) as conn:
-                n = conn.execute(delete(_events).where(_events.c.id.in_(ids.scalar_subquery())))
-            deleted += max(n.rowcount, 0)
-            if n.rowcount < batch:
+                n = delete_some(conn, _events, self._expired(now), batch)
+            deleted += n
+            if n < batch:
                 return deleted
+
+    async def prune_in_turns(self, now: float, *, batch: int = PRUNE_BATCH_ROWS) -> int:
+        """:meth:`prune` from the event loop, requests served between batches (see
+        :func:`~mailsift.service.db.delete_in_turns`); returns rows deleted."""
+        return await delete_in_turns(
+            self._engine, self._nowait, _events, self._expired(now), lock_key=_LOCK_KEY, batch=batch
+        )
+
+    def _expired(self, now: float) -> ColumnElement[bool]:
+        return _events.c.created_at < now - self._settings.audit_retention_days * DAY
 
     # --- reading -----------------------------------------------------------------------
 

@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
@@ -36,6 +47,7 @@ STATE_FILENAME = "state.db"
 LOCK_WAIT_SECONDS = 30.0
 _NOWAIT_MAX_PAUSE_SECONDS = 0.005  # longest pause between tries of a call on the loop
 CONNECT_TIMEOUT_SECONDS = 10
+PRUNE_BATCH_ROWS = 500  # rows one housekeeping transaction deletes at most
 CHECKPOINT_SECONDS = 1.0  # how often a worker checkpoints the state file's WAL (SQLite)
 
 _WRITE_OPTION = "mailsift_write"
@@ -266,6 +278,50 @@ async def keep_checkpointed(engine: Engine, every: float = CHECKPOINT_SECONDS) -
             await run_in_threadpool(checkpoint, engine)
         except (sqlite3.Error, DBAPIError) as exc:  # the next round takes what this left
             log.warning("checkpoint of the state database failed: %s", type(exc).__name__)
+
+
+def delete_some(conn: Connection, table: Table, condition: ColumnElement[bool], limit: int) -> int:
+    """Delete at most ``limit`` rows of ``table`` that match ``condition``; how many went."""
+    key = list(table.primary_key.columns)
+    chosen = select(*key).where(condition).limit(limit)
+    result = conn.execute(delete(table).where(tuple_(*key).in_(chosen)))
+    return max(result.rowcount, 0)
+
+
+async def delete_in_turns(
+    engine: Engine,
+    nowait: Engine | None,
+    table: Table,
+    condition: ColumnElement[bool],
+    *,
+    lock_key: int,
+    batch: int = PRUNE_BATCH_ROWS,
+) -> int:
+    """Delete every row of ``table`` matching ``condition``, ``batch`` rows a transaction,
+    requests running in between; returns how many went.
+
+    Housekeeping (an hour of expired counters or audit rows) deleted in one transaction
+    would hold the write lock that every outbound admission needs for as long as it
+    takes. On SQLite (``nowait`` from :func:`nowait_engine`) each batch runs on the event
+    loop when the lock is free at once, about a millisecond; on PostgreSQL in a thread.
+    """
+
+    def waiting() -> int:
+        with write_transaction(engine, lock_key=lock_key) as conn:
+            return delete_some(conn, table, condition, batch)
+
+    def at_once() -> int:
+        assert nowait is not None
+        with nowait_write_transaction(nowait) as conn:
+            return delete_some(conn, table, condition, batch)
+
+    deleted = 0
+    while True:
+        n = await nowait_first(None if nowait is None else at_once, waiting)
+        deleted += n
+        if n < batch:
+            return deleted
+        await asyncio.sleep(0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -314,6 +314,31 @@ def test_prune_deletes_rows_past_the_retention(trail: AuditTrail) -> None:
     assert trail.prune(NOW) == 0
 
 
+def test_prune_in_turns_serves_the_loop_between_batches(trail: AuditTrail) -> None:
+    for n in range(5):
+        trail.record(row(queue_id=f"old{n}", time=NOW - 31 * DAY - n))
+    trail.record(row(queue_id="new", time=NOW))
+    trail.flush()
+
+    async def scenario() -> tuple[int, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        deleted = await trail.prune_in_turns(NOW, batch=2)  # three transactions
+        task.cancel()
+        return deleted, ticks
+
+    deleted, ticks = asyncio.run(scenario())
+    assert deleted == 5 and ticks >= 2  # other tasks ran between the batches
+    assert ids(trail.search()) == ["new"]
+
+
 # --- the outbound report --------------------------------------------------------------------
 
 

@@ -155,7 +155,7 @@ async def run_flusher(state: AccountsHost, every: float = FLUSH_SECONDS) -> None
         await asyncio.sleep(every)
         try:
             await flush_outbound(state)
-            await run_in_threadpool(store.prune_if_due, time.time())
+            await store.prune_if_due(time.time())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the queue is kept; the next round retries

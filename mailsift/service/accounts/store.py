@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Float,
@@ -58,6 +59,7 @@ from mailsift.service.db import (
     busy_as,
     core_many,
     core_runner,
+    delete_in_turns,
     hot_statement,
     lock_key_for,
     nowait_engine,
@@ -637,11 +639,11 @@ class AccountStore:
                 users, self._unjudged = self._unjudged, set()
         return users
 
-    def prune_if_due(self, now: float) -> None:
-        """:meth:`prune`, at most once an hour (the flusher calls it, from a thread)."""
+    async def prune_if_due(self, now: float) -> None:
+        """:meth:`prune_in_turns`, at most once an hour (the flusher calls it)."""
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_SECONDS
-            self.prune(now)
+            await self.prune_in_turns(now)
 
     def _write_pending(self) -> None:
         with self._flushing():
@@ -1039,19 +1041,41 @@ class AccountStore:
     # -- housekeeping ---------------------------------------------------------------
 
     def prune(self, now: float) -> None:
-        """Drop buckets older than every window that reads them (all users)."""
-        minute, hour = int(now // 60), int(now // 3600)
+        """Drop buckets older than every window that reads them (all users), at once."""
         self._write_pending_best_effort()
         try:
-            with self._writing(lock_key_for("accounts:prune")) as conn:
-                conn.execute(delete(_minutes).where(_minutes.c.minute < minute - MINUTE_RETENTION))
-                conn.execute(delete(_auth).where(_auth.c.minute < minute - MINUTE_RETENTION))
-                conn.execute(delete(_hours).where(_hours.c.hour < hour - HOUR_RETENTION))
-                conn.execute(
-                    delete(_domains).where(_domains.c.last_seen < now - DOMAIN_RETENTION_SECONDS)
+            with self._writing(_PRUNE_LOCK_KEY) as conn:
+                for table, condition in _expired(now):
+                    conn.execute(delete(table).where(condition))
+        except Exception as exc:  # housekeeping must never fail a message
+            log.error("pruning account counters failed: %s", type(exc).__name__)
+
+    async def prune_in_turns(self, now: float) -> None:
+        """:meth:`prune` from the event loop, a few hundred rows a transaction, requests
+        served in between (see :func:`~mailsift.service.db.delete_in_turns`): an hour of
+        expired minute buckets is every active user's, too many for one transaction
+        that every outbound admission would wait behind."""
+        try:
+            for table, condition in _expired(now):
+                await delete_in_turns(
+                    self.engine, self._nowait_engine, table, condition, lock_key=_PRUNE_LOCK_KEY
                 )
         except Exception as exc:  # housekeeping must never fail a message
             log.error("pruning account counters failed: %s", type(exc).__name__)
+
+
+_PRUNE_LOCK_KEY = lock_key_for("accounts:prune")
+
+
+def _expired(now: float) -> list[tuple[Table, ColumnElement[bool]]]:
+    """Each counter table, and which of its rows no window reads any more."""
+    minute, hour = int(now // 60), int(now // 3600)
+    return [
+        (_minutes, _minutes.c.minute < minute - MINUTE_RETENTION),
+        (_auth, _auth.c.minute < minute - MINUTE_RETENTION),
+        (_hours, _hours.c.hour < hour - HOUR_RETENTION),
+        (_domains, _domains.c.last_seen < now - DOMAIN_RETENTION_SECONDS),
+    ]
 
 
 def _write_batch(many: ManyRunner, batch: _Pending) -> None:
