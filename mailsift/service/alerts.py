@@ -6,8 +6,9 @@ resolved or has been quiet (not raised) for ``quiet_seconds``. The incident tabl
 in the state database, so several workers and replicas that all notice the same thing
 send one webhook between them, not one each.
 
-Delivery runs in a background task with a short timeout and a few retries: an alert
-never fails, and never holds up for long, the request that raised it.
+Delivery runs in a background task with a short timeout and a few retries, in the order
+the alerts were raised: an alert never fails, and never holds up for long, the request
+that raised it.
 """
 
 from __future__ import annotations
@@ -222,11 +223,13 @@ class Alerter:
         after: asyncio.Task[bool] | None = None,
     ) -> bool:
         """POST one alert, once ``after`` (the alert raised before it) is done: the
-        webhook hears of a user going ok -> watch before watch -> suspended."""
+        webhook hears of a user going ok -> watch before watch -> suspended. Waiting is
+        bounded by one request's timeout, so a webhook that is down does not turn a wave
+        of alerts into a queue of retries minutes long."""
         url = self.settings.alert_webhook_url
         assert url is not None
         if after is not None and not after.done():
-            await asyncio.wait([after])
+            await asyncio.wait([after], timeout=self.timeout)
         problem = ""
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
             for attempt in range(self.attempts):
