@@ -7,13 +7,13 @@ version, fingerprint — and never the subject, the body or any finding's value,
 trail can be kept and searched without becoming a second copy of the mail.
 
 Scoring must not wait for it: :meth:`AuditTrail.record` appends to an in-memory buffer
-and returns; :meth:`AuditTrail.run` (a background task) writes the buffer in batches of
-up to ``batch_rows`` rows, one transaction each, every ``flush_seconds`` or as soon as a
-batch is full, and prunes rows past ``settings.audit_retention_days`` now and then. The
-buffer is bounded: while the database is down the oldest rows are dropped and counted
-(:attr:`AuditTrail.dropped`), so memory stays bounded and scoring goes on. Rows reach the
-database within about ``flush_seconds``; :meth:`flush` writes everything now (shutdown,
-tests).
+and returns; :meth:`AuditTrail.run` (a background task) writes the buffer every
+``flush_seconds`` or as soon as ``batch_rows`` rows wait, a short transaction per batch
+(on SQLite from the event loop, see :meth:`AuditTrail.drain`), and prunes rows past
+``settings.audit_retention_days`` now and then. The buffer is bounded: while the database
+is down the oldest rows are dropped and counted (:attr:`AuditTrail.dropped`), so memory
+stays bounded and scoring goes on. Rows reach the database within about
+``flush_seconds``; :meth:`flush` writes everything now (shutdown, tests).
 """
 
 from __future__ import annotations
