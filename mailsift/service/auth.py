@@ -14,6 +14,7 @@ every worker and replica.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -26,10 +27,30 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Request
-from sqlalchemy import Column, Double, Engine, MetaData, String, Table, Text, insert, select, update
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy import (
+    Column,
+    Double,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 
-from mailsift.service.db import write_transaction
+from mailsift.service.db import (
+    Busy,
+    core_runner,
+    hot_statement,
+    nowait_engine,
+    nowait_first,
+    nowait_raw_read,
+    raw_runner,
+    write_transaction,
+)
 from mailsift.service.errors import Forbidden, Unauthorized
 from mailsift.service.settings import Settings
 
@@ -40,10 +61,12 @@ __all__ = [
     "TokenStore",
     "authenticate",
     "require",
+    "stored_principal",
 ]
 
 Role = Literal["gateway", "user", "admin"]
 ROLES: tuple[Role, ...] = ("gateway", "user", "admin")
+_ROLE_OF: dict[str, Role] = {role: role for role in ROLES}
 _TOKEN = re.compile(r"^msk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 
 
@@ -92,11 +115,19 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_ACTIVE_TOKEN = hot_statement(
+    lambda _: select(_tokens.c.name, _tokens.c.role, _tokens.c.addresses, _tokens.c.digest).where(
+        _tokens.c.id == bindparam("id", type_=String), _tokens.c.revoked_at.is_(None)
+    )
+)
+
+
 class TokenStore:
     """Tokens in the state database, shared by every worker and replica."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._nowait = nowait_engine(engine)
         with write_transaction(engine) as conn:
             _metadata.create_all(conn)
 
@@ -145,20 +176,36 @@ class TokenStore:
             )
         return bool(done.rowcount)
 
-    def verify(self, token: str) -> Principal | None:
+    @property
+    def on_loop(self) -> bool:
+        """Whether :meth:`verify` can run on the event loop (``nowait=True``): SQLite."""
+        return self._nowait is not None
+
+    def verify(self, token: str, *, nowait: bool = False) -> Principal | None:
+        """The token's principal; None when it is malformed, unknown, revoked or wrong.
+
+        The database is read every time, so a revoked token fails at once in every worker
+        and replica. ``nowait`` reads through the driver's own connection on the event
+        loop (SQLite; :class:`~mailsift.service.db.Busy` where it cannot).
+        """
         found = _TOKEN.match(token)
         if not found:
             return None
         token_id, secret = found.groups()
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(_tokens.c.name, _tokens.c.role, _tokens.c.addresses, _tokens.c.digest).where(
-                    _tokens.c.id == token_id, _tokens.c.revoked_at.is_(None)
-                )
-            ).first()
-        if row is None or not hmac.compare_digest(row.digest, _digest(secret)):
+        if nowait:
+            if self._nowait is None:
+                raise Busy
+            with nowait_raw_read(self._nowait) as db:
+                row = raw_runner(db)(_ACTIVE_TOKEN, {"id": token_id})
+        else:
+            with self.engine.connect() as conn:
+                row = core_runner(conn)(_ACTIVE_TOKEN, {"id": token_id})
+        if row is None or not hmac.compare_digest(str(row[3]), _digest(secret)):
             return None
-        return Principal(row.name, row.role, frozenset(json.loads(row.addresses)))
+        role = _ROLE_OF.get(str(row[1]))
+        if role is None:  # not a role this version knows: grant nothing
+            return None
+        return Principal(str(row[0]), role, frozenset(json.loads(str(row[2]))))
 
 
 @dataclass(slots=True)
@@ -204,6 +251,24 @@ def authenticate(request: Request, settings: Settings, store: TokenStore) -> Pri
     return principal
 
 
+async def stored_principal(request: Request, store: TokenStore) -> Principal:
+    """The caller of ``request`` from a stored token, checked from the event loop; 401
+    without a valid one.
+
+    A gateway calls with a stored token for every message: on SQLite its row is read on
+    the loop itself, a primary-key read of some microseconds. In a thread, the hop and
+    the query took 0.4 ms of a worker's CPU per message, a quarter of all it spends on
+    an inbound message under ``mailsift bench``. PostgreSQL (a round trip) stays in a
+    thread.
+    """
+    token = _bearer(request)
+    on_loop = functools.partial(store.verify, token, nowait=True) if store.on_loop else None
+    principal = await nowait_first(on_loop, functools.partial(store.verify, token))
+    if principal is None:
+        raise Unauthorized("the token is unknown or revoked")
+    return principal
+
+
 def require(*roles: Role) -> Any:
     """A dependency admitting only ``roles`` (admin is always admitted)."""
     allowed = frozenset(roles) | {"admin"}
@@ -211,8 +276,8 @@ def require(*roles: Role) -> Any:
     async def dependency(request: Request) -> Principal:
         state = request.app.state.mailsift
         principal = seeded_admin(request, state.settings)
-        if principal is None:  # a stored token: a database read, off the event loop
-            principal = await run_in_threadpool(authenticate, request, state.settings, state.tokens)
+        if principal is None:
+            principal = await stored_principal(request, state.tokens)
         if principal.role not in allowed:
             raise Forbidden(f"a {principal.role} token may not call {request.url.path}")
         return principal

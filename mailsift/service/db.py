@@ -224,6 +224,21 @@ def nowait_raw_transaction(engine: Engine) -> Iterator[sqlite3.Connection]:
         lock.release()
 
 
+@contextmanager
+def nowait_raw_read(engine: Engine) -> Iterator[sqlite3.Connection]:
+    """The driver connection of an engine from :func:`nowait_engine`, for a read on the
+    event loop: in WAL mode a read never waits for writers; :class:`Busy` in the rare
+    moments it would (the file being recovered)."""
+    pooled = engine.raw_connection()
+    try:
+        db = pooled.driver_connection
+        assert isinstance(db, sqlite3.Connection)
+        with _sqlite_busy_as(Busy):
+            yield db
+    finally:
+        pooled.close()
+
+
 async def nowait_first(nowait: Callable[[], T] | None, wait: Callable[[], T]) -> T:
     """``nowait()`` on the event loop itself, else ``wait()`` in a thread.
 
