@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -20,9 +19,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailsift.service.auth import TokenStore
+from mailsift.service.db import open_state_engine
 
 __all__ = ["BenchResult", "run_bench"]
 
@@ -87,55 +90,56 @@ def run_bench(
     try:
         if model is not None:
             shutil.copy(model, data_dir / "model.joblib")
-        port = _free_port()
-        token = secrets.token_urlsafe(24)  # the load generator is a gateway like any other
-        env = {
-            **os.environ,
-            "MAILSIFT_DATA_DIR": str(data_dir),
-            "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600",
-            "MAILSIFT_ADMIN_TOKEN": token,
-        }
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mailsift.cli",
-                "serve",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--admin-port",
-                "0",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            _wait_ready(port, workers, server)
-            base = None
-            if baseline:
-                base_latencies, base_seconds, _ = asyncio.run(
-                    _drive(port, "GET", [("/healthz", b"")] * 5000, concurrency, token)
-                )
-                base = len(base_latencies) / base_seconds
-            payload = [
-                (_score_path(direction, i), body) for i, body in enumerate(list(messages) * rounds)
-            ]
-            if warmup:
-                asyncio.run(_drive(port, "POST", payload[:warmup], concurrency, token))
-            server_cpu, client_cpu = _cpu_seconds(server.pid), _own_cpu_seconds()
-            latencies, seconds, errors = asyncio.run(
-                _drive(port, "POST", payload, concurrency, token)
+        with _gateway_token(data_dir) as token:
+            port = _free_port()
+            env = {
+                **os.environ,
+                "MAILSIFT_DATA_DIR": str(data_dir),
+                "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600",
+            }
+            env.pop("MAILSIFT_ADMIN_TOKEN", None)
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mailsift.cli",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    str(workers),
+                    "--admin-port",
+                    "0",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
-            server_cpu = _cpu_seconds(server.pid) - server_cpu
-            client_cpu = _own_cpu_seconds() - client_cpu
-            rss, rss_total = _peak_rss(server.pid)
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
+            try:
+                _wait_ready(port, workers, server)
+                base = None
+                if baseline:
+                    base_latencies, base_seconds, _ = asyncio.run(
+                        _drive(port, "GET", [("/healthz", b"")] * 5000, concurrency, token)
+                    )
+                    base = len(base_latencies) / base_seconds
+                payload = [
+                    (_score_path(direction, i), body)
+                    for i, body in enumerate(list(messages) * rounds)
+                ]
+                if warmup:
+                    asyncio.run(_drive(port, "POST", payload[:warmup], concurrency, token))
+                server_cpu, client_cpu = _cpu_seconds(server.pid), _own_cpu_seconds()
+                latencies, seconds, errors = asyncio.run(
+                    _drive(port, "POST", payload, concurrency, token)
+                )
+                server_cpu = _cpu_seconds(server.pid) - server_cpu
+                client_cpu = _own_cpu_seconds() - client_cpu
+                rss, rss_total = _peak_rss(server.pid)
+            finally:
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     ordered = sorted(latencies)
@@ -153,6 +157,23 @@ def run_bench(
         server_cpu_ms_per_msg=server_cpu * 1000 / max(1, len(latencies)),
         client_cpu_ms_per_msg=client_cpu * 1000 / max(1, len(latencies)),
     )
+
+
+@contextmanager
+def _gateway_token(data_dir: Path) -> Iterator[str]:
+    """A stored gateway token, as ``mailsift token create --role gateway`` makes, in the
+    database the server will use, revoked afterwards: the load generator authenticates
+    the way every MTA does, database lookup included."""
+    engine = open_state_engine(os.environ.get("MAILSIFT_DATABASE_URL") or None, data_dir)
+    try:
+        tokens = TokenStore(engine)
+        info, secret = tokens.create("gateway", "mailsift-bench")
+        try:
+            yield secret
+        finally:
+            tokens.revoke(info.id)
+    finally:
+        engine.dispose()
 
 
 def _score_path(direction: str, i: int) -> str:
