@@ -281,6 +281,23 @@ def test_checkpoint_moves_what_loop_writes_logged_into_the_database_file(
     assert len(trail.search(limit=MAX_SEARCH)) == MAX_SEARCH
 
 
+def test_checkpoint_empties_a_log_grown_past_its_bound(sqlite_engine: Engine) -> None:
+    """Under constant writes a PASSIVE checkpoint never lets the log start over: past
+    ``truncate_over`` bytes the checkpoint empties it, so it stays bounded."""
+    trail = AuditTrail(sqlite_engine, SETTINGS)
+    for n in range(500):
+        trail.record(row(queue_id=str(n)))
+    assert asyncio.run(trail.drain()) == 500
+    assert sqlite_engine.url.database is not None
+    log = Path(sqlite_engine.url.database + "-wal")
+    grown = log.stat().st_size
+    checkpoint(sqlite_engine)  # under the default bound: copied, not emptied
+    assert log.stat().st_size == grown > 0
+    checkpoint(sqlite_engine, truncate_over=grown - 1)
+    assert log.stat().st_size == 0
+    assert len(trail.search(limit=MAX_SEARCH)) == 500  # nothing lost on the way
+
+
 def test_the_background_flusher_writes_on_its_interval_and_prunes(engine: Engine) -> None:
     trail = AuditTrail(engine, SETTINGS, flush_seconds=0.05)
     trail.record(row(queue_id="old", time=time.time() - 31 * DAY))
