@@ -51,6 +51,7 @@ CONNECT_TIMEOUT_SECONDS = 10
 PRUNE_BATCH_ROWS = 500  # rows one housekeeping transaction deletes at most
 CHECKPOINT_SECONDS = 1.0  # how often a worker checkpoints the state file's WAL (SQLite)
 WAL_TRUNCATE_BYTES = 16 * 1024 * 1024  # a log past this is emptied at the next checkpoint
+TRUNCATE_WAIT_MS = 10  # longest an emptying checkpoint waits for readers (holding writers)
 
 _WRITE_OPTION = "mailsift_write"
 # pg_advisory_xact_lock key: the bytes of "mailsift" read as a positive 64-bit integer.
@@ -290,7 +291,13 @@ def checkpoint(engine: Engine, truncate_over: int = WAL_TRUNCATE_BYTES) -> None:
         except FileNotFoundError:
             return
         if size > truncate_over:
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            # It holds writers off while it waits for readers: a long report query must
+            # cost them a few milliseconds, then this round gives up and the next tries.
+            db.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+            try:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_SECONDS * 1000)}")
     finally:
         pooled.close()
 

@@ -298,6 +298,32 @@ def test_checkpoint_empties_a_log_grown_past_its_bound(sqlite_engine: Engine) ->
     assert len(trail.search(limit=MAX_SEARCH)) == 500  # nothing lost on the way
 
 
+def test_checkpoint_gives_up_at_once_on_a_long_reader_and_empties_the_log_later(
+    sqlite_engine: Engine,
+) -> None:
+    """Emptying the log waits for readers while holding writers off: behind a long report
+    query it gives up within milliseconds, and a later round does it."""
+    trail = AuditTrail(sqlite_engine, SETTINGS)
+    for n in range(200):
+        trail.record(row(queue_id=str(n)))
+    assert asyncio.run(trail.drain()) == 200
+    assert sqlite_engine.url.database is not None
+    log = Path(sqlite_engine.url.database + "-wal")
+    reader = sqlite3.connect(sqlite_engine.url.database, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit_events").fetchone()  # holds a snapshot
+        started = time.monotonic()
+        checkpoint(sqlite_engine, truncate_over=0)
+        assert time.monotonic() - started < 1.0  # not the 30 s a writer would wait
+        assert log.stat().st_size > 0
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+    checkpoint(sqlite_engine, truncate_over=0)
+    assert log.stat().st_size == 0
+
+
 def test_the_background_flusher_writes_on_its_interval_and_prunes(engine: Engine) -> None:
     trail = AuditTrail(engine, SETTINGS, flush_seconds=0.05)
     trail.record(row(queue_id="old", time=time.time() - 31 * DAY))
