@@ -54,7 +54,6 @@ from mailsift.service.db import (
     PRUNE_BATCH_ROWS,
     Busy,
     delete_in_turns,
-    delete_some,
     hot_statement,
     lock_key_for,
     nowait_engine,
@@ -351,7 +350,7 @@ class AuditTrail:
                     await self.drain()
                     if self._loop.time() >= next_prune:
                         next_prune = self._loop.time() + self.prune_every_seconds
-                        await self.prune_in_turns(time.time())
+                        await self.prune(time.time())
                 except Exception as exc:  # keep going: the buffer holds rows until it works
                     log.warning("audit flush failed (%d rows buffered): %s", self.buffered, exc)
                 if self.dropped != self._dropped_logged:
@@ -360,19 +359,10 @@ class AuditTrail:
         finally:
             self._loop = self._wake = None
 
-    def prune(self, now: float, *, batch: int = PRUNE_BATCH_ROWS) -> int:
-        """Delete rows older than the retention, a batch per transaction; returns rows deleted."""
-        deleted = 0
-        while True:
-            with write_transaction(self._engine, lock_key=_LOCK_KEY) as conn:
-                n = delete_some(conn, _events, self._expired(now), batch)
-            deleted += n
-            if n < batch:
-                return deleted
-
-    async def prune_in_turns(self, now: float, *, batch: int = PRUNE_BATCH_ROWS) -> int:
-        """:meth:`prune` from the event loop, requests served between batches (see
-        :func:`~mailsift.service.db.delete_in_turns`); returns rows deleted."""
+    async def prune(self, now: float, *, batch: int = PRUNE_BATCH_ROWS) -> int:
+        """Delete rows older than the retention, ``batch`` rows a transaction, requests
+        served in between (see :func:`~mailsift.service.db.delete_in_turns`); returns
+        rows deleted."""
         return await delete_in_turns(
             self._engine, self._nowait, _events, self._expired(now), lock_key=_LOCK_KEY, batch=batch
         )

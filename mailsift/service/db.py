@@ -319,7 +319,7 @@ async def keep_checkpointed(engine: Engine, every: float = CHECKPOINT_SECONDS) -
             log.warning("checkpoint of the state database failed: %s", type(exc).__name__)
 
 
-def delete_some(conn: Connection, table: Table, condition: ColumnElement[bool], limit: int) -> int:
+def _delete_some(conn: Connection, table: Table, condition: ColumnElement[bool], limit: int) -> int:
     """Delete at most ``limit`` rows of ``table`` that match ``condition``; how many went."""
     key = list(table.primary_key.columns)
     chosen = select(*key).where(condition).limit(limit)
@@ -347,12 +347,12 @@ async def delete_in_turns(
 
     def waiting() -> int:
         with write_transaction(engine, lock_key=lock_key) as conn:
-            return delete_some(conn, table, condition, batch)
+            return _delete_some(conn, table, condition, batch)
 
     def at_once() -> int:
         assert nowait is not None
         with nowait_write_transaction(nowait) as conn:
-            return delete_some(conn, table, condition, batch)
+            return _delete_some(conn, table, condition, batch)
 
     deleted = 0
     while True:

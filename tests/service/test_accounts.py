@@ -451,25 +451,13 @@ def test_clear_restarts_the_risk_window(where: dict[str, Any], opened: Opened) -
 
 
 def test_prune_drops_only_expired_buckets(where: dict[str, Any], opened: Opened) -> None:
-    store = opened.store(Settings(**where))
-    old, recent = fresh_user("old"), fresh_user("recent")
-    send(store, old, 2, T0)
-    store.record_auth_failure(old, "192.0.2.9", T0)
-    send(store, recent, 2, T0 + 26 * 3600)
-    store.prune(T0 + 26 * 3600)
-    assert store.stats(old, T0 + 60).messages_hour == 0
-    assert store.stats(old, T0 + 60).auth_failures_hour == 0
-    assert store.stats(recent, T0 + 26 * 3600).messages_hour == 2
-
-
-def test_prune_in_turns_drops_only_expired_buckets(where: dict[str, Any], opened: Opened) -> None:
     """The worker's hourly prune: from the event loop, a few hundred rows a transaction."""
     store = opened.store(Settings(**where))
     old, recent = fresh_user("old"), fresh_user("recent")
     send(store, old, 2, T0)
     store.record_auth_failure(old, "192.0.2.9", T0)
     send(store, recent, 2, T0 + 26 * 3600)
-    asyncio.run(store.prune_in_turns(T0 + 26 * 3600))
+    asyncio.run(store.prune(T0 + 26 * 3600))
     assert store.stats(old, T0 + 60).messages_hour == 0
     assert store.stats(old, T0 + 60).auth_failures_hour == 0
     assert store.stats(recent, T0 + 26 * 3600).messages_hour == 2

@@ -263,20 +263,25 @@ def test_drain_writes_from_the_loop_and_waits_out_another_processes_writer(
     assert sorted(int(str(q)) for q in ids(trail.search(limit=100))) == list(range(20))
 
 
+def _written_on_the_loop(engine: Engine, rows: int) -> tuple[AuditTrail, Path]:
+    """A trail whose ``rows`` went in through the loop's writes, which never checkpoint,
+    and the database file."""
+    trail = AuditTrail(engine, SETTINGS)
+    for n in range(rows):
+        trail.record(row(queue_id=str(n)))
+    assert asyncio.run(trail.drain()) == rows
+    assert engine.url.database is not None
+    return trail, Path(engine.url.database)
+
+
 def test_checkpoint_moves_what_loop_writes_logged_into_the_database_file(
     sqlite_engine: Engine,
 ) -> None:
     """Writes on the loop never checkpoint; :func:`checkpoint` (a thread, every second in
     a worker) does, so the write-ahead log of a busy worker does not only grow."""
-    engine = sqlite_engine
-    trail = AuditTrail(engine, SETTINGS)
-    for n in range(2000):
-        trail.record(row(queue_id=str(n)))
-    assert asyncio.run(trail.drain()) == 2000
-    assert engine.url.database is not None
-    main = Path(engine.url.database)
+    trail, main = _written_on_the_loop(sqlite_engine, 2000)
     before = main.stat().st_size
-    checkpoint(engine)
+    checkpoint(sqlite_engine)
     assert main.stat().st_size > before + 100_000  # the rows now live in the file itself
     assert len(trail.search(limit=MAX_SEARCH)) == MAX_SEARCH
 
@@ -284,12 +289,8 @@ def test_checkpoint_moves_what_loop_writes_logged_into_the_database_file(
 def test_checkpoint_empties_a_log_grown_past_its_bound(sqlite_engine: Engine) -> None:
     """Under constant writes a PASSIVE checkpoint never lets the log start over: past
     ``truncate_over`` bytes the checkpoint empties it, so it stays bounded."""
-    trail = AuditTrail(sqlite_engine, SETTINGS)
-    for n in range(500):
-        trail.record(row(queue_id=str(n)))
-    assert asyncio.run(trail.drain()) == 500
-    assert sqlite_engine.url.database is not None
-    log = Path(sqlite_engine.url.database + "-wal")
+    trail, main = _written_on_the_loop(sqlite_engine, 500)
+    log = main.with_name(main.name + "-wal")
     grown = log.stat().st_size
     checkpoint(sqlite_engine)  # under the default bound: copied, not emptied
     assert log.stat().st_size == grown > 0
@@ -303,13 +304,9 @@ def test_checkpoint_gives_up_at_once_on_a_long_reader_and_empties_the_log_later(
 ) -> None:
     """Emptying the log waits for readers while holding writers off: behind a long report
     query it gives up within milliseconds, and a later round does it."""
-    trail = AuditTrail(sqlite_engine, SETTINGS)
-    for n in range(200):
-        trail.record(row(queue_id=str(n)))
-    assert asyncio.run(trail.drain()) == 200
-    assert sqlite_engine.url.database is not None
-    log = Path(sqlite_engine.url.database + "-wal")
-    reader = sqlite3.connect(sqlite_engine.url.database, isolation_level=None)
+    _, main = _written_on_the_loop(sqlite_engine, 200)
+    log = main.with_name(main.name + "-wal")
+    reader = sqlite3.connect(main, isolation_level=None)
     try:
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM audit_events").fetchone()  # holds a snapshot
@@ -352,12 +349,12 @@ def test_prune_deletes_rows_past_the_retention(trail: AuditTrail) -> None:
     trail.record(row(queue_id="edge", time=NOW - 30 * DAY + 1))
     trail.record(row(queue_id="new", time=NOW))
     trail.flush()
-    assert trail.prune(NOW, batch=2) == 5  # in several small transactions
+    assert asyncio.run(trail.prune(NOW, batch=2)) == 5  # in several small transactions
     assert ids(trail.search()) == ["new", "edge"]
-    assert trail.prune(NOW) == 0
+    assert asyncio.run(trail.prune(NOW)) == 0
 
 
-def test_prune_in_turns_serves_the_loop_between_batches(trail: AuditTrail) -> None:
+def test_prune_serves_the_loop_between_batches(trail: AuditTrail) -> None:
     for n in range(5):
         trail.record(row(queue_id=f"old{n}", time=NOW - 31 * DAY - n))
     trail.record(row(queue_id="new", time=NOW))
@@ -373,7 +370,7 @@ def test_prune_in_turns_serves_the_loop_between_batches(trail: AuditTrail) -> No
                 await asyncio.sleep(0)
 
         task = asyncio.create_task(ticker())
-        deleted = await trail.prune_in_turns(NOW, batch=2)  # three transactions
+        deleted = await trail.prune(NOW, batch=2)  # three transactions
         task.cancel()
         return deleted, ticks
 

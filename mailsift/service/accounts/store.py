@@ -35,7 +35,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     case,
-    delete,
     func,
     select,
 )
@@ -640,10 +639,10 @@ class AccountStore:
         return users
 
     async def prune_if_due(self, now: float) -> None:
-        """:meth:`prune_in_turns`, at most once an hour (the flusher calls it)."""
+        """:meth:`prune`, at most once an hour (the flusher calls it)."""
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_SECONDS
-            await self.prune_in_turns(now)
+            await self.prune(now)
 
     def _write_pending(self) -> None:
         with self._flushing():
@@ -1040,21 +1039,12 @@ class AccountStore:
 
     # -- housekeeping ---------------------------------------------------------------
 
-    def prune(self, now: float) -> None:
-        """Drop buckets older than every window that reads them (all users), at once."""
-        self._write_pending_best_effort()
-        try:
-            with self._writing(_PRUNE_LOCK_KEY) as conn:
-                for table, condition in _expired(now):
-                    conn.execute(delete(table).where(condition))
-        except Exception as exc:  # housekeeping must never fail a message
-            log.error("pruning account counters failed: %s", type(exc).__name__)
-
-    async def prune_in_turns(self, now: float) -> None:
-        """:meth:`prune` from the event loop, a few hundred rows a transaction, requests
-        served in between (see :func:`~mailsift.service.db.delete_in_turns`): an hour of
-        expired minute buckets is every active user's, too many for one transaction
-        that every outbound admission would wait behind."""
+    async def prune(self, now: float) -> None:
+        """Drop buckets older than every window that reads them (all users), a few
+        hundred rows a transaction, requests served in between (see
+        :func:`~mailsift.service.db.delete_in_turns`): an hour of expired minute buckets
+        is every active user's, too many for one transaction that every outbound
+        admission would wait behind."""
         try:
             for table, condition in _expired(now):
                 await delete_in_turns(
