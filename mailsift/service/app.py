@@ -24,12 +24,12 @@ from mailsift.service.auth import FeedbackLimiter, TokenStore, require
 from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
-from mailsift.service.learner import Learner
+from mailsift.learning.learner import Learner
 from mailsift.service.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
-from mailsift.service.outbound_learning import OutboundQuota
+from mailsift.learning.outbound import OutboundQuota
 from mailsift.service.routers import (
     accounts,
     audit,
@@ -45,7 +45,7 @@ from mailsift.service.routers import (
 from mailsift.service.routers import metrics as metrics_router
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
-from mailsift.service.trainlog import open_training_log
+from mailsift.learning.trainlog import open_training_log
 
 __all__ = ["create_app"]
 

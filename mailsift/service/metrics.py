@@ -48,13 +48,13 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.service.accounts import LIMIT_NAMES
-from mailsift.service.trainlog import TrainingLogError
+from mailsift.learning.trainlog import TrainingLogError
 
 if TYPE_CHECKING:
     from mailsift.service.checks.base import Reason
     from mailsift.service.dlp.scan import DlpReport
-    from mailsift.service.learner import ModelStatus
-    from mailsift.service.trainlog import LogEntry
+    from mailsift.learning.learner import ModelStatus
+    from mailsift.learning.trainlog import LogEntry
 
 __all__ = [
     "MULTIPROCESS_DIR",

@@ -11,12 +11,12 @@ from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
-from mailsift.service.learner import Learner
+from mailsift.learning.learner import Learner
 from mailsift.service.lists.store import ListStore
 from mailsift.service.monitor import GatewaySeen
-from mailsift.service.outbound_learning import OutboundQuota
+from mailsift.learning.outbound import OutboundQuota
 from mailsift.service.settings import Settings
-from mailsift.service.trainlog import TrainingLog
+from mailsift.learning.trainlog import TrainingLog
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ from mailsift.service.checks.base import CheckContext, Direction, Envelope
 from mailsift.service.checks.limits import limit_reasons
 from mailsift.service.db import Busy, open_state_engine, write_transaction
 from mailsift.service.errors import install_error_handlers
-from mailsift.service.outbound_learning import OutboundQuota
+from mailsift.learning.outbound import OutboundQuota
 from mailsift.service.routers import accounts as accounts_router
 from mailsift.service.routers import events as events_router
 from mailsift.service.settings import Settings

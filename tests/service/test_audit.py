@@ -24,7 +24,7 @@ from mailsift.service.errors import BadRequest, install_error_handlers
 from mailsift.service.routers import audit as audit_router
 from mailsift.service.routers.audit import parse_time
 from mailsift.service.settings import Settings
-from tests.service.conftest import pg_admin
+from tests.conftest import pg_admin
 
 SETTINGS = Settings(audit_retention_days=30)
 NOW = 1_750_000_000.0

@@ -34,11 +34,11 @@ from mailsift.service.diagnostics.cli import diagnose_command
 from mailsift.service.diagnostics.dns_audit import dns_audit, parse_nameservers
 from mailsift.service.diagnostics.report import DiagReport, run_diagnostics
 from mailsift.service.errors import install_error_handlers
-from mailsift.service.learner import Learner
+from mailsift.learning.learner import Learner
 from mailsift.service.lists.store import ListEntry, ListStore
 from mailsift.service.routers import diagnostics as diagnostics_router
 from mailsift.service.settings import Settings
-from mailsift.service.trainlog import TrainingLog, open_training_log
+from mailsift.learning.trainlog import TrainingLog, open_training_log
 
 # --- a small authoritative DNS server on loopback ------------------------------------------
 
@@ -488,7 +488,7 @@ def test_label_counts_since(
 ) -> None:
     log = open_training_log(database_url, tmp_path)
     clock = [2_000_000_000.0 + (0 if database_url is None else 1e6)]
-    monkeypatch.setattr("mailsift.service.trainlog.time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr("mailsift.learning.trainlog.time", SimpleNamespace(time=lambda: clock[0]))
     start = clock[0]
     try:
         before = log.label_counts_since(start, source="feedback")

@@ -32,7 +32,7 @@ from mailsift.service.lists import (
 from mailsift.service.routers import lists as lists_router
 from mailsift.service.settings import Settings
 from mailsift.service.verdict import decide
-from tests.service.conftest import pg_admin
+from tests.conftest import pg_admin
 
 ME = "mx.example.net"
 SETTINGS = Settings(

@@ -36,10 +36,10 @@ from mailsift.service.diagnostics.checks import (
     worst,
 )
 from mailsift.service.diagnostics.dns_audit import LIFETIME, TIMEOUT, dns_audit
-from mailsift.service.learner import Learner, ModelStatus
+from mailsift.learning.learner import Learner, ModelStatus
 from mailsift.service.lists.store import MAX_LIST, ListEntry, ListStore
 from mailsift.service.settings import Settings
-from mailsift.service.trainlog import TrainingLog
+from mailsift.learning.trainlog import TrainingLog
 
 __all__ = ["DiagReport", "DiagnosticsState", "run_diagnostics"]
 

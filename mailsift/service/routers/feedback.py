@@ -20,7 +20,7 @@ from mailsift.service.deps import State
 from mailsift.service.errors import BadRequest, Forbidden, ModelNotReady, RateLimited
 from mailsift.service.schemas import ERRORS, LearnOut
 from mailsift.service.state import ServiceState
-from mailsift.service.trainlog import AppendResult, TrainingLogError
+from mailsift.learning.trainlog import AppendResult, TrainingLogError
 
 router = APIRouter(prefix="/v1", tags=["learning"])
 

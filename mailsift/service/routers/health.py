@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.deps import State
 from mailsift.service.errors import error_response
-from mailsift.service.trainlog import TrainingLogError
+from mailsift.learning.trainlog import TrainingLogError
 
 router = APIRouter(tags=["health"])
 

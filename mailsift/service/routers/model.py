@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.service.deps import State
 from mailsift.service.errors import ModelNotReady
 from mailsift.service.schemas import ERRORS, ModelOut
-from mailsift.service.trainlog import TrainingLogError
+from mailsift.learning.trainlog import TrainingLogError
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 

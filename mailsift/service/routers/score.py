@@ -24,10 +24,10 @@ from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
-from mailsift.service.outbound_learning import eligible
+from mailsift.learning.outbound import eligible
 from mailsift.service.schemas import ERRORS, ScoreOut
 from mailsift.service.state import ServiceState
-from mailsift.service.trainlog import TrainingLogError
+from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.verdict import Verdict, decide
 
 router = APIRouter(prefix="/v1", tags=["score"])

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from mailsift.service.trainlog import (
+from mailsift.learning.trainlog import (
     AppendResult,
     Label,
     LogEntry,
@@ -25,7 +25,7 @@ from mailsift.service.trainlog import (
     TrainingLogError,
     open_training_log,
 )
-from tests.service.conftest import PG_HOST, PG_PORT, pg_admin
+from tests.conftest import PG_HOST, PG_PORT, pg_admin
 
 WORKERS = 4
 APPENDS_PER_WORKER = 50

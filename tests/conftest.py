@@ -1,4 +1,4 @@
-"""Shared fixtures for the service tests: a fresh PostgreSQL database per module."""
+"""Shared fixtures for the tests: a fresh PostgreSQL database per module."""
 
 from __future__ import annotations
 

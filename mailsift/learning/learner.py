@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.models.ensemble import SpamModel
 from mailsift.models.parse import ParseLimits, parse_message
 from mailsift.models.snapshot import SnapshotError, SnapshotInfo, load_snapshot, save_snapshot
-from mailsift.service.trainlog import LogEntry, TrainingLog
+from mailsift.learning.trainlog import LogEntry, TrainingLog
 
 __all__ = ["Learner", "ModelStatus"]
 
