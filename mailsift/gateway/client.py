@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import quote
 
 import httpx
@@ -18,8 +18,10 @@ import httpx
 from mailsift.gateway.settings import GatewaySettings
 
 __all__ = [
+    "Action",
     "Admission",
     "Direction",
+    "RecipientVerdict",
     "ScoreAnswer",
     "ScoreRequest",
     "ServiceClient",
@@ -72,6 +74,55 @@ class ScoreRequest:
     queue_id: str | None = None
 
 
+def _action(value: Any) -> Action:
+    if value not in _ACTIONS:
+        raise ValueError(f"unknown action {value!r}")
+    return cast(Action, value)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientVerdict:
+    """One recipient's own verdict (``recipients`` in ``/v1/score``'s answer): the
+    message's, made stricter or looser by that recipient's personal reasons."""
+
+    rcpt: str  # as sent in the ``rcpt`` parameter, lower-cased
+    verdict: str
+    action: Action
+    score: float
+    reasons: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, item: Any) -> RecipientVerdict:
+        """Raises KeyError, TypeError or ValueError on anything but the documented shape."""
+        rcpt = item["rcpt"]
+        if not isinstance(rcpt, str):
+            raise TypeError(f"rcpt is {type(rcpt).__name__}")
+        return cls(
+            rcpt=rcpt.lower(),
+            verdict=str(item["verdict"]),
+            action=_action(item["action"]),
+            score=float(item["score"]),
+            reasons=tuple(str(r["name"]) for r in item.get("reasons") or ()),
+        )
+
+
+def _recipients(value: Any) -> tuple[RecipientVerdict, ...]:
+    """The well-formed entries of ``recipients``; an absent or malformed field is none.
+
+    Per-recipient verdicts refine the message's: without them the message-level answer
+    still applies to everyone, so a bad entry is skipped, never a reason to fail the message.
+    """
+    if not isinstance(value, list):
+        return ()
+    found: list[RecipientVerdict] = []
+    for item in value:
+        try:
+            found.append(RecipientVerdict.from_json(item))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            continue
+    return tuple(found)
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreAnswer:
     """The part of ``/v1/score``'s answer a gateway acts on."""
@@ -80,20 +131,19 @@ class ScoreAnswer:
     verdict: str
     action: Action
     reasons: tuple[str, ...]
+    recipients: tuple[RecipientVerdict, ...] = ()
 
     @classmethod
     def from_json(cls, body: Any) -> ScoreAnswer:
         try:
-            action = body["action"]
-            if action not in _ACTIONS:
-                raise ValueError(f"unknown action {action!r}")
             return cls(
                 score=float(body["score"]),
                 verdict=str(body["verdict"]),
-                action=action,
+                action=_action(body["action"]),
                 reasons=tuple(str(r["name"]) for r in body["reasons"]),
+                recipients=_recipients(body.get("recipients")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ServiceUnavailable(f"unexpected score answer: {exc}") from None
 
 
