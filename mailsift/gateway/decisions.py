@@ -7,25 +7,43 @@ without a socket.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal, NamedTuple
 
-from mailsift.gateway.client import Direction, ScoreAnswer
-from mailsift.gateway.settings import FailMode, Network
+from mailsift.gateway.client import Action, Direction, RecipientVerdict, ScoreAnswer
+from mailsift.gateway.settings import FailMode, GatewaySettings, Network
 
 __all__ = [
+    "ACTION_RANK",
     "HEADER_PREFIX",
+    "VERDICT_RANK",
+    "JunkMark",
+    "JunkRecipient",
     "Outcome",
     "Reply",
     "direction_of",
+    "junk_marks",
     "outcome_of",
+    "stricter",
     "unavailable_outcome",
 ]
 
 HEADER_PREFIX = "X-Mailsift-"
 _MAX_REASONS_HEADER = 200  # characters; the full list is in the audit trail
+
+# How strict a verdict or an action is: a recipient's own is "stricter" than the
+# message's when either ranks higher.
+VERDICT_RANK: Final[dict[str, int]] = {"ham": 0, "suspect": 1, "spam": 2}
+ACTION_RANK: Final[dict[Action, int]] = {
+    "accept": 0,
+    "tag": 1,
+    "quarantine": 2,
+    "defer": 3,
+    "reject": 4,
+}
+_DELIVERED: Final[frozenset[Action]] = frozenset({"accept", "tag", "quarantine"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +58,22 @@ class Reply:
         return f"{self.code} {self.status} {self.text}"
 
 
+class JunkRecipient(NamedTuple):
+    """An envelope recipient whose copy is marked for its Junk folder: ``rcpt`` is
+    replaced by ``marked`` (the same mailbox, with the mark as address extension)."""
+
+    rcpt: str
+    marked: str
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the milter does with one message.
 
     ``accept`` delivers (with ``headers`` added and the subject prefixed when
     ``subject_prefix`` is set), ``quarantine`` delivers into the MTA's hold queue,
-    ``reject`` and ``defer`` answer the client with ``reply``.
+    ``reject`` and ``defer`` answer the client with ``reply``. A delivered message
+    has each recipient in ``junk`` replaced by its marked address.
     """
 
     kind: Literal["accept", "quarantine", "reject", "defer"]
@@ -54,6 +81,82 @@ class Outcome:
     subject_prefix: str | None = None
     reply: Reply | None = None
     reason: str = ""
+    junk: tuple[JunkRecipient, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JunkMark:
+    """How one recipient's copy is marked for its Junk folder: an address extension.
+
+    ``bob@example.org`` becomes ``bob+junk@example.org``: with the MTA's
+    ``recipient_delimiter`` it is still bob's mailbox, the delivery agent writes the
+    marked address into that copy only (``Delivered-To``), and Dovecot or a sieve rule
+    files it into Junk by its extension. A header added to the message would be in
+    every recipient's copy, and tell the others what bob reported.
+    """
+
+    detail: str = "junk"
+    delimiter: str = "+"
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> JunkMark | None:
+        """The mark the settings ask for, or None when marking is off."""
+        if not settings.junk_marking:
+            return None
+        return cls(settings.junk_detail, settings.recipient_delimiter)
+
+    def address(self, rcpt: str) -> str | None:
+        """``rcpt`` with its extension (if any) replaced by the mark.
+
+        None when it cannot carry one (an empty or quoted local part, or one that starts
+        with a delimiter, which the MTA does not split) or already carries exactly it.
+        """
+        local, at, domain = rcpt.rpartition("@")
+        if not at:
+            local, domain = rcpt, ""
+        if not local or local.startswith('"'):
+            return None
+        cut = min((i for i in map(local.find, self.delimiter) if i >= 0), default=len(local))
+        if cut == 0:
+            return None
+        marked = f"{local[:cut]}{self.delimiter[0]}{self.detail}"
+        if marked == local:
+            return None
+        return f"{marked}{at}{domain}"
+
+
+def stricter(personal: RecipientVerdict, answer: ScoreAnswer) -> bool:
+    """Is a recipient's own verdict stricter than the message's: its verdict ranks higher
+    (ham < suspect < spam) or its action goes further (accept < tag < quarantine < defer
+    < reject)? A verdict this gateway does not know never counts as stricter."""
+    mine = VERDICT_RANK.get(personal.verdict, -1)
+    shared = VERDICT_RANK.get(answer.verdict, len(VERDICT_RANK))
+    return mine > shared or ACTION_RANK[personal.action] > ACTION_RANK[answer.action]
+
+
+def junk_marks(
+    answer: ScoreAnswer, direction: Direction, rcpts: Sequence[str], mark: JunkMark | None
+) -> tuple[JunkRecipient, ...]:
+    """The envelope recipients (``rcpts``, as the MTA gave them) whose copies are marked.
+
+    A recipient is marked when its personal verdict is stricter than the message's, and
+    only its copy: the message's own action applies to everyone, never the strictest
+    personal one. Only inbound mail that is delivered at all (accept, tag, quarantine;
+    a rejected or deferred message reaches nobody). A looser personal verdict (a
+    recipient's own "not spam") changes nothing at the gateway.
+    """
+    if mark is None or direction != "inbound" or answer.action not in _DELIVERED:
+        return ()
+    strict = {r.rcpt for r in answer.recipients if stricter(r, answer)}
+    if not strict:
+        return ()
+    found: dict[str, JunkRecipient] = {}
+    for rcpt in rcpts:
+        if rcpt.lower() in strict and rcpt not in found:
+            marked = mark.address(rcpt)
+            if marked is not None:
+                found[rcpt] = JunkRecipient(rcpt, marked)
+    return tuple(found.values())
 
 
 def direction_of(
@@ -91,8 +194,11 @@ def _short_reason(answer: ScoreAnswer) -> str:
     return "message refused by policy"
 
 
-def outcome_of(answer: ScoreAnswer, subject_prefix: str) -> Outcome:
-    """Map the service's action to what the MTA does (see :class:`Outcome`)."""
+def outcome_of(
+    answer: ScoreAnswer, subject_prefix: str, junk: Sequence[JunkRecipient] = ()
+) -> Outcome:
+    """Map the service's action to what the MTA does (see :class:`Outcome`); ``junk``
+    (from :func:`junk_marks`) is kept when the message is delivered."""
     reasons = ", ".join(answer.reasons)
     if len(reasons) > _MAX_REASONS_HEADER:
         reasons = reasons[: _MAX_REASONS_HEADER - 3].rsplit(",", 1)[0] + ", ..."
@@ -101,14 +207,14 @@ def outcome_of(answer: ScoreAnswer, subject_prefix: str) -> Outcome:
         (f"{HEADER_PREFIX}Verdict", answer.verdict),
         (f"{HEADER_PREFIX}Reasons", reasons or "none"),
     )
-    short = _short_reason(answer)
+    short, marks = _short_reason(answer), tuple(junk)
     match answer.action:
         case "accept":
-            return Outcome("accept", headers)
+            return Outcome("accept", headers, junk=marks)
         case "tag":
-            return Outcome("accept", headers, subject_prefix=subject_prefix or None)
+            return Outcome("accept", headers, subject_prefix=subject_prefix or None, junk=marks)
         case "quarantine":
-            return Outcome("quarantine", headers, reason=f"mailsift: {short}")
+            return Outcome("quarantine", headers, reason=f"mailsift: {short}", junk=marks)
         case "reject":
             return Outcome("reject", reply=Reply(550, "5.7.1", short), reason=short)
         case "defer":

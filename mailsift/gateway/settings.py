@@ -21,6 +21,8 @@ __all__ = ["FailMode", "GatewaySettings", "Network"]
 
 FailMode = Literal["open", "closed"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Characters that would change what an address means (or end it) if put into its local part.
+_UNSAFE_IN_ADDRESS = frozenset('@<>",;:\\()[] \t\r\n\0')
 
 
 class GatewaySettings(BaseSettings):
@@ -74,11 +76,35 @@ class GatewaySettings(BaseSettings):
         ge=1024,
         description="Larger messages are passed unscanned (the service would refuse them).",
     )
+    junk_marking: bool = Field(
+        True,
+        description="Mark a recipient's copy for its Junk folder when that recipient's "
+        "personal verdict is stricter than the message's: `bob@x` becomes `bob+junk@x` "
+        "(needs the MTA's `recipient_delimiter`; `false` turns it off).",
+    )
+    junk_detail: str = Field(
+        "junk", description="Address extension that marks a copy for Junk (`bob+junk@x`)."
+    )
+    recipient_delimiter: str = Field(
+        "+",
+        description="The MTA's `recipient_delimiter`: the first character joins the mark; "
+        "any of them starts an address's existing extension, which the mark replaces.",
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> GatewaySettings:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give token or token_file, not both")
+        if not self.recipient_delimiter or _UNSAFE_IN_ADDRESS & set(self.recipient_delimiter):
+            raise ValueError("recipient_delimiter: characters an address's local part may hold")
+        if (
+            not self.junk_detail
+            or _UNSAFE_IN_ADDRESS & set(self.junk_detail)
+            or set(self.recipient_delimiter) & set(self.junk_detail)
+        ):
+            raise ValueError(
+                "junk_detail: characters an address's local part may hold, not the delimiter"
+            )
         self.networks  # noqa: B018 - parse now: a typo must stop start-up, not the first mail
         return self
 

@@ -7,16 +7,53 @@ from pathlib import Path
 
 import pytest
 
-from mailsift.gateway.client import ScoreAnswer, ServiceUnavailable
-from mailsift.gateway.decisions import Reply, direction_of, outcome_of, unavailable_outcome
+from mailsift.gateway.client import RecipientVerdict, ScoreAnswer, ServiceUnavailable
+from mailsift.gateway.decisions import (
+    JunkMark,
+    JunkRecipient,
+    Reply,
+    direction_of,
+    junk_marks,
+    outcome_of,
+    stricter,
+    unavailable_outcome,
+)
 from mailsift.gateway.milter import strip_brackets
 from mailsift.gateway.settings import GatewaySettings
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
+BOB, CAROL = "bob@example.test", "carol@example.test"
+MARK = JunkMark()
 
 
-def answer(action: str, verdict: str = "ham", *reasons: str, score: float = 0.1) -> ScoreAnswer:
-    return ScoreAnswer(score=score, verdict=verdict, action=action, reasons=reasons)  # type: ignore[arg-type]
+def answer(
+    action: str,
+    verdict: str = "ham",
+    *reasons: str,
+    score: float = 0.1,
+    recipients: tuple[RecipientVerdict, ...] = (),
+) -> ScoreAnswer:
+    return ScoreAnswer(
+        score=score,
+        verdict=verdict,
+        action=action,  # type: ignore[arg-type]
+        reasons=reasons,
+        recipients=recipients,
+    )
+
+
+def personal(rcpt: str, action: str, verdict: str) -> RecipientVerdict:
+    return RecipientVerdict(rcpt, verdict, action, 0.5, ("personal_sender",))  # type: ignore[arg-type]
+
+
+def bob_junks(action: str = "accept", verdict: str = "ham") -> ScoreAnswer:
+    """The message's verdict for everyone; bob's own is spam (he reported the sender)."""
+    return answer(
+        action,
+        verdict,
+        "model",
+        recipients=(personal(BOB, "tag", "spam"), personal(CAROL, action, verdict)),
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,3 +160,122 @@ def test_settings_refuse_a_bad_network_and_two_tokens(tmp_path: Path) -> None:
         GatewaySettings(token="x", token_file=token)
     assert GatewaySettings(token_file=token).bearer() == "msk_secret"
     assert len(GatewaySettings(internal_networks="10.0.0.0/8,192.168.1.0/24").networks) == 2
+
+
+# -- per-recipient verdicts: which copies are marked for Junk --------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "mine", "is_stricter"),
+    [
+        (("accept", "ham"), ("accept", "ham"), False),
+        (("accept", "ham"), ("tag", "suspect"), True),
+        (("accept", "ham"), ("accept", "suspect"), True),  # the verdict alone ranks higher
+        (("tag", "suspect"), ("tag", "spam"), True),
+        (("tag", "spam"), ("quarantine", "spam"), True),  # the action alone goes further
+        (("quarantine", "spam"), ("reject", "spam"), True),
+        (("tag", "spam"), ("accept", "ham"), False),  # looser: the user's own "not spam"
+        (("tag", "suspect"), ("tag", "suspect"), False),
+        (("accept", "ham"), ("accept", "unheard-of"), False),  # unknown verdicts never rank
+        (("accept", "unheard-of"), ("accept", "spam"), False),
+    ],
+)
+def test_stricter_means_a_higher_verdict_or_a_further_action(
+    message: tuple[str, str], mine: tuple[str, str], is_stricter: bool
+) -> None:
+    assert stricter(personal(BOB, *mine), answer(*message)) is is_stricter
+
+
+@pytest.mark.parametrize(
+    ("rcpt", "mark", "marked"),
+    [
+        ("bob@example.test", MARK, "bob+junk@example.test"),
+        ("bob+lists@example.test", MARK, "bob+junk@example.test"),  # its detail is replaced
+        ("bob+a+b@example.test", MARK, "bob+junk@example.test"),
+        ("Bob@Example.TEST", MARK, "Bob+junk@Example.TEST"),  # spelled as the client did
+        ("bob-lists@example.test", JunkMark("spam", "+-"), "bob+spam@example.test"),
+        ("bob-lists@example.test", MARK, "bob-lists+junk@example.test"),  # '-' is no delimiter
+        ("postmaster", MARK, "postmaster+junk"),  # no domain: the MTA appends its own
+        ("bob+junk@example.test", MARK, None),  # already marked
+        ('"bob smith"@example.test', MARK, None),  # quoted: left alone
+        ("+bob@example.test", MARK, None),  # starts with the delimiter: not an extension
+        ("@example.test", MARK, None),
+        ("", MARK, None),
+    ],
+)
+def test_the_mark_replaces_the_address_extension(
+    rcpt: str, mark: JunkMark, marked: str | None
+) -> None:
+    assert mark.address(rcpt) == marked
+
+
+def test_only_the_recipient_with_the_stricter_verdict_is_marked() -> None:
+    marks = junk_marks(bob_junks(), "inbound", [BOB, CAROL], MARK)
+    assert marks == (JunkRecipient(BOB, "bob+junk@example.test"),)
+    outcome = outcome_of(bob_junks(), "[SPAM?]", marks)
+    assert outcome.kind == "accept" and outcome.subject_prefix is None  # carol's is untouched
+    assert dict(outcome.headers)["X-Mailsift-Verdict"] == "ham"  # the shared verdict
+    assert outcome.junk == marks
+
+
+def test_envelope_recipients_are_matched_case_blind_and_kept_as_the_client_spelled_them() -> None:
+    marks = junk_marks(bob_junks(), "inbound", ["Bob@Example.test", "Bob@Example.test"], MARK)
+    assert marks == (JunkRecipient("Bob@Example.test", "Bob+junk@Example.test"),)
+
+
+@pytest.mark.parametrize("action", ["accept", "tag", "quarantine"])
+def test_every_delivered_outcome_keeps_the_marks(action: str) -> None:
+    verdict = "ham" if action == "accept" else "suspect"
+    stricter_bob = answer(
+        action,
+        verdict,
+        recipients=(personal(BOB, "reject", "spam"), personal(CAROL, action, verdict)),
+    )
+    marks = junk_marks(stricter_bob, "inbound", [BOB, CAROL], MARK)
+    assert [m.rcpt for m in marks] == [BOB]
+    assert outcome_of(stricter_bob, "[S]", marks).junk == marks
+
+
+@pytest.mark.parametrize("action", ["reject", "defer"])
+def test_a_message_delivered_to_nobody_marks_nobody(action: str) -> None:
+    refused = answer(action, "spam", recipients=(personal(BOB, "reject", "spam"),))
+    assert junk_marks(refused, "inbound", [BOB], MARK) == ()
+    assert outcome_of(refused, "", [JunkRecipient(BOB, "bob+junk@example.test")]).junk == ()
+
+
+def test_nothing_is_marked_outbound_when_off_or_without_per_recipient_verdicts() -> None:
+    assert junk_marks(bob_junks(), "outbound", [BOB, CAROL], MARK) == ()
+    assert junk_marks(bob_junks(), "inbound", [BOB, CAROL], None) == ()
+    assert junk_marks(answer("accept"), "inbound", [BOB, CAROL], MARK) == ()  # older service
+    assert junk_marks(bob_junks(), "inbound", [CAROL], MARK) == ()  # bob not in this envelope
+
+
+def test_a_looser_personal_verdict_changes_nothing_at_the_gateway() -> None:
+    carol_trusts = answer("tag", "spam", recipients=(personal(CAROL, "accept", "ham"),))
+    assert junk_marks(carol_trusts, "inbound", [BOB, CAROL], MARK) == ()
+    outcome = outcome_of(carol_trusts, "[SPAM?]", ())
+    assert outcome.subject_prefix == "[SPAM?]" and not outcome.junk
+
+
+def test_the_mark_comes_from_the_settings_and_can_be_turned_off() -> None:
+    assert JunkMark.from_settings(GatewaySettings()) == JunkMark("junk", "+")
+    custom = GatewaySettings(junk_detail="Junk", recipient_delimiter="+-")
+    assert JunkMark.from_settings(custom) == JunkMark("Junk", "+-")
+    assert JunkMark.from_settings(GatewaySettings(junk_marking=False)) is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("junk_detail", ""),
+        ("junk_detail", "junk@x"),
+        ("junk_detail", "ju nk"),
+        ("junk_detail", "a+b"),  # holds the delimiter
+        ("recipient_delimiter", ""),
+        ("recipient_delimiter", "@"),
+        ("recipient_delimiter", "<"),
+    ],
+)
+def test_settings_refuse_a_mark_that_would_change_the_address(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        GatewaySettings.model_validate({field: value})
