@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-__all__ = ["DECISIONS", "REGISTRY", "SERVICE_FAILURES", "serve_metrics"]
+__all__ = ["DECISIONS", "JUNK_MARKS", "REGISTRY", "SERVICE_FAILURES", "serve_metrics"]
 
 REGISTRY = CollectorRegistry()
 SERVICE_FAILURES = Counter(
@@ -22,6 +22,12 @@ DECISIONS = Counter(
     "mailsift_gateway_decisions",
     "What the gateway told the MTA, by component and outcome.",
     ["component", "outcome"],
+    registry=REGISTRY,
+)
+JUNK_MARKS = Counter(
+    "mailsift_gateway_junk_marks",
+    "Recipients whose copy the milter marked for their Junk folder (their personal verdict "
+    "was stricter than the message's).",
     registry=REGISTRY,
 )
 

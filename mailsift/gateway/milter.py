@@ -12,6 +12,11 @@ SASL user and the queue id from the MTA's macros) and the message, asks the serv
 once at end of message over a shared keep-alive pool, and applies the answer (see
 :mod:`.decisions`). Every earlier event is negotiated "no reply", so the MTA waits for
 the milter only at end of message.
+
+A recipient whose personal verdict is stricter than the message's has its copy marked
+for its Junk folder by an address extension: the recipient is deleted and added back
+as ``bob+junk@…`` (SMFIR_DELRCPT, SMFIR_ADDRCPT), which the delivery agent writes
+into that copy only.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from kilter.protocol.messages import (
     Accept,
     ActionFlags,
     AddHeader,
+    AddRecipient,
     Body,
     ChangeHeader,
     Close,
@@ -48,21 +54,31 @@ from kilter.protocol.messages import (
     Negotiate,
     ProtocolFlags,
     Quarantine,
+    RemoveRecipient,
     ReplyCode,
 )
 
 from mailsift.gateway.client import ScoreRequest, ServiceClient, ServiceUnavailable
 from mailsift.gateway.decisions import (
     HEADER_PREFIX,
+    JunkMark,
     Outcome,
     direction_of,
+    junk_marks,
     outcome_of,
     unavailable_outcome,
 )
-from mailsift.gateway.metrics import DECISIONS, SERVICE_FAILURES
+from mailsift.gateway.metrics import DECISIONS, JUNK_MARKS, SERVICE_FAILURES
 from mailsift.gateway.settings import GatewaySettings
 
-__all__ = ["MilterConnection", "edits_for", "negotiate", "serve_milter", "strip_brackets"]
+__all__ = [
+    "RECIPIENT_ACTIONS",
+    "MilterConnection",
+    "edits_for",
+    "negotiate",
+    "serve_milter",
+    "strip_brackets",
+]
 
 log = logging.getLogger("mailsift.gateway.milter")
 
@@ -80,16 +96,23 @@ _NO_REPLY = (
     | ProtocolFlags.NR_UNKNOWN
 )
 _ACTIONS = ActionFlags.ADD_HEADERS | ActionFlags.CHANGE_HEADERS | ActionFlags.QUARANTINE
+# Marking a recipient's copy for Junk: delete the recipient, add its marked address.
+RECIPIENT_ACTIONS = ActionFlags.ADD_RECIPIENT | ActionFlags.DELETE_RECIPIENT
 
 
-def negotiate(offer: Negotiate) -> Negotiate:
+def negotiate(offer: Negotiate, *, recipients: bool = True) -> Negotiate:
     """Our answer to the MTA's offer: every event but unknown commands, no replies
-    wherever the MTA allows it, and the three actions this filter uses."""
+    wherever the MTA allows it, the three actions this filter needs, and, when
+    ``recipients`` (marking for Junk is on) and the MTA allows both, adding and
+    deleting recipients."""
     missing = _ACTIONS & ~offer.action_flags
     if missing:
         raise ValueError(f"the MTA does not allow {missing!r}")
+    actions = _ACTIONS
+    if recipients and RECIPIENT_ACTIONS & offer.action_flags == RECIPIENT_ACTIONS:
+        actions |= RECIPIENT_ACTIONS
     options = (ProtocolFlags.NO_UNKNOWN | _NO_REPLY) & offer.protocol_flags
-    return Negotiate(6, _ACTIONS, options)
+    return Negotiate(6, actions, options)
 
 
 def strip_brackets(address: str) -> str:
@@ -132,10 +155,12 @@ class _Transaction:
 
 
 def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[FilterMessage]:
-    """What to send at end of message: header edits, then the final reply.
+    """What to send at end of message: header edits, recipient edits, then the final reply.
 
     Headers a sender forged to look like ours are deleted before ours are added (a
     change to an empty value deletes; the index counts headers of that name from 1).
+    A recipient marked for Junk is deleted as the MTA gave it (Postfix matches the
+    original RCPT TO address) and added back marked.
     """
     if outcome.reply is not None:
         return [ReplyCode(f"{outcome.reply}\0".encode())]
@@ -156,6 +181,8 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
             edits.append(AddHeader("Subject", prefix))
         else:
             edits.append(ChangeHeader(subject[0], "Subject", prefix + b" " + subject[1]))
+    for junk in outcome.junk:
+        edits += [RemoveRecipient(f"<{junk.rcpt}>"), AddRecipient(f"<{junk.marked}>")]
     if outcome.kind == "quarantine":
         # A valid end-of-message action (kilter's state machine allows it) that its
         # FilterMessage type leaves out.
@@ -166,6 +193,8 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
 class MilterConnection:
     """One MTA connection: the protocol state, the client, the current message."""
 
+    _told_no_recipient_actions = False  # warn once a process, not once a connection
+
     def __init__(self, client: ServiceClient, settings: GatewaySettings) -> None:
         self.client = client
         self.settings = settings
@@ -174,12 +203,22 @@ class MilterConnection:
         self.helo = ""
         self.macros: dict[str, str] = {}
         self.txn = _Transaction(client.max_message_bytes)
+        self.mark = JunkMark.from_settings(settings)  # None: off, or the MTA refused
+
+    def _negotiate(self, offer: Negotiate) -> Negotiate:
+        ours = negotiate(offer, recipients=self.mark is not None)
+        if self.mark is not None and RECIPIENT_ACTIONS & ~ours.action_flags:
+            if not MilterConnection._told_no_recipient_actions:
+                MilterConnection._told_no_recipient_actions = True
+                log.warning("the MTA does not allow changing recipients: no copy marked for Junk")
+            self.mark = None
+        return ours
 
     async def on_event(self, event: MTAMessage) -> list[FilterMessage] | None:
         """Handle one MTA event; the replies to send, or None to close the connection."""
         match event:
             case Negotiate():
-                return [negotiate(event)]
+                return [self._negotiate(event)]
             case Macro():
                 self.macros.update(event.macros)
             case Connect():
@@ -249,7 +288,11 @@ class MilterConnection:
                 answer.score,
                 answer.action,
             )
-            outcome = outcome_of(answer, self.settings.subject_prefix)
+            junk = junk_marks(answer, direction, txn.rcpts, self.mark)
+            outcome = outcome_of(answer, self.settings.subject_prefix, junk)
+            if outcome.junk:
+                log.info("%s: %d recipient(s) marked for Junk", queue_id, len(outcome.junk))
+                JUNK_MARKS.inc(len(outcome.junk))
         DECISIONS.labels("milter", outcome.kind).inc()
         return outcome
 

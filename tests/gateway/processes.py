@@ -1,15 +1,21 @@
-"""Run the real ``mailsift milter`` / ``mailsift policy`` in subprocesses, for tests."""
+"""Run the real ``mailsift milter`` / ``mailsift policy`` in subprocesses, for tests, and
+a stand-in service with a canned ``/v1/score`` answer."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from tests.service.server import _started, free_port, wait_for
 
@@ -37,10 +43,15 @@ def gateway_token(data_dir: Path, env: dict[str, str], *role: str) -> str:
 class GatewayProcess:
     """``mailsift milter`` or ``mailsift policy`` on a free port; a context manager."""
 
-    def __init__(self, command: str, log_dir: Path, *args: str) -> None:
+    def __init__(
+        self, command: str, log_dir: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: variables set for the process on top of this one's (settings that
+        have no command-line option)."""
         self.command = command
         self.port = free_port()
         self.args = args
+        self.env = {**os.environ, **env} if env else None
         self.log_path = log_dir / f"{command}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -56,6 +67,7 @@ class GatewayProcess:
                 str(self.port),
                 *self.args,
             ],
+            env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -81,3 +93,38 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object | TracebackType) -> None:
         self.stop()
+
+
+class CannedService:
+    """A stand-in for the service: ``POST /v1/score`` answers ``answer`` (a test sets it)
+    and keeps each call's query parameters in ``calls``; a context manager."""
+
+    def __init__(self) -> None:
+        self.answer: dict[str, Any] = {}
+        self.calls: list[dict[str, list[str]]] = []
+        canned = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                canned.calls.append(parse_qs(urlsplit(self.path).query))
+                body = json.dumps(canned.answer).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> CannedService:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import httpx
 import pytest
 from kilter.protocol.buffer import SimpleBuffer
 from kilter.protocol.exceptions import NeedsMore
@@ -17,6 +18,7 @@ from kilter.protocol.messages import (
     Accept,
     ActionFlags,
     AddHeader,
+    AddRecipient,
     Body,
     ChangeHeader,
     Connect,
@@ -32,13 +34,14 @@ from kilter.protocol.messages import (
     Negotiate,
     ProtocolFlags,
     Quarantine,
+    RemoveRecipient,
     ReplyCode,
 )
 
-from mailsift.gateway.decisions import Outcome, Reply
-from mailsift.gateway.milter import edits_for, negotiate
-from tests.gateway.processes import GatewayProcess, gateway_token
-from tests.service.server import Service, feedback, free_port, message, wait_for
+from mailsift.gateway.decisions import JunkRecipient, Outcome, Reply
+from mailsift.gateway.milter import RECIPIENT_ACTIONS, edits_for, negotiate
+from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
+from tests.service.server import Service, free_port, message, train, wait_for
 
 EVERYTHING = ProtocolFlags(sum(f.value for f in ProtocolFlags))
 
@@ -61,12 +64,25 @@ def test_negotiation_asks_no_reply_wherever_the_mta_allows() -> None:
     assert ProtocolFlags.NO_HEADERS not in ours.protocol_flags
     assert ProtocolFlags.NO_BODY not in ours.protocol_flags
     assert ours.action_flags == (
-        ActionFlags.ADD_HEADERS | ActionFlags.CHANGE_HEADERS | ActionFlags.QUARANTINE
+        ActionFlags.ADD_HEADERS
+        | ActionFlags.CHANGE_HEADERS
+        | ActionFlags.QUARANTINE
+        | ActionFlags.ADD_RECIPIENT
+        | ActionFlags.DELETE_RECIPIENT
     )
     old = negotiate(Negotiate(2, ActionFlags.ALL, ProtocolFlags.NONE))
     assert old.protocol_flags == ProtocolFlags.NONE  # it must answer every event then
     with pytest.raises(ValueError, match="does not allow"):
         negotiate(Negotiate(6, ActionFlags.ADD_HEADERS, EVERYTHING))
+
+
+def test_recipient_changes_are_asked_only_when_marking_is_on_and_the_mta_allows_both() -> None:
+    off = negotiate(Negotiate(6, ActionFlags.ALL, EVERYTHING), recipients=False)
+    assert not off.action_flags & RECIPIENT_ACTIONS
+    header_only = ActionFlags.ALL & ~ActionFlags.DELETE_RECIPIENT
+    refused = negotiate(Negotiate(6, header_only, EVERYTHING))  # still a working filter
+    assert not refused.action_flags & RECIPIENT_ACTIONS
+    assert ActionFlags.ADD_HEADERS in refused.action_flags
 
 
 HEADERS = [
@@ -96,6 +112,31 @@ def test_a_message_without_subject_gets_one_and_quarantine_holds() -> None:
     edits = edits_for([("From", b"x")], Outcome("quarantine", MARKS, "[S]", reason="why"))
     assert AddHeader("Subject", b"[S]") in edits
     assert shape(edits[-2:]) == shape([Quarantine("why"), Accept()])
+
+
+BOB_MARKED = (JunkRecipient("Bob@example.test", "Bob+junk@example.test"),)
+
+
+def test_a_recipient_marked_for_junk_is_deleted_and_added_back_marked() -> None:
+    edits = edits_for(HEADERS[:1], Outcome("accept", MARKS, junk=BOB_MARKED))
+    assert shape(edits) == shape(
+        [
+            AddHeader("X-Mailsift-Score", b"0.4000"),
+            AddHeader("X-Mailsift-Verdict", b"suspect"),
+            RemoveRecipient("<Bob@example.test>"),  # as the client spelled it
+            AddRecipient("<Bob+junk@example.test>"),
+            Accept(),
+        ]
+    )
+    held = edits_for(HEADERS[:1], Outcome("quarantine", junk=BOB_MARKED, reason="why"))
+    assert shape(held) == shape(
+        [
+            RemoveRecipient("<Bob@example.test>"),
+            AddRecipient("<Bob+junk@example.test>"),
+            Quarantine("why"),
+            Accept(),
+        ]
+    )
 
 
 def test_reject_and_defer_are_one_reply_code_and_no_edits() -> None:
@@ -155,14 +196,20 @@ def _copy(reply: Message) -> Message:
     return reply
 
 
-def transaction(mta: Mta, raw: bytes, *, user: str | None = None) -> list[Message]:
+def transaction(
+    mta: Mta,
+    raw: bytes,
+    *,
+    user: str | None = None,
+    rcpts: tuple[str, ...] = ("alice@example.test",),
+) -> list[Message]:
     """One message as Postfix sends it (no replies asked before end of message)."""
     head, _, body = raw.partition(b"\r\n\r\n")
     macros = {"i": "4F2A1C"} | ({"{auth_authen}": user} if user else {})
     mta.send(
         Macro(ord("M"), macros),
         EnvelopeFrom(b"<sender@remote.test>"),
-        EnvelopeRecipient(b"<alice@example.test>"),
+        *(EnvelopeRecipient(f"<{rcpt}>".encode()) for rcpt in rcpts),
         Data(),
     )
     for line in head.split(b"\r\n"):
@@ -172,12 +219,13 @@ def transaction(mta: Mta, raw: bytes, *, user: str | None = None) -> list[Messag
     return mta.until_final()
 
 
-def connect(mta: Mta) -> None:
-    mta.send(Negotiate(6, ActionFlags.ALL, EVERYTHING))
+def connect(mta: Mta, actions: ActionFlags = ActionFlags.ALL) -> Negotiate:
+    mta.send(Negotiate(6, actions, EVERYTHING))
     reply = mta.receive()
     assert isinstance(reply, Negotiate)
     assert ProtocolFlags.NR_HEADER in reply.protocol_flags
     mta.send(Connect("mx.remote.test", IPv4Address("192.0.2.7"), 25), Helo("mx.remote.test"))
+    return reply
 
 
 @pytest.fixture
@@ -186,8 +234,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
     with Service(tmp_path / "data", env=env) as svc:
         with svc.client() as admin:
             for i in range(12):
-                feedback(admin, message(1000 + i, spammy=False), "ham")
-                feedback(admin, message(1000 + i, spammy=True), "spam")
+                train(admin, message(1000 + i, spammy=False), "ham")
+                train(admin, message(1000 + i, spammy=True), "spam")
             assert wait_for(lambda: admin.get("/v1/model").json()["spam"] >= 12, 30)
         yield svc
 
@@ -243,3 +291,109 @@ def test_a_dead_service_fails_open_or_closed(tmp_path: Path, mode: str, expected
             mta.close()
     assert shape(replies) == shape([expected])  # fail open: unscanned and unmarked
     assert f"failing {mode}" in milter.log()
+
+
+# -- per-recipient verdicts, from a stand-in service whose answer each test sets: the
+# per-recipient part of /v1/score exercised apart from how the service reaches it ------
+
+
+@pytest.fixture
+def canned() -> Iterator[CannedService]:
+    with CannedService() as service:
+        yield service
+
+
+BOB, CAROL = "Bob@Example.test", "carol@example.test"
+BOB_JUNKS = {
+    "score": 0.02,
+    "verdict": "ham",
+    "action": "accept",
+    "reasons": [{"name": "model", "weight": 1.0, "detail": "..."}],
+    "recipients": [
+        {
+            "rcpt": "bob@example.test",
+            "verdict": "spam",
+            "action": "tag",
+            "score": 0.93,
+            "reasons": [{"name": "personal_sender", "weight": 3.0, "detail": "..."}],
+        },
+        {"rcpt": CAROL, "verdict": "ham", "action": "accept", "score": 0.02, "reasons": []},
+    ],
+}
+
+
+def _recipient_edits(replies: list[Message]) -> list[tuple[object, ...]]:
+    return shape([r for r in replies if isinstance(r, AddRecipient | RemoveRecipient)])
+
+
+def test_the_milter_marks_only_the_copy_of_the_recipient_whose_verdict_is_stricter(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    canned.answer.update(BOB_JUNKS)
+    metrics = free_port()
+    args = ("--service-url", canned.url, "--metrics-port", str(metrics))
+    with GatewayProcess("milter", tmp_path, *args) as milter:
+        mta = Mta(milter.port)
+        try:
+            assert connect(mta).action_flags & RECIPIENT_ACTIONS == RECIPIENT_ACTIONS
+            replies = transaction(mta, message(7, spammy=False), rcpts=(BOB, CAROL))
+            outbound = transaction(mta, message(8, spammy=False), user="bob@example.test")
+        finally:
+            mta.close()
+        exposed = httpx.get(f"http://127.0.0.1:{metrics}/metrics").text
+    assert _recipient_edits(replies) == shape(
+        [RemoveRecipient(f"<{BOB}>"), AddRecipient("<Bob+junk@Example.test>")]
+    )
+    assert isinstance(replies[-1], Accept)
+    added = {r.name: bytes(r.value) for r in replies if isinstance(r, AddHeader)}
+    assert added["X-Mailsift-Verdict"] == b"ham"  # the shared verdict, in every copy
+    assert "Subject" not in added  # bob's "tag" is his alone
+    assert canned.calls[0]["rcpt"] == [BOB, CAROL]
+    assert _recipient_edits(outbound) == []  # outbound mail is never marked
+    assert "mailsift_gateway_junk_marks_total 1.0" in exposed
+    assert "1 recipient(s) marked for Junk" in milter.log()
+
+
+def test_with_marking_off_or_refused_by_the_mta_every_copy_is_left_alone(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    url = canned.url
+    canned.answer.update(BOB_JUNKS)
+    off = {"MAILSIFT_GATEWAY_JUNK_MARKING": "false"}
+    with GatewayProcess("milter", tmp_path, "--service-url", url, env=off) as milter:
+        mta = Mta(milter.port)
+        try:
+            assert not connect(mta).action_flags & RECIPIENT_ACTIONS
+            replies = transaction(mta, message(9, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+    assert _recipient_edits(replies) == [] and isinstance(replies[-1], Accept)
+    with GatewayProcess("milter", tmp_path, "--service-url", url) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta, ActionFlags.ALL & ~ActionFlags.ADD_RECIPIENT)
+            replies = transaction(mta, message(10, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+        assert "does not allow changing recipients" in milter.log()
+    assert _recipient_edits(replies) == [] and isinstance(replies[-1], Accept)
+
+
+@pytest.mark.parametrize(
+    "recipients",
+    ["not a list", [{"rcpt": "bob@example.test", "action": "explode"}], [None]],
+)
+def test_a_malformed_recipients_field_never_fails_the_message(
+    tmp_path: Path, canned: CannedService, recipients: object
+) -> None:
+    canned.answer.update(BOB_JUNKS, recipients=recipients)
+    args = ("--service-url", canned.url, "--fail-mode", "closed")
+    with GatewayProcess("milter", tmp_path, *args) as m:
+        mta = Mta(m.port)
+        try:
+            connect(mta)
+            replies = transaction(mta, message(11, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+    assert _recipient_edits(replies) == [] and isinstance(replies[-1], Accept)
+    assert any(isinstance(r, AddHeader) and r.name == "X-Mailsift-Verdict" for r in replies)
