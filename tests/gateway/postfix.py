@@ -3,7 +3,9 @@
 Nothing of the system's Postfix is used but its programs: ``main.cf``/``master.cf`` are
 written into a fresh directory, the SMTP server listens on a free loopback port, the
 test domain's mail is delivered into Maildirs under that directory and every other
-domain's mail is discarded, so no mail ever leaves the machine. Postfix's daemons run
+domain's mail is discarded, so no mail ever leaves the machine. ``recipient_delimiter``
+is ``+``, as the milter's Junk mark needs: ``bob+junk@`` is delivered into bob's Maildir
+with ``Delivered-To: bob+junk@…`` in that copy. Postfix's daemons run
 as the ``postfix`` user, which must be able to reach the directory: it lives under
 ``/tmp`` with mode 0755, not in pytest's private tmp tree.
 """
@@ -74,7 +76,7 @@ class Postfix:
         listeners: dict[str, dict[str, str]],
         policy_port: int | None,
         internal_network: str,
-        mailboxes: tuple[str, ...] = ("alice", "bob"),
+        mailboxes: tuple[str, ...] = ("alice", "bob", "carol"),
     ) -> None:
         """``listeners``: name -> main.cf overrides of one SMTP server (each on its own
         port, ``self.ports[name]``), e.g. ``{"smtpd_milters": "inet:127.0.0.1:8472"}``."""
@@ -129,6 +131,8 @@ class Postfix:
             "virtual_uid_maps": f"static:{user.pw_uid}",
             "virtual_gid_maps": f"static:{user.pw_gid}",
             "virtual_minimum_uid": "1",
+            # bob+junk@ is bob's mailbox: the milter marks a copy for Junk this way.
+            "recipient_delimiter": "+",
             # The policy server judges recipients: Postfix's own check must not beat it.
             "smtpd_reject_unlisted_recipient": "no",
             # Nothing leaves the machine: every other domain's mail is thrown away.

@@ -6,6 +6,8 @@ installs it). One stack for the module: a service taught a little ham and spam, 
 milters sharing it (one failing open, one failing closed, each behind its own Postfix
 SMTP port), a policy server, and one private Postfix instance. 127.0.0.2 is the internal
 network: a client connecting from there sends outbound mail, from 127.0.0.1 inbound.
+Postfix's ``recipient_delimiter`` is ``+``, so the milter's Junk mark (``bob+junk@``)
+reaches bob's Maildir.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import email.policy
 import smtplib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
+from mailsift.gateway.client import ScoreAnswer
+from mailsift.gateway.decisions import stricter
 from tests.gateway.postfix import DOMAIN, Postfix, postfix_missing
-from tests.gateway.processes import GatewayProcess, gateway_token
-from tests.service.server import Service, feedback, message, wait_for
+from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
+from tests.service.server import Service, message, train, wait_for
 
 pytestmark = [
     pytest.mark.postfix,
@@ -39,12 +44,13 @@ class Stack:
     postfix: Postfix
     open_port: int
     closed_port: int
+    data: Path
 
 
 def _teach(client: httpx.Client, n: int = 12) -> None:
     for i in range(n):
-        feedback(client, message(1000 + i, spammy=False), "ham")
-        feedback(client, message(1000 + i, spammy=True), "spam")
+        train(client, message(1000 + i, spammy=False), "ham")
+        train(client, message(1000 + i, spammy=True), "spam")
 
     def learned() -> bool:
         model = client.get("/v1/model").json()
@@ -73,7 +79,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         token_file.write_text(gateway_token(data, service.env) + "\n")
         token_file.chmod(0o600)
         recipients = tmp / "recipients"
-        recipients.write_text(f"alice@{DOMAIN}\nbob@{DOMAIN}\n")
+        recipients.write_text(f"alice@{DOMAIN}\nbob@{DOMAIN}\ncarol@{DOMAIN}\n")
         common = (
             "--service-url",
             service.url,
@@ -102,7 +108,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ) as postfix,
         ):
             try:
-                yield Stack(service, postfix, postfix.ports["open"], postfix.ports["closed"])
+                yield Stack(service, postfix, postfix.ports["open"], postfix.ports["closed"], data)
             finally:
                 print(postfix.maillog()[-5000:])
                 print(fail_open.log(), fail_closed.log(), policy.log())
@@ -121,12 +127,18 @@ def _with_id(raw: bytes, message_id: str) -> bytes:
     return b"\r\n".join([*lines, f"Message-ID: <{message_id}>".encode()]) + b"\r\n\r\n" + body
 
 
-def _delivered(postfix: Postfix, mailbox: str, message_id: str) -> email.message.Message | None:
+def _delivered_raw(postfix: Postfix, mailbox: str, message_id: str) -> bytes | None:
+    """The copy in ``mailbox`` whose Message-ID holds ``message_id``, as delivered."""
     for raw in postfix.delivered(mailbox):
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         if message_id in str(msg.get("Message-ID", "")):
-            return msg
+            return raw
     return None
+
+
+def _delivered(postfix: Postfix, mailbox: str, message_id: str) -> email.message.Message | None:
+    raw = _delivered_raw(postfix, mailbox, message_id)
+    return None if raw is None else email.message_from_bytes(raw, policy=email.policy.default)
 
 
 def test_inbound_ham_is_delivered_with_the_mailsift_headers(stack: Stack) -> None:
@@ -181,6 +193,116 @@ def test_a_nonexistent_local_recipient_is_rejected_at_rcpt(stack: Stack) -> None
         s.sendmail("someone@remote.test", [f"nobody@{DOMAIN}"], message(4, spammy=False))
     code, text = refused.value.recipients[f"nobody@{DOMAIN}"]
     assert code == 550 and b"5.1.1" in text, (code, text)
+
+
+def _from(sender: str, n: int, message_id: str) -> bytes:
+    """An ordinary (hammy) message from ``sender``: the model alone lets it through."""
+    return _with_id(message(n, spammy=False), message_id).replace(
+        f"From: sender{n}@example.org".encode(), f"From: {sender}".encode()
+    )
+
+
+def test_a_report_files_that_users_copy_into_junk_and_nobody_elses(stack: Stack) -> None:
+    """Bob reports a sender as spam; its next message to bob and carol: carol's copy is
+    delivered unmarked, bob's carries the Junk mark (``Delivered-To: bob+junk@…``)."""
+    sender, bob, carol = "promo@sender.test", f"bob@{DOMAIN}", f"carol@{DOMAIN}"
+    with smtp(stack.open_port) as s:
+        s.sendmail(sender, [bob], _from(sender, 31, "first-31@sender.test"))
+    assert wait_for(lambda: _delivered(stack.postfix, "bob", "first-31@") is not None, 30)
+    first = _delivered(stack.postfix, "bob", "first-31@")
+    assert first is not None and first["X-Mailsift-Verdict"] == "ham"
+    assert first["Delivered-To"] == bob  # unmarked before his report
+    as_received = _delivered_raw(stack.postfix, "bob", "first-31@")
+
+    bobs_token = gateway_token(stack.data, stack.service.env, "--role", "user", "--address", bob)
+    with stack.service.client(bobs_token) as as_bob:
+        reported = as_bob.post(
+            "/v1/feedback",
+            params={"label": "spam", "user": bob},
+            content=as_received,
+            headers={"content-type": "message/rfc822"},
+        )
+        assert reported.status_code == 200, reported.text
+
+    probe = _from(sender, 33, "probe-33@sender.test")
+    answers: list[object] = []
+
+    def bob_is_stricter() -> bool:  # once the report has reached bob's personal layer
+        with stack.service.client() as admin:
+            body = admin.post(
+                "/v1/score",
+                params={"direction": "inbound", "mail_from": sender, "rcpt": [bob, carol]},
+                content=probe,
+                headers={"content-type": "message/rfc822"},
+            ).json()
+        answers.append(body)
+        answer = ScoreAnswer.from_json(body)
+        return any(r.rcpt == bob and stricter(r, answer) for r in answer.recipients)
+
+    assert wait_for(bob_is_stricter, 30, interval=0.5), f"no stricter verdict: {answers[-1]}"
+
+    with smtp(stack.open_port) as s:
+        s.sendmail(sender, [bob, carol], _from(sender, 32, "second-32@sender.test"))
+
+    def both() -> bool:
+        return all(_delivered(stack.postfix, box, "second-32@") for box in ("bob", "carol"))
+
+    assert wait_for(both, 30), stack.postfix.maillog()[-3000:]
+    carols = _delivered(stack.postfix, "carol", "second-32@")
+    bobs = _delivered(stack.postfix, "bob", "second-32@")
+    assert carols is not None and bobs is not None
+    assert carols["Delivered-To"] == carol and carols["X-Original-To"] == carol
+    assert "junk" not in carols.as_string().lower()  # nothing tells carol what bob did
+    assert bobs["Delivered-To"] == f"bob+junk@{DOMAIN}"
+    assert carols["X-Mailsift-Verdict"] == bobs["X-Mailsift-Verdict"] == "ham"  # shared
+
+
+def _personal(rcpt: str, action: str, verdict: str) -> dict[str, object]:
+    return {"rcpt": rcpt, "verdict": verdict, "action": action, "score": 0.9, "reasons": []}
+
+
+def test_postfix_delivers_the_marked_copy_into_the_users_maildir(tmp_path: Path) -> None:
+    """The Postfix half of the Junk mark, with a stand-in service whose answer names
+    stricter verdicts for bob and for Alice+Lists (spelled so by the client): Postfix
+    deletes each as the client spelled it and delivers the marked address into the same
+    Maildir with ``Delivered-To`` naming it; carol's copy stays as it was."""
+    alice, bob, carol = f"Alice+Lists@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{DOMAIN}"
+    with (
+        CannedService() as canned,
+        GatewayProcess("milter", tmp_path, "--service-url", canned.url) as milter,
+        Postfix(
+            listeners={"in": {"smtpd_milters": f"inet:127.0.0.1:{milter.port}"}},
+            policy_port=None,
+            internal_network=f"{INTERNAL}/32",
+        ) as postfix,
+    ):
+        canned.answer.update(
+            score=0.3,
+            verdict="suspect",
+            action="tag",
+            reasons=[{"name": "model"}],
+            recipients=[
+                _personal(alice.lower(), "quarantine", "suspect"),
+                _personal(bob, "tag", "spam"),
+                _personal(carol, "accept", "ham"),  # looser: changes nothing
+            ],
+        )
+        raw = _with_id(message(41, spammy=False), "canned-41@sender.test")
+        with smtp(postfix.ports["in"]) as s:
+            s.sendmail("promo@sender.test", [alice, bob, carol], raw)
+
+        def delivered() -> bool:
+            boxes = ("alice", "bob", "carol")
+            return all(_delivered(postfix, box, "canned-41@") for box in boxes)
+
+        assert wait_for(delivered, 30), postfix.maillog()[-3000:] + milter.log()
+        copies = {box: _delivered(postfix, box, "canned-41@") for box in ("alice", "bob", "carol")}
+    assert copies["carol"] is not None and copies["carol"]["Delivered-To"] == carol
+    assert copies["bob"] is not None and copies["bob"]["Delivered-To"] == f"bob+junk@{DOMAIN}"
+    assert copies["alice"] is not None
+    assert copies["alice"]["Delivered-To"] == f"Alice+junk@{DOMAIN}"
+    for copy in copies.values():  # the shared outcome, in every copy
+        assert copy is not None and copy["Subject"].startswith("[SPAM?] ")
 
 
 def test_with_the_service_stopped_fail_open_delivers_and_fail_closed_tempfails(
