@@ -1,4 +1,10 @@
-"""This process's model: the newest valid snapshot plus the training-log entries after it.
+"""This process's models: the newest valid snapshot plus the training-log entries after it.
+
+Shared entries teach the shared :class:`SpamModel` and the exact labels (which message
+an administrator or users in consensus labelled how); personal entries build the users'
+:class:`PersonalLayers`. A snapshot holds the shared model only, so the rest is replayed
+from the log's entries up to the snapshot's position first, from their metadata alone
+(cheap: no message is read or parsed for them).
 
 Every worker (and every replica) runs one :class:`Learner`. It applies log entries in
 position order, so the same log gives the same model everywhere without a coordinator.
@@ -20,10 +26,12 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.personal import PersonalLayers
+from mailsift.learning.sources import Source
+from mailsift.learning.trainlog import Label, LogEntry, TrainingLog
 from mailsift.models.ensemble import SpamModel
 from mailsift.models.parse import ParseLimits, parse_message
 from mailsift.models.snapshot import SnapshotError, SnapshotInfo, load_snapshot, save_snapshot
-from mailsift.learning.trainlog import LogEntry, TrainingLog
 
 __all__ = ["Learner", "ModelStatus"]
 
@@ -60,6 +68,14 @@ class Learner:
         self.snapshot_every_entries = snapshot_every_entries
         self.snapshot_every_seconds = snapshot_every_seconds
         self.model = SpamModel()
+        self.personal = PersonalLayers()
+        self.labels: dict[str, Label] = {}
+        """Fingerprint -> the label an administrator or users in consensus gave that
+        very message (outbound mail's labels are not here: they teach the model only)."""
+        self._meta_position = 0
+        """Entries up to here are in :attr:`personal` and :attr:`labels` (may run ahead
+        of :attr:`position` after a snapshot from the past is installed: each entry sets
+        a key's state outright, so replaying entries again changes nothing)."""
         self.position = 0
         self.snapshot: SnapshotInfo | None = None
         self.updated_at = time.time()
@@ -106,6 +122,7 @@ class Learner:
             self._install(
                 model, info, _stamp(self.snapshot_path) if path == self.snapshot_path else None
             )
+            self._replay_meta(info.log_position)
             log.info("loaded snapshot %s at log position %d", info.model_version, info.log_position)
             return
         log.info("no snapshot: starting with an empty model")
@@ -125,6 +142,8 @@ class Learner:
             return False
         async with self._apply_lock:
             self._install(model, info, stamp)
+            entries = await run_in_threadpool(self._meta_entries, info.log_position)
+            self._apply_all_meta(entries, info.log_position)
         await self.catch_up()
         log.info("reloaded snapshot %s at log position %d", info.model_version, info.log_position)
         return True
@@ -136,6 +155,47 @@ class Learner:
         self._stamp = stamp
         self._unsnapshotted = 0
         self.updated_at = time.time()
+
+    def _replay_meta(self, until: int) -> None:
+        self._apply_all_meta(self._meta_entries(until), until)
+
+    def _meta_entries(self, until: int) -> list[LogEntry]:
+        """Entries after what the metadata state holds, up to ``until`` (reads only: may
+        run in a thread; that state is changed on the loop, where scoring reads it)."""
+        entries: list[LogEntry] = []
+        after = self._meta_position
+        while after < until:
+            batch = self.trainlog.read_meta(after, until)
+            if not batch:
+                break
+            entries += batch
+            after = batch[-1].position
+        return entries
+
+    def _apply_all_meta(self, entries: list[LogEntry], until: int) -> None:
+        for entry in entries:
+            self._apply_meta(entry)
+        self._meta_position = max(self._meta_position, until)
+
+    def _apply_meta(self, entry: LogEntry) -> None:
+        """What an entry changes besides the shared model: a user's layer, or the label
+        of that exact message."""
+        if entry.position <= self._meta_position:
+            return
+        self._meta_position = entry.position
+        if entry.layer:
+            self.personal.apply(
+                entry.layer,
+                entry.position,
+                entry.fingerprint,
+                entry.label,
+                entry.undo_label,
+                entry.sender,
+            )
+        elif entry.label is None:
+            self.labels.pop(entry.fingerprint, None)
+        elif entry.source != Source.OUTBOUND.value:
+            self.labels[entry.fingerprint] = entry.label
 
     async def snapshot_if_due(self) -> SnapshotInfo | None:
         due = self._unsnapshotted >= self.snapshot_every_entries or (
@@ -180,6 +240,10 @@ class Learner:
         return applied
 
     def _apply(self, entry: LogEntry) -> None:
+        self._apply_meta(entry)
+        if entry.layer:
+            self._advance(entry)
+            return
         model = self.model
         if entry.undo_label:
             learned = model.features(parse_message(entry.undo_raw, self.limits))
@@ -191,6 +255,9 @@ class Learner:
                 log.warning("entry %d: %s", entry.position, exc)
         if entry.label:
             model.learn(model.features(parse_message(entry.raw, self.limits)), entry.label)
+        self._advance(entry)
+
+    def _advance(self, entry: LogEntry) -> None:
         self.position = entry.position
         self._unsnapshotted += 1
         self.updated_at = time.time()

@@ -5,6 +5,13 @@ positions must be gap-free and must become visible in order: a reader that has a
 up to N can never later find an entry below N. Appends therefore run one at a time under
 a database-wide write lock (see `db.write_transaction`), and the label check, the entry
 and the current-label update commit as one transaction.
+
+Two layers share the one sequence. *Shared* entries (layer ``""``) teach the model every
+recipient's verdict comes from; *personal* entries (layer = a user's address) are that
+user's own reports and change only their verdicts. Who may set a shared label is decided
+here, inside the same transaction, so every replica replays the same decisions: a lower
+:class:`~mailsift.learning.sources.Source` never replaces a higher one's label, and
+users' reports reach the shared layer only by consensus (:mod:`.consensus`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from sqlalchemy import (
     Connection,
     Double,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -35,11 +43,14 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
+from mailsift.learning.consensus import Tally, agreed_label
+from mailsift.learning.sources import SHARED, Source, outranks
 from mailsift.service.db import (
     create_db_engine,
     describe,
@@ -49,11 +60,14 @@ from mailsift.service.db import (
 )
 
 Label = Literal["ham", "spam"]
-Result = Literal["learned", "unchanged", "relabelled", "forgotten"]
+Result = Literal["learned", "unchanged", "relabelled", "forgotten", "kept"]
+SharedResult = Literal["pending", "learned", "relabelled", "withdrawn", "unchanged", "kept"]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 MAX_SOURCE = 32
 MAX_ACTOR = 320
+MAX_ADDRESS = 320
+DAY = 86_400.0
 MAX_READ = 10_000
 _FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
 _LABELS: frozenset[str] = frozenset(get_args(Label))
@@ -65,10 +79,40 @@ class TrainingLogError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """What an append or forget did, and the position of the entry that holds the label."""
+    """What an append or forget did, and the position of the entry that holds the label.
+
+    ``kept``: a higher source holds another label (``held_by``), which stays.
+    """
 
     result: Result
     position: int
+    held_by: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedOutcome:
+    """What a user's report did to the shared model.
+
+    ``pending``: not (yet) agreed by enough users; ``kept``: an administrator's label
+    stands; ``withdrawn``: users no longer agree, the consensus example was taken back.
+    """
+
+    result: SharedResult
+    reports: int
+    """Distinct users whose counted reports hold the reported label now."""
+    needed: int
+    counted: bool
+    """Whether this report counts towards consensus (the user's daily allowance)."""
+    position: int = 0
+    """The shared entry written, when one was."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """A user's report: its effect on the user's own layer, and on the shared one."""
+
+    personal: AppendResult
+    shared: SharedOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +131,11 @@ class LogEntry:
     source: str
     actor: str
     created_at: float
+    layer: str = SHARED
+    """``""`` for the shared model, else the address of the user whose layer it is."""
+    sender: str | None = None
+    """The reported message's From address (personal entries): a personal layer learns
+    the sender too, so further mail from it is judged for that user alone."""
 
 
 _metadata = MetaData()
@@ -104,6 +153,8 @@ _entries = Table(
     Column("source", String(MAX_SOURCE), nullable=False),
     Column("actor", String(MAX_ACTOR), nullable=False),
     Column("created_at", Double, nullable=False),
+    Column("layer", String(MAX_ADDRESS), nullable=False, server_default=""),
+    Column("sender", String(MAX_ADDRESS)),
     CheckConstraint("label IN ('ham', 'spam')", name="trainlog_entries_label"),
     CheckConstraint("undo_label IN ('ham', 'spam')", name="trainlog_entries_undo_label"),
     CheckConstraint("label IS NOT NULL OR undo_label IS NOT NULL", name="trainlog_entries_op"),
@@ -117,7 +168,23 @@ _labels = Table(
     Column("fingerprint", String(128), primary_key=True),
     Column("label", String(4), nullable=False),
     Column("position", _position, nullable=False),
+    Column("source", String(MAX_SOURCE), nullable=False, server_default=Source.ADMIN.value),
     CheckConstraint("label IN ('ham', 'spam')", name="trainlog_labels_label"),
+)
+
+# Each user's current report per message (their personal layer's labels), and whether it
+# counts towards consensus: the consensus tally is a count over this table.
+_reports = Table(
+    "trainlog_reports",
+    _metadata,
+    Column("user", String(MAX_ADDRESS), primary_key=True),
+    Column("fingerprint", String(128), primary_key=True),
+    Column("label", String(4), nullable=False),
+    Column("position", _position, nullable=False),
+    Column("counted", Integer, nullable=False),
+    Column("created_at", Double, nullable=False),
+    CheckConstraint("label IN ('ham', 'spam')", name="trainlog_reports_label"),
+    Index("trainlog_reports_fingerprint", "fingerprint", "label"),
 )
 
 _meta = Table(
@@ -138,46 +205,182 @@ class TrainingLog:
         self._write_lock = threading.Lock()  # queue this process's writers in Python
         self._closed = False
 
+    # -- the shared layer --------------------------------------------------------------
+
     def append(
-        self, fingerprint: str, label: Label, raw: bytes, *, source: str, actor: str
+        self,
+        fingerprint: str,
+        label: Label,
+        raw: bytes,
+        *,
+        source: Source,
+        actor: str,
+        sender: str | None = None,
     ) -> AppendResult:
-        """Record ``label`` for ``fingerprint``; returns once the entry is committed."""
+        """Set the shared label of ``fingerprint``; returns once the entry is committed.
+
+        A source never replaces the label of a higher one (``kept``); outbound mail only
+        ever adds, so it never relabels anything. The same label from a higher source
+        takes the label over (so a later forget by a lower one cannot undo it).
+        """
         _check_label(label)
         _check_entry(fingerprint, source, actor)
+        if source is Source.USER:
+            raise ValueError("users teach the shared layer only through report()")
         packed = zlib.compress(raw)
         with self._writing("append") as conn:
-            current = _current(conn, fingerprint)
+            held = _shared(conn, fingerprint)
+            if held is not None:
+                held_label, held_position, holder = held
+                if held_label == label:
+                    if holder is not source and outranks(source, holder):
+                        _set_holder(conn, fingerprint, source)
+                    return AppendResult("unchanged", held_position, holder)
+                if source is Source.OUTBOUND or not outranks(source, holder):
+                    return AppendResult("kept", held_position, holder)
+            return _set_shared(conn, fingerprint, label, packed, source, actor, sender, held)
+
+    def forget(self, fingerprint: str, *, actor: str) -> AppendResult:
+        """An administrator takes a message back entirely: its shared example and every
+        user's report of it. Unknown -> unchanged, 0."""
+        _check_entry(fingerprint, Source.ADMIN, actor)
+        with self._writing("forget") as conn:
+            held = _shared(conn, fingerprint)
+            position = 0
+            if held is not None:
+                position = _undo_shared(conn, fingerprint, held, Source.ADMIN, actor)
+            reports = conn.execute(
+                select(_reports.c.user, _reports.c.label, _reports.c.position).where(
+                    _reports.c.fingerprint == fingerprint
+                )
+            ).all()
+            for user, label, at in sorted(reports):
+                position = _insert_entry(
+                    conn,
+                    fingerprint,
+                    None,
+                    _as_label(label),
+                    int(at),
+                    b"",
+                    Source.ADMIN,
+                    actor,
+                    layer=user,
+                )
+            conn.execute(delete(_reports).where(_reports.c.fingerprint == fingerprint))
+            if position == 0:
+                return AppendResult("unchanged", 0)
+            return AppendResult("forgotten", position)
+
+    def confirm(self, fingerprint: str, label: Label, *, actor: str) -> AppendResult | None:
+        """An administrator confirms users' reports: the shared layer learns ``label``
+        from the newest report of it; None when no user reported it so."""
+        _check_label(label)
+        _check_entry(fingerprint, Source.ADMIN, actor)
+        with self._writing("confirm") as conn:
+            newest = conn.execute(
+                select(func.max(_reports.c.position)).where(
+                    _reports.c.fingerprint == fingerprint, _reports.c.label == label
+                )
+            ).scalar()
+            if newest is None:
+                return None
+            packed, sender = conn.execute(
+                select(_entries.c.raw, _entries.c.sender).where(_entries.c.position == newest)
+            ).one()
+            held = _shared(conn, fingerprint)
+            if held is not None and held[0] == label:
+                _set_holder(conn, fingerprint, Source.ADMIN)
+                return AppendResult("unchanged", held[1], Source.ADMIN)
+            return _set_shared(conn, fingerprint, label, packed, Source.ADMIN, actor, sender, held)
+
+    # -- users' reports ----------------------------------------------------------------
+
+    def report(
+        self,
+        user: str,
+        fingerprint: str,
+        label: Label,
+        raw: bytes,
+        *,
+        sender: str | None,
+        needed: int,
+        per_user_per_day: int,
+        now: float | None = None,
+    ) -> ReportResult:
+        """A user's report: their personal layer learns it at once; the shared layer only
+        when ``needed`` users agree (each user's reports count towards that up to
+        ``per_user_per_day`` a day). One transaction, so replicas replay one decision."""
+        _check_label(label)
+        _check_entry(fingerprint, Source.USER, user)
+        _check_address(user, "user")
+        if not user:
+            raise ValueError("user must not be empty")
+        sender = _cap_address(sender)
+        now = time.time() if now is None else now
+        packed = zlib.compress(raw)
+        with self._writing("report") as conn:
+            current = _report_of(conn, user, fingerprint)
             if current is not None and current[0] == label:
-                return AppendResult("unchanged", current[1])
-            undo = None if current is None else current[0]
-            undo_position = None if current is None else current[1]
+                personal = AppendResult("unchanged", current[1])
+                return ReportResult(personal, _settle(conn, fingerprint, label, needed, False))
+            counted = _within_allowance(conn, user, fingerprint, per_user_per_day, now)
             position = _insert_entry(
-                conn, fingerprint, label, undo, undo_position, packed, source, actor
+                conn,
+                fingerprint,
+                label,
+                None if current is None else current[0],
+                None if current is None else current[1],
+                packed,
+                Source.USER,
+                user,
+                layer=user,
+                sender=sender,
             )
+            values = {"label": label, "position": position, "counted": int(counted)}
             if current is None:
                 conn.execute(
-                    insert(_labels).values(fingerprint=fingerprint, label=label, position=position)
+                    insert(_reports).values(
+                        user=user, fingerprint=fingerprint, created_at=now, **values
+                    )
                 )
-                return AppendResult("learned", position)
-            conn.execute(
-                update(_labels)
-                .where(_labels.c.fingerprint == fingerprint)
-                .values(label=label, position=position)
-            )
-            return AppendResult("relabelled", position)
+                personal = AppendResult("learned", position)
+            else:
+                conn.execute(
+                    update(_reports)
+                    .where(_reports.c.user == user, _reports.c.fingerprint == fingerprint)
+                    .values(created_at=now, **values)
+                )
+                personal = AppendResult("relabelled", position)
+            return ReportResult(personal, _settle(conn, fingerprint, label, needed, counted))
 
-    def forget(self, fingerprint: str, *, source: str, actor: str) -> AppendResult:
-        """Undo a fingerprint's example entirely (a wrong report); unknown -> unchanged, 0."""
-        _check_entry(fingerprint, source, actor)
-        with self._writing("forget") as conn:
-            current = _current(conn, fingerprint)
+    def withdraw(self, user: str, fingerprint: str, *, needed: int) -> ReportResult:
+        """A user takes their own report back; consensus is counted again without it."""
+        _check_entry(fingerprint, Source.USER, user)
+        with self._writing("withdraw") as conn:
+            current = _report_of(conn, user, fingerprint)
             if current is None:
-                return AppendResult("unchanged", 0)
+                return ReportResult(
+                    AppendResult("unchanged", 0), SharedOutcome("unchanged", 0, needed, False)
+                )
+            label, at = current
             position = _insert_entry(
-                conn, fingerprint, None, current[0], current[1], b"", source, actor
+                conn, fingerprint, None, label, at, b"", Source.USER, user, layer=user
             )
-            conn.execute(delete(_labels).where(_labels.c.fingerprint == fingerprint))
-            return AppendResult("forgotten", position)
+            conn.execute(
+                delete(_reports).where(
+                    _reports.c.user == user, _reports.c.fingerprint == fingerprint
+                )
+            )
+            shared = _settle(conn, fingerprint, label, needed, False)
+            return ReportResult(AppendResult("forgotten", position), shared)
+
+    def report_of(self, user: str, fingerprint: str) -> Label | None:
+        """The label ``user``'s report gives ``fingerprint`` now, or None."""
+        with self._reading("report lookup") as conn:
+            current = _report_of(conn, user, fingerprint)
+        return None if current is None else current[0]
+
+    # -- reading -----------------------------------------------------------------------
 
     def read(self, after: int, limit: int = 500) -> list[LogEntry]:
         """Entries with position > ``after``, ascending, at most ``limit`` of them."""
@@ -204,6 +407,50 @@ class TrainingLog:
                 source=row.source,
                 actor=row.actor,
                 created_at=row.created_at,
+                layer=row.layer,
+                sender=row.sender,
+            )
+            for row in rows
+        ]
+
+    def read_meta(self, after: int, until: int, limit: int = MAX_READ) -> list[LogEntry]:
+        """Entries in (``after``, ``until``], ascending, without their message bytes:
+        what a process that loaded a snapshot at ``until`` replays into what a snapshot
+        does not hold (users' layers, the labels of exact messages)."""
+        if not 1 <= limit <= MAX_READ:
+            raise ValueError(f"limit must be between 1 and {MAX_READ}")
+        e = _entries.c
+        query = (
+            select(
+                e.position,
+                e.fingerprint,
+                e.label,
+                e.undo_label,
+                e.source,
+                e.actor,
+                e.created_at,
+                e.layer,
+                e.sender,
+            )
+            .where(e.position > after, e.position <= until)
+            .order_by(e.position)
+            .limit(limit)
+        )
+        with self._reading("read") as conn:
+            rows = conn.execute(query).all()
+        return [
+            LogEntry(
+                position=row.position,
+                fingerprint=row.fingerprint,
+                label=_as_label(row.label),
+                undo_label=_as_label(row.undo_label),
+                raw=b"",
+                undo_raw=b"",
+                source=row.source,
+                actor=row.actor,
+                created_at=row.created_at,
+                layer=row.layer,
+                sender=row.sender,
             )
             for row in rows
         ]
@@ -214,20 +461,29 @@ class TrainingLog:
             return _head(conn)
 
     def label_of(self, fingerprint: str) -> Label | None:
-        """The label the fingerprint holds now, or None if never learned or forgotten."""
+        """The shared label the fingerprint holds now, or None (never learned, forgotten)."""
         with self._reading("label lookup") as conn:
-            current = _current(conn, fingerprint)
+            current = _shared(conn, fingerprint)
         return None if current is None else current[0]
 
+    def holder_of(self, fingerprint: str) -> tuple[Label, Source] | None:
+        """The shared label and the source that holds it, or None."""
+        with self._reading("label lookup") as conn:
+            current = _shared(conn, fingerprint)
+        return None if current is None else (current[0], current[2])
+
     def counts(self) -> dict[str, int]:
-        """How many fingerprints hold each label now."""
+        """How many fingerprints hold each shared label now."""
         query = select(_labels.c.label, func.count()).group_by(_labels.c.label)
         with self._reading("count") as conn:
             found = {str(label): int(n) for label, n in conn.execute(query).all()}
         return {label: found.get(label, 0) for label in sorted(_LABELS)}
 
-    def label_counts_since(self, since: float, *, source: str) -> dict[str, int]:
-        """Entries from ``source`` created at or after ``since`` that set each label.
+    def label_counts_since(
+        self, since: float, *, source: Source, personal: bool = False
+    ) -> dict[str, int]:
+        """Entries from ``source`` created at or after ``since`` that set each label, on
+        the shared layer (or, with ``personal``, on users' own layers).
 
         Positions and creation times grow together (appends run one at a time), so the
         window's first position is found by bisection on the primary key and only the
@@ -249,8 +505,9 @@ class TrainingLog:
                 .where(
                     _entries.c.position >= lo,
                     _entries.c.created_at >= since,
-                    _entries.c.source == source,
+                    _entries.c.source == source.value,
                     _entries.c.label.is_not(None),
+                    (_entries.c.layer != SHARED) if personal else (_entries.c.layer == SHARED),
                 )
                 .group_by(_entries.c.label)
             )
@@ -311,6 +568,9 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
             ).scalar()
             if version is None:
                 conn.execute(insert(_meta).values(key="schema_version", value=SCHEMA_VERSION))
+            elif version == "1":
+                _upgrade_from_1(conn)
+                version = SCHEMA_VERSION
     except SQLAlchemyError as exc:
         engine.dispose()
         raise _error("cannot open training log", exc, url) from exc
@@ -323,6 +583,22 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
     return TrainingLog(engine, url)
 
 
+def _upgrade_from_1(conn: Connection) -> None:
+    """Version 1 had one layer and free-form sources: every entry is shared; ``train``
+    was an administrator, ``feedback`` a user whose report the shared model took."""
+    for statement in (
+        "ALTER TABLE trainlog_entries ADD COLUMN layer VARCHAR(320) NOT NULL DEFAULT ''",
+        "ALTER TABLE trainlog_entries ADD COLUMN sender VARCHAR(320)",
+        "ALTER TABLE trainlog_labels ADD COLUMN source VARCHAR(32) NOT NULL DEFAULT 'admin'",
+        "UPDATE trainlog_entries SET source = CASE source WHEN 'outbound' THEN 'outbound' "
+        "WHEN 'feedback' THEN 'user' ELSE 'admin' END",
+        "UPDATE trainlog_labels SET source = (SELECT e.source FROM trainlog_entries e "
+        "WHERE e.position = trainlog_labels.position)",
+    ):
+        conn.execute(text(statement))
+    conn.execute(update(_meta).where(_meta.c.key == "schema_version").values(value=SCHEMA_VERSION))
+
+
 def _insert_entry(
     conn: Connection,
     fingerprint: str,
@@ -330,8 +606,11 @@ def _insert_entry(
     undo_label: Label | None,
     undo_position: int | None,
     packed: bytes,
-    source: str,
+    source: Source,
     actor: str,
+    *,
+    layer: str = SHARED,
+    sender: str | None = None,
 ) -> int:
     # Numbered under the write lock, so head + 1 is gap-free and commits in order.
     position = _head(conn) + 1
@@ -343,9 +622,11 @@ def _insert_entry(
             undo_label=undo_label,
             undo_position=undo_position,
             raw=packed,
-            source=source,
-            actor=actor,
+            source=source.value,
+            actor=actor[:MAX_ACTOR],
             created_at=time.time(),
+            layer=layer,
+            sender=sender,
         )
     )
     return position
@@ -355,14 +636,157 @@ def _head(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(_entries.c.position), 0))).scalar_one())
 
 
-def _current(conn: Connection, fingerprint: str) -> tuple[Label, int] | None:
-    query = select(_labels.c.label, _labels.c.position).where(_labels.c.fingerprint == fingerprint)
+def _shared(conn: Connection, fingerprint: str) -> tuple[Label, int, Source] | None:
+    query = select(_labels.c.label, _labels.c.position, _labels.c.source).where(
+        _labels.c.fingerprint == fingerprint
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    label = _as_label(row.label)
+    assert label is not None
+    return label, int(row.position), _as_source(row.source)
+
+
+def _set_holder(conn: Connection, fingerprint: str, source: Source) -> None:
+    conn.execute(
+        update(_labels).where(_labels.c.fingerprint == fingerprint).values(source=source.value)
+    )
+
+
+def _set_shared(
+    conn: Connection,
+    fingerprint: str,
+    label: Label,
+    packed: bytes,
+    source: Source,
+    actor: str,
+    sender: str | None,
+    held: tuple[Label, int, Source] | None,
+) -> AppendResult:
+    undo, undo_position = (None, None) if held is None else (held[0], held[1])
+    position = _insert_entry(
+        conn, fingerprint, label, undo, undo_position, packed, source, actor, sender=sender
+    )
+    values = {"label": label, "position": position, "source": source.value}
+    if held is None:
+        conn.execute(insert(_labels).values(fingerprint=fingerprint, **values))
+        return AppendResult("learned", position, source)
+    conn.execute(update(_labels).where(_labels.c.fingerprint == fingerprint).values(**values))
+    return AppendResult("relabelled", position, source)
+
+
+def _undo_shared(
+    conn: Connection,
+    fingerprint: str,
+    held: tuple[Label, int, Source],
+    source: Source,
+    actor: str,
+) -> int:
+    position = _insert_entry(conn, fingerprint, None, held[0], held[1], b"", source, actor)
+    conn.execute(delete(_labels).where(_labels.c.fingerprint == fingerprint))
+    return position
+
+
+def _report_of(conn: Connection, user: str, fingerprint: str) -> tuple[Label, int] | None:
+    query = select(_reports.c.label, _reports.c.position).where(
+        _reports.c.user == user, _reports.c.fingerprint == fingerprint
+    )
     row = conn.execute(query).first()
     if row is None:
         return None
     label = _as_label(row.label)
     assert label is not None
     return label, int(row.position)
+
+
+def _within_allowance(
+    conn: Connection, user: str, fingerprint: str, per_day: int, now: float
+) -> bool:
+    """Whether one more of ``user``'s reports may count towards consensus today."""
+    if per_day <= 0:
+        return False
+    used = conn.execute(
+        select(func.count())
+        .select_from(_reports)
+        .where(
+            _reports.c.user == user,
+            _reports.c.fingerprint != fingerprint,
+            _reports.c.counted == 1,
+            _reports.c.created_at > now - DAY,
+        )
+    ).scalar_one()
+    return int(used) < per_day
+
+
+def _tally(conn: Connection, fingerprint: str) -> Tally:
+    query = (
+        select(_reports.c.label, func.count())
+        .where(_reports.c.fingerprint == fingerprint, _reports.c.counted == 1)
+        .group_by(_reports.c.label)
+    )
+    found = {str(label): int(n) for label, n in conn.execute(query).all()}
+    return Tally(spam=found.get("spam", 0), ham=found.get("ham", 0))
+
+
+def _settle(
+    conn: Connection, fingerprint: str, reported: Label, needed: int, counted: bool
+) -> SharedOutcome:
+    """Bring the shared label in line with what users agree on, unless an admin's holds."""
+    tally = _tally(conn, fingerprint)
+    agreed = agreed_label(tally, needed)
+    held = _shared(conn, fingerprint)
+
+    def outcome(result: SharedResult, position: int = 0) -> SharedOutcome:
+        return SharedOutcome(result, tally.of(reported), needed, counted, position)
+
+    def standing() -> SharedOutcome:
+        if held is None:
+            return outcome("pending")
+        return outcome("unchanged" if held[0] == reported else "kept")
+
+    if held is not None and held[2] is Source.ADMIN:
+        return standing()
+    if agreed is None:
+        if held is not None and held[2] is Source.USER:
+            withdrawn = _undo_shared(conn, fingerprint, held, Source.USER, "consensus withdrawn")
+            return outcome("withdrawn", withdrawn)
+        return outcome("pending") if held is None or held[0] != reported else standing()
+    if held is not None and held[0] == agreed:
+        if held[2] is Source.OUTBOUND:
+            _set_holder(conn, fingerprint, Source.USER)
+        return standing()
+    newest = conn.execute(
+        select(func.max(_reports.c.position)).where(
+            _reports.c.fingerprint == fingerprint,
+            _reports.c.label == agreed,
+            _reports.c.counted == 1,
+        )
+    ).scalar_one()
+    packed, sender = conn.execute(
+        select(_entries.c.raw, _entries.c.sender).where(_entries.c.position == newest)
+    ).one()
+    actor = f"consensus of {tally.of(agreed)} users"
+    done = _set_shared(conn, fingerprint, agreed, packed, Source.USER, actor, sender, held)
+    return outcome("learned" if held is None else "relabelled", done.position)
+
+
+def _as_source(value: str) -> Source:
+    try:
+        return Source(value)
+    except ValueError:
+        raise TrainingLogError(f"training log holds an unknown source {value!r}") from None
+
+
+def _cap_address(value: str | None) -> str | None:
+    if not value:
+        return None
+    return value.strip().lower()[:MAX_ADDRESS] or None
+
+
+def _check_address(value: str, what: str) -> None:
+    if len(value) > MAX_ADDRESS:
+        raise ValueError(f"{what} must be at most {MAX_ADDRESS} characters")
 
 
 def _as_label(value: str | None) -> Label | None:
@@ -380,11 +804,11 @@ def _check_label(label: str) -> None:
         raise ValueError(f"label must be 'ham' or 'spam', not {label!r}")
 
 
-def _check_entry(fingerprint: str, source: str, actor: str) -> None:
+def _check_entry(fingerprint: str, source: Source, actor: str) -> None:
     if not _FINGERPRINT.fullmatch(fingerprint):
         raise ValueError("fingerprint must be 1-128 lowercase hex digits")
-    if not source or len(source) > MAX_SOURCE:
-        raise ValueError(f"source must be 1-{MAX_SOURCE} characters")
+    if not isinstance(source, Source):
+        raise ValueError(f"source must be one of {', '.join(Source)}, not {source!r}")
     if len(actor) > MAX_ACTOR:
         raise ValueError(f"actor must be at most {MAX_ACTOR} characters")
 

@@ -15,6 +15,9 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from mailsift import __version__
+from mailsift.learning.learner import Learner
+from mailsift.learning.outbound import OutboundQuota
+from mailsift.learning.trainlog import open_training_log
 from mailsift.service import monitor
 from mailsift.service.accounts.flow import flush_outbound, run_flusher
 from mailsift.service.accounts.store import AccountStore
@@ -24,12 +27,10 @@ from mailsift.service.auth import FeedbackLimiter, TokenStore, require
 from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
-from mailsift.learning.learner import Learner
 from mailsift.service.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
-from mailsift.learning.outbound import OutboundQuota
 from mailsift.service.routers import (
     accounts,
     audit,
@@ -45,7 +46,6 @@ from mailsift.service.routers import (
 from mailsift.service.routers import metrics as metrics_router
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
-from mailsift.learning.trainlog import open_training_log
 
 __all__ = ["create_app"]
 

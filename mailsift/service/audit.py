@@ -112,6 +112,8 @@ _events = Table(
     Index("audit_events_owner", "owner"),
     Index("audit_events_account", "direction", "account", "created_at"),
 )
+# Added after the first release: created on its own for trails that predate it.
+_BY_FINGERPRINT = Index("audit_events_fingerprint", _events.c.fingerprint)
 
 
 _INSERT = hot_statement(
@@ -229,6 +231,7 @@ class AuditTrail:
         self._dropped_logged = 0
         with write_transaction(engine, lock_key=_LOCK_KEY) as conn:
             _metadata.create_all(conn)  # under the write lock: processes race to create
+            _BY_FINGERPRINT.create(conn, checkfirst=True)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -406,6 +409,26 @@ class AuditTrail:
         with self._engine.connect() as conn:
             return [_from_row(row._mapping) for row in conn.execute(query)]
 
+    def scored_for(self, fingerprint: str, address: str) -> bool:
+        """Whether a message with ``fingerprint`` was scored with ``address`` (lower-case,
+        no brackets) among its recipients: what lets a user report only their own mail.
+        Looks at this process's rows still waiting to be written too."""
+        with self._lock:
+            for row in self._buffer:
+                if row.fingerprint == fingerprint and address in map(_rcpt_key, row.recipients):
+                    return True
+        query = (
+            select(_events.c.recipients)
+            .where(_events.c.fingerprint == fingerprint)
+            .order_by(_events.c.id.desc())
+            .limit(MAX_SEARCH)
+        )
+        with self._engine.connect() as conn:
+            for (recipients,) in conn.execute(query):
+                if address in map(_rcpt_key, _json_list(recipients)):
+                    return True
+        return False
+
     def count_since(self, since: float, *, direction: str | None = None) -> int:
         """Verdicts recorded at or after ``since``, optionally of one direction."""
         query = select(func.count()).select_from(_events).where(_events.c.created_at >= since)
@@ -512,6 +535,10 @@ def _cap(value: str | None, n: int) -> str | None:
 
 def _addr(value: str | None) -> str | None:
     return _cap(value.lower() if value else None, 320)
+
+
+def _rcpt_key(value: object) -> str:
+    return str(value).strip().strip("<>").strip().lower()
 
 
 def _message_id(value: str) -> str:

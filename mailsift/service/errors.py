@@ -21,6 +21,7 @@ __all__ = [
     "MessageTooLarge",
     "ModelNotReady",
     "NotFound",
+    "NotScoredForUser",
     "RateLimited",
     "StateUnavailable",
     "Unauthorized",
@@ -60,6 +61,13 @@ class Forbidden(ApiError):
 class NotFound(ApiError):
     status = 404
     code = "not_found"
+
+
+class NotScoredForUser(ApiError):
+    """A user reported a message that was never scored for one of their addresses."""
+
+    status = 403
+    code = "not_scored_for_user"
 
 
 class MessageTooLarge(ApiError):

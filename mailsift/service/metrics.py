@@ -47,14 +47,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mailsift.service.accounts import LIMIT_NAMES
 from mailsift.learning.trainlog import TrainingLogError
+from mailsift.service.accounts import LIMIT_NAMES
 
 if TYPE_CHECKING:
-    from mailsift.service.checks.base import Reason
-    from mailsift.service.dlp.scan import DlpReport
     from mailsift.learning.learner import ModelStatus
     from mailsift.learning.trainlog import LogEntry
+    from mailsift.service.checks.base import Reason
+    from mailsift.service.dlp.scan import DlpReport
 
 __all__ = [
     "MULTIPROCESS_DIR",

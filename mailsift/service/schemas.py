@@ -35,6 +35,15 @@ class ModelBrief(BaseModel):
     learning: bool
 
 
+class RecipientOut(BaseModel):
+    rcpt: str
+    score: float
+    verdict: Literal["ham", "suspect", "spam"]
+    action: Literal["accept", "tag", "quarantine", "reject", "defer"]
+    reasons: list[ReasonOut]
+    """Only this recipient's own (personal) reasons; the shared ones are the message's."""
+
+
 class ScoreOut(BaseModel):
     score: float
     verdict: Literal["ham", "suspect", "spam"]
@@ -44,13 +53,37 @@ class ScoreOut(BaseModel):
     model: ModelBrief
     fingerprint: str
     direction: Literal["inbound", "outbound"]
+    recipients: list[RecipientOut] | None = None
+    """Each recipient's verdict, when the request named recipients."""
     elapsed_ms: float
 
 
 class LearnOut(BaseModel):
-    result: Literal["learned", "unchanged", "relabelled", "forgotten"]
+    result: Literal["learned", "unchanged", "relabelled", "forgotten", "kept"]
+    """``kept``: a higher source holds another label, which stays (see ``held_by``)."""
     log_position: int
     fingerprint: str
+    scope: Literal["shared", "personal"]
+    held_by: Literal["admin", "user", "outbound"] | None = None
+
+
+class SharedOut(BaseModel):
+    result: Literal["pending", "learned", "relabelled", "withdrawn", "unchanged", "kept"]
+    reports: int
+    """Distinct users whose counted reports give the message this label now."""
+    needed: int
+    counted: bool
+    """Whether this report counts towards consensus (the user's daily allowance)."""
+
+
+class ReportOut(BaseModel):
+    result: Literal["learned", "unchanged", "relabelled", "forgotten"]
+    """What the report did to the reporter's own layer."""
+    log_position: int
+    fingerprint: str
+    scope: Literal["personal"]
+    shared: SharedOut
+    """What it did to the shared model every recipient's verdict starts from."""
 
 
 class ModelOut(BaseModel):
@@ -71,6 +104,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
         400: "bad or missing parameters",
+        403: "the token may not do this (or the message was not scored for the user)",
+        404: "no such item",
         413: "message over the size limit",
         415: "wrong Content-Type",
         422: "unusable message",

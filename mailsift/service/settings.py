@@ -269,6 +269,28 @@ class Settings(BaseSettings):
     feedback_per_token_per_minute: int = Field(
         60, ge=1, description="Feedback reports one token may send per minute (per worker)."
     )
+    feedback_consensus: int = Field(
+        3,
+        ge=1,
+        description="Distinct users whose reports of one message must agree before the "
+        "shared model learns it (an administrator's confirmation also does).",
+    )
+    feedback_consensus_per_user_per_day: int = Field(
+        20,
+        ge=0,
+        description="Reports per user and day that count towards consensus (all count for "
+        "the user's own verdicts); bounds one user's influence on the shared model.",
+    )
+    feedback_require_scored: bool = Field(
+        True,
+        description="A user may report only a message that was scored for one of their "
+        "addresses (per the audit trail); off for sites that import old mail.",
+    )
+    personal_sender: bool = Field(
+        True,
+        description="A user's spam report also makes further mail from that From address "
+        "`suspect` or worse for that user (their personal layer).",
+    )
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> Settings:

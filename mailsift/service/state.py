@@ -6,17 +6,17 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from mailsift.learning.learner import Learner
+from mailsift.learning.outbound import OutboundQuota
+from mailsift.learning.trainlog import TrainingLog
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
-from mailsift.learning.learner import Learner
 from mailsift.service.lists.store import ListStore
 from mailsift.service.monitor import GatewaySeen
-from mailsift.learning.outbound import OutboundQuota
 from mailsift.service.settings import Settings
-from mailsift.learning.trainlog import TrainingLog
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from typing import Literal
 from mailsift.service.checks.base import Direction, Reason
 from mailsift.service.settings import Action, Settings
 
-__all__ = ["Verdict", "decide"]
+__all__ = ["Verdict", "decide", "decide_for_recipient"]
 
 VerdictName = Literal["ham", "suspect", "spam"]
 
@@ -66,3 +66,27 @@ def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) 
         if reason.action and _SEVERITY[reason.action] > _SEVERITY[action]:
             action = reason.action
     return Verdict(round(score, 6), verdict, action)
+
+
+def decide_for_recipient(
+    shared: Verdict,
+    reasons: Sequence[Reason],
+    personal: Sequence[Reason],
+    direction: Direction,
+    settings: Settings,
+) -> Verdict:
+    """One recipient's verdict: the shared reasons plus that recipient's own.
+
+    A recipient's stricter verdict must never refuse the message to the others, so it
+    never rejects or defers more than the shared verdict does: the strictest it gets is
+    the spam action (the gateway files that copy into Junk).
+    """
+    if not personal:
+        return shared
+    mine = decide([*reasons, *personal], direction, settings)
+    if mine.action in ("reject", "defer") and _SEVERITY[mine.action] > _SEVERITY[shared.action]:
+        capped = max(shared.action, settings.spam_action, key=_SEVERITY.__getitem__)
+        if capped in ("reject", "defer"):
+            capped = "quarantine"
+        return Verdict(mine.score, mine.verdict, capped)
+    return mine

@@ -28,7 +28,7 @@ import httpx
 from mailsift.training.corpus import open_source
 from tests.gateway.postfix import DOMAIN, Postfix, postfix_missing
 from tests.gateway.processes import GatewayProcess, gateway_token
-from tests.service.server import Service, feedback, message
+from tests.service.server import Service, message, train
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -71,8 +71,8 @@ def _run(tmp: Path, messages: list[bytes], source: str) -> int:
     with Service(tmp / "data", env=env) as svc:
         with svc.client() as admin:
             for i in range(12):
-                feedback(admin, message(1000 + i, spammy=False), "ham")
-                feedback(admin, message(1000 + i, spammy=True), "spam")
+                train(admin, message(1000 + i, spammy=False), "ham")
+                train(admin, message(1000 + i, spammy=True), "spam")
         token = tmp / "token"
         token.write_text(gateway_token(svc.data_dir, svc.env))
         milter_args = ("--service-url", svc.url, "--token-file", str(token))

@@ -8,6 +8,7 @@ import random
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
@@ -17,10 +18,14 @@ from urllib.parse import quote
 
 import pytest
 
+from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import (
+    DAY,
     AppendResult,
     Label,
     LogEntry,
+    ReportResult,
+    SharedOutcome,
     TrainingLog,
     TrainingLogError,
     open_training_log,
@@ -75,30 +80,28 @@ def log(backend: Backend) -> Iterator[TrainingLog]:
 
 def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
     assert log.head() == 0
-    assert log.append(fp(1), "spam", b"a", source="feedback", actor="u@x") == AppendResult(
-        "learned", 1
+    admin, outbound = Source.ADMIN, Source.OUTBOUND
+    assert log.append(fp(1), "spam", b"a", source=admin, actor="a") == AppendResult(
+        "learned", 1, admin
     )
-    assert log.append(fp(1), "spam", b"a", source="feedback", actor="v@x") == AppendResult(
-        "unchanged", 1
+    assert log.append(fp(1), "spam", b"a", source=admin, actor="b") == AppendResult(
+        "unchanged", 1, admin
     )
-    assert log.append(fp(2), "ham", b"b", source="outbound", actor="mta") == AppendResult(
-        "learned", 2
+    assert log.append(fp(2), "ham", b"b", source=outbound, actor="mta") == AppendResult(
+        "learned", 2, outbound
     )
-    assert log.append(fp(1), "ham", b"a", source="feedback", actor="u@x") == AppendResult(
-        "relabelled", 3
-    )
-    assert log.append(fp(1), "ham", b"a", source="train", actor="admin") == AppendResult(
-        "unchanged", 3
+    assert log.append(fp(1), "ham", b"a", source=admin, actor="a") == AppendResult(
+        "relabelled", 3, admin
     )
     assert log.counts() == {"ham": 2, "spam": 0}
-    assert log.forget(fp(1), source="feedback", actor="u@x") == AppendResult("forgotten", 4)
-    assert log.forget(fp(1), source="feedback", actor="u@x") == AppendResult("unchanged", 0)
-    assert log.forget(fp(9), source="feedback", actor="u@x") == AppendResult("unchanged", 0)
+    assert log.forget(fp(1), actor="a") == AppendResult("forgotten", 4)
+    assert log.forget(fp(1), actor="a") == AppendResult("unchanged", 0)
+    assert log.forget(fp(9), actor="a") == AppendResult("unchanged", 0)
     assert log.label_of(fp(1)) is None
     assert log.label_of(fp(2)) == "ham"
     assert log.counts() == {"ham": 1, "spam": 0}
-    assert log.append(fp(1), "spam", b"a", source="feedback", actor="u@x") == AppendResult(
-        "learned", 5
+    assert log.append(fp(1), "spam", b"a", source=admin, actor="a") == AppendResult(
+        "learned", 5, admin
     )
     assert log.head() == 5
 
@@ -114,9 +117,9 @@ def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
 
 def test_undo_carries_the_bytes_that_were_learned(log: TrainingLog) -> None:
     """A relabel or forget must unlearn the copy that was learned, not the new copy."""
-    log.append(fp(1), "spam", b"copy seen by the gateway", source="train", actor="a")
-    log.append(fp(1), "ham", b"copy the user reported", source="feedback", actor="u@x")
-    log.forget(fp(1), source="feedback", actor="u@x")
+    log.append(fp(1), "spam", b"copy seen by the gateway", source=Source.ADMIN, actor="a")
+    log.append(fp(1), "ham", b"copy the user reported", source=Source.ADMIN, actor="u@x")
+    log.forget(fp(1), actor="u@x")
     first, relabel, forget = log.read(0)
     assert first.undo_raw == b""
     assert (relabel.raw, relabel.undo_raw) == (
@@ -129,17 +132,17 @@ def test_undo_carries_the_bytes_that_were_learned(log: TrainingLog) -> None:
 def test_entry_fields_round_trip(log: TrainingLog) -> None:
     raw = b"Subject: hi\r\n\r\n" + bytes(range(256)) * 400
     before = time.time()
-    log.append(fp(7), "spam", raw, source="train", actor="token:ci")
+    log.append(fp(7), "spam", raw, source=Source.ADMIN, actor="token:ci")
     (entry,) = log.read(0)
     assert entry == LogEntry(
-        1, fp(7), "spam", None, raw, b"", "train", "token:ci", entry.created_at
+        1, fp(7), "spam", None, raw, b"", "admin", "token:ci", entry.created_at
     )
     assert before - 1 <= entry.created_at <= time.time() + 1
 
 
 def test_read_pages_in_order(log: TrainingLog) -> None:
     for n in range(1, 8):
-        log.append(fp(n), "ham" if n % 2 else "spam", b"m%d" % n, source="train", actor="a")
+        log.append(fp(n), "ham" if n % 2 else "spam", b"m%d" % n, source=Source.ADMIN, actor="a")
     pages = [log.read(0, limit=3), log.read(3, limit=3), log.read(6, limit=3)]
     assert [[e.position for e in page] for page in pages] == [[1, 2, 3], [4, 5, 6], [7]]
     assert [e.raw for e in log.read(4, limit=2)] == [b"m5", b"m6"]
@@ -149,9 +152,9 @@ def test_read_pages_in_order(log: TrainingLog) -> None:
 
 def test_persists_across_reopen(backend: Backend) -> None:
     first = backend.open()
-    first.append(fp(1), "spam", b"one", source="feedback", actor="u")
-    first.append(fp(2), "ham", b"two", source="outbound", actor="mta")
-    first.append(fp(1), "ham", b"one", source="feedback", actor="u")
+    first.append(fp(1), "spam", b"one", source=Source.ADMIN, actor="u")
+    first.append(fp(2), "ham", b"two", source=Source.OUTBOUND, actor="mta")
+    first.append(fp(1), "ham", b"one", source=Source.ADMIN, actor="u")
     written = first.read(0)
     first.close()
 
@@ -161,21 +164,26 @@ def test_persists_across_reopen(backend: Backend) -> None:
         assert second.head() == 3
         assert second.label_of(fp(1)) == "ham"
         assert second.counts() == {"ham": 2, "spam": 0}
-        assert second.append(fp(2), "ham", b"two", source="train", actor="a").result == "unchanged"
-        assert second.append(fp(3), "spam", b"3", source="train", actor="a").position == 4
+        assert (
+            second.append(fp(2), "ham", b"two", source=Source.ADMIN, actor="a").result
+            == "unchanged"
+        )
+        assert second.append(fp(3), "spam", b"3", source=Source.ADMIN, actor="a").position == 4
     finally:
         second.close()
 
 
 def test_rejects_invalid_input(log: TrainingLog) -> None:
     with pytest.raises(ValueError):
-        log.append("not-hex", "spam", b"", source="train", actor="a")
+        log.append("not-hex", "spam", b"", source=Source.ADMIN, actor="a")
     with pytest.raises(ValueError):
-        log.append(fp(1), "eggs", b"", source="train", actor="a")  # type: ignore[arg-type]
+        log.append(fp(1), "eggs", b"", source=Source.ADMIN, actor="a")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        log.append(fp(1), "spam", b"", source="s" * 33, actor="a")
+        log.append(fp(1), "spam", b"", source="s" * 33, actor="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="report"):
+        log.append(fp(1), "spam", b"", source=Source.USER, actor="u@x")
     with pytest.raises(ValueError):
-        log.forget(fp(1), source="train", actor="a" * 321)
+        log.forget(fp(1), actor="a" * 321)
     with pytest.raises(ValueError):
         log.read(0, limit=0)
     assert log.head() == 0
@@ -183,14 +191,14 @@ def test_rejects_invalid_input(log: TrainingLog) -> None:
 
 def test_ping_and_close(log: TrainingLog) -> None:
     log.ping()
-    log.append(fp(1), "spam", b"x", source="train", actor="a")
+    log.append(fp(1), "spam", b"x", source=Source.ADMIN, actor="a")
     log.ping()
     assert log.head() == 1  # the probe's write was rolled back
     log.close()
     with pytest.raises(TrainingLogError, match="closed"):
         log.ping()
     with pytest.raises(TrainingLogError, match="closed"):
-        log.append(fp(2), "spam", b"x", source="train", actor="a")
+        log.append(fp(2), "spam", b"x", source=Source.ADMIN, actor="a")
 
 
 # --- concurrency -------------------------------------------------------------------------
@@ -208,12 +216,12 @@ def _mixed_writer(backend: Backend, worker: int, barrier: Barrier, out: Queue[li
         else:
             fingerprint = fp(1_000_000 * (worker + 1) + rng.randrange(20))
         if rng.random() < 0.1:
-            result = log.forget(fingerprint, source="feedback", actor=f"w{worker}")
+            result = log.forget(fingerprint, actor=f"w{worker}")
             acks.append((fingerprint, None, b"", result.result, result.position))
         else:
             label: Label = rng.choice(["ham", "spam"])
             raw = f"worker {worker} op {i}".encode()
-            result = log.append(fingerprint, label, raw, source="feedback", actor=f"w{worker}")
+            result = log.append(fingerprint, label, raw, source=Source.ADMIN, actor=f"w{worker}")
             acks.append((fingerprint, label, raw, result.result, result.position))
     log.close()
     out.put(acks)
@@ -227,7 +235,7 @@ def _same_label_writer(
     barrier.wait(timeout=DEADLINE_SECONDS)
     acks: list[Ack] = []
     for n in range(25):
-        result = log.append(fp(n), "spam", b"same", source="train", actor=f"w{worker}")
+        result = log.append(fp(n), "spam", b"same", source=Source.ADMIN, actor=f"w{worker}")
         acks.append((fp(n), "spam", b"same", result.result, result.position))
     log.close()
     out.put(acks)
@@ -239,7 +247,7 @@ def _cold_start_writer(
     """Processes that open a log that does not exist yet, all at once."""
     barrier.wait(timeout=DEADLINE_SECONDS)
     log = backend.open()
-    result = log.append(fp(worker), "ham", b"cold", source="train", actor=f"w{worker}")
+    result = log.append(fp(worker), "ham", b"cold", source=Source.ADMIN, actor=f"w{worker}")
     log.close()
     out.put([(fp(worker), "ham", b"cold", result.result, result.position)])
 
@@ -382,7 +390,7 @@ def test_threads_share_one_log(log: TrainingLog) -> None:
             fingerprint = fp(i % 10 + 1000 * (worker % 2))
             label: Label = "spam" if (i + worker) % 3 else "ham"
             raw = b"t%d-%d" % (worker, i)
-            result = log.append(fingerprint, label, raw, source="feedback", actor="t")
+            result = log.append(fingerprint, label, raw, source=Source.ADMIN, actor="t")
             with guard:
                 acks.append((fingerprint, label, raw, result.result, result.position))
 
@@ -402,7 +410,7 @@ def test_default_sqlite_file_in_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "a" / "b"
     for url in (None, ""):
         log = open_training_log(url, data_dir)
-        log.append(fp(1), "spam", b"x", source="train", actor="a")
+        log.append(fp(1), "spam", b"x", source=Source.ADMIN, actor="a")
         log.close()
     db = data_dir / "mailsift.db"
     with sqlite3.connect(db) as conn:
@@ -453,3 +461,154 @@ def test_unreachable_postgres_hides_password(password: str, tmp_path: Path) -> N
         for text in (str(exc), repr(exc)):
             assert password not in text
             assert quote(password, safe="") not in text
+
+
+# --- sources, personal reports and consensus ---------------------------------------------
+
+
+def _report(
+    log: TrainingLog, user: str, n: int, label: Label, *, needed: int = 3, per_day: int = 20
+) -> ReportResult:
+    return log.report(
+        user,
+        fp(n),
+        label,
+        b"m%d" % n,
+        sender="s@spam.test",
+        needed=needed,
+        per_user_per_day=per_day,
+    )
+
+
+def test_a_lower_source_never_relabels_a_higher_one(log: TrainingLog) -> None:
+    log.append(fp(1), "spam", b"a", source=Source.ADMIN, actor="a")
+    kept = log.append(fp(1), "ham", b"a", source=Source.OUTBOUND, actor="bob@x")
+    assert kept == AppendResult("kept", 1, Source.ADMIN)
+    # Users in consensus do not outrank an administrator either.
+    for user in ("u1@x", "u2@x", "u3@x"):
+        result = _report(log, user, 1, "ham")
+    assert result.shared.result == "kept"
+    assert log.holder_of(fp(1)) == ("spam", Source.ADMIN)
+    # Outbound only ever adds: it does not relabel users' consensus either.
+    for user in ("u1@x", "u2@x", "u3@x"):
+        _report(log, user, 2, "spam")
+    assert log.holder_of(fp(2)) == ("spam", Source.USER)
+    assert log.append(fp(2), "ham", b"m2", source=Source.OUTBOUND, actor="o").result == "kept"
+    # An administrator outranks everyone, and takes over a label they agree with.
+    assert log.append(fp(2), "spam", b"m2", source=Source.ADMIN, actor="a").result == "unchanged"
+    assert log.holder_of(fp(2)) == ("spam", Source.ADMIN)
+
+
+def test_one_report_is_personal_until_enough_users_agree(log: TrainingLog) -> None:
+    first = _report(log, "bob@x", 1, "spam")
+    assert first.personal.result == "learned"
+    assert first.shared == SharedOutcome("pending", 1, 3, True, 0)
+    assert log.label_of(fp(1)) is None
+    again = _report(log, "bob@x", 1, "spam")  # the same user twice is one voice
+    assert again.personal.result == "unchanged"
+    assert again.shared.reports == 1
+    assert _report(log, "carol@x", 1, "spam").shared.result == "pending"
+    third = _report(log, "dave@x", 1, "spam")
+    assert third.shared.result == "learned"
+    assert log.holder_of(fp(1)) == ("spam", Source.USER)
+    shared = [e for e in log.read(0) if e.layer == ""]
+    assert [(e.label, e.source, e.raw) for e in shared] == [("spam", "user", b"m1")]
+    personal = [e.layer for e in log.read(0) if e.layer]
+    assert personal == ["bob@x", "carol@x", "dave@x"]
+    # Users who change their mind withdraw the consensus example.
+    assert log.report_of("dave@x", fp(1)) == "spam"
+    withdrawn = log.withdraw("dave@x", fp(1), needed=3)
+    assert withdrawn.personal.result == "forgotten"
+    assert withdrawn.shared.result == "withdrawn"
+    assert log.label_of(fp(1)) is None
+    assert log.report_of("dave@x", fp(1)) is None
+    assert log.withdraw("dave@x", fp(1), needed=3).personal.result == "unchanged"
+
+
+def test_a_users_allowance_bounds_what_counts_towards_consensus(log: TrainingLog) -> None:
+    now = time.time()
+    for n in range(1, 4):
+        result = log.report(
+            "bob@x", fp(n), "spam", b"x", sender=None, needed=1, per_user_per_day=2, now=now
+        )
+        assert result.personal.result == "learned"  # every report acts for bob himself
+    assert [log.label_of(fp(n)) for n in range(1, 4)] == ["spam", "spam", None]
+    # The next day the allowance is back.
+    later = log.report(
+        "bob@x", fp(4), "spam", b"x", sender=None, needed=1, per_user_per_day=2, now=now + DAY
+    )
+    assert later.shared.counted and later.shared.result == "learned"
+
+
+def test_admin_forget_takes_back_the_example_and_every_report(log: TrainingLog) -> None:
+    for user in ("u1@x", "u2@x", "u3@x"):
+        _report(log, user, 1, "spam")
+    assert log.forget(fp(1), actor="admin").result == "forgotten"
+    assert log.label_of(fp(1)) is None
+    assert [log.report_of(u, fp(1)) for u in ("u1@x", "u2@x", "u3@x")] == [None] * 3
+    undone = [(e.layer, e.undo_label, e.label) for e in log.read(0)][-4:]
+    assert undone == [("", "spam", None)] + [(u, "spam", None) for u in ("u1@x", "u2@x", "u3@x")]
+
+
+def test_admin_confirms_a_report_with_the_reported_bytes(log: TrainingLog) -> None:
+    assert log.confirm(fp(1), "spam", actor="admin") is None
+    _report(log, "bob@x", 1, "spam")
+    confirmed = log.confirm(fp(1), "spam", actor="admin")
+    assert confirmed is not None and confirmed.result == "learned"
+    assert log.holder_of(fp(1)) == ("spam", Source.ADMIN)
+    assert log.read(confirmed.position - 1)[0].raw == b"m1"
+
+
+def test_entries_metadata_is_read_without_bytes(log: TrainingLog) -> None:
+    log.append(fp(1), "spam", b"shared", source=Source.ADMIN, actor="a")
+    _report(log, "bob@x", 2, "spam")
+    _report(log, "bob@x", 2, "ham")
+    entries = log.read_meta(0, log.head())
+    assert [(e.position, e.layer, e.sender, e.undo_label, e.label) for e in entries] == [
+        (1, "", None, None, "spam"),
+        (2, "bob@x", "s@spam.test", None, "spam"),
+        (3, "bob@x", "s@spam.test", "spam", "ham"),
+    ]
+    assert all(e.raw == b"" for e in entries)
+    assert log.read_meta(0, 2)[-1].position == 2
+    counts = log.label_counts_since(0, source=Source.USER, personal=True)
+    assert counts == {"ham": 1, "spam": 1}
+
+
+def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    db = sqlite3.connect(data / "mailsift.db")
+    db.executescript(
+        """
+        CREATE TABLE trainlog_entries (position INTEGER PRIMARY KEY, fingerprint VARCHAR(128)
+          NOT NULL, label VARCHAR(4), undo_label VARCHAR(4), undo_position INTEGER,
+          raw BLOB NOT NULL, source VARCHAR(32) NOT NULL, actor VARCHAR(320) NOT NULL,
+          created_at FLOAT NOT NULL);
+        CREATE TABLE trainlog_labels (fingerprint VARCHAR(128) PRIMARY KEY, label VARCHAR(4)
+          NOT NULL, position INTEGER NOT NULL);
+        CREATE TABLE trainlog_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(256) NOT NULL);
+        INSERT INTO trainlog_meta VALUES ('schema_version', '1');
+        """
+    )
+    packed = zlib.compress(b"old")
+    db.executemany(
+        "INSERT INTO trainlog_entries VALUES (?, ?, ?, NULL, NULL, ?, ?, 'a', 0)",
+        [(1, fp(1), "spam", packed, "train"), (2, fp(2), "ham", packed, "feedback")],
+    )
+    db.executemany(
+        "INSERT INTO trainlog_labels VALUES (?, ?, ?)", [(fp(1), "spam", 1), (fp(2), "ham", 2)]
+    )
+    db.commit()
+    db.close()
+    log = open_training_log(None, data)
+    try:
+        assert [(e.source, e.layer, e.raw) for e in log.read(0)] == [
+            ("admin", "", b"old"),
+            ("user", "", b"old"),
+        ]
+        assert log.holder_of(fp(1)) == ("spam", Source.ADMIN)
+        assert log.holder_of(fp(2)) == ("ham", Source.USER)
+        assert _report(log, "bob@x", 3, "spam").personal.position == 3
+    finally:
+        log.close()

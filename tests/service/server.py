@@ -133,10 +133,27 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
     return predicate()
 
 
-def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[str, Any]:
+def score(
+    client: httpx.Client, raw: bytes, direction: str = "inbound", rcpt: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"direction": direction}
+    if rcpt:
+        params["rcpt"] = list(rcpt)
     r = client.post(
         "/v1/score",
-        params={"direction": direction},
+        params=params,
+        content=raw,
+        headers={"content-type": "message/rfc822"},
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def train(client: httpx.Client, raw: bytes, label: str) -> dict[str, Any]:
+    """An administrator's example (``client`` carries an admin token): the shared model."""
+    r = client.post(
+        "/v1/train",
+        params={"label": label},
         content=raw,
         headers={"content-type": "message/rfc822"},
     )
@@ -147,6 +164,7 @@ def score(client: httpx.Client, raw: bytes, direction: str = "inbound") -> dict[
 def feedback(
     client: httpx.Client, raw: bytes, label: str, user: str = "alice@example.org"
 ) -> dict[str, Any]:
+    """A user's report (the message must have been scored for ``user`` first)."""
     r = client.post(
         "/v1/feedback",
         params={"label": label, "user": user},

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from mailsift.learning.outbound import OutboundQuota
 from mailsift.models.ensemble import Score
 from mailsift.models.parse import parse_message
 from mailsift.service.accounts import (
@@ -43,7 +44,6 @@ from mailsift.service.checks.base import CheckContext, Direction, Envelope
 from mailsift.service.checks.limits import limit_reasons
 from mailsift.service.db import Busy, open_state_engine, write_transaction
 from mailsift.service.errors import install_error_handlers
-from mailsift.learning.outbound import OutboundQuota
 from mailsift.service.routers import accounts as accounts_router
 from mailsift.service.routers import events as events_router
 from mailsift.service.settings import Settings

@@ -1,4 +1,4 @@
-"""End to end over real HTTP: the API contract, learning through feedback, errors."""
+"""End to end over real HTTP: the API contract, learning from an administrator, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.server import Service, feedback, message, score
+from tests.service.server import Service, message, score, train
 
 RFC822 = {"content-type": "message/rfc822"}
 
@@ -53,13 +53,13 @@ def test_score_response_has_the_contract_fields(client: httpx.Client) -> None:
     assert "model" in names or "model_learning" in names
 
 
-def test_feedback_moves_the_model_and_is_idempotent(client: httpx.Client) -> None:
+def test_train_moves_the_model_and_is_idempotent(client: httpx.Client) -> None:
     spam, ham = message(10, spammy=True), message(10, spammy=False)
     before = score(client, spam)["score"]
-    first = feedback(client, spam, "spam")
-    assert first["result"] == "learned"
-    assert feedback(client, ham, "ham")["result"] == "learned"
-    assert feedback(client, spam, "spam") == {**first, "result": "unchanged"}
+    first = train(client, spam, "spam")
+    assert first["result"] == "learned" and first["scope"] == "shared"
+    assert train(client, ham, "ham")["result"] == "learned"
+    assert train(client, spam, "spam") == {**first, "result": "unchanged"}
     after = score(client, spam)
     assert after["score"] > before
     assert after["fingerprint"] == first["fingerprint"]
@@ -70,20 +70,20 @@ def test_feedback_moves_the_model_and_is_idempotent(client: httpx.Client) -> Non
 def test_relabel_undoes_the_earlier_label(client: httpx.Client) -> None:
     msg = message(20, spammy=True)
     model0 = client.get("/v1/model").json()
-    feedback(client, msg, "spam")
+    train(client, msg, "spam")
     model1 = client.get("/v1/model").json()
     assert (model1["spam"], model1["ham"]) == (model0["spam"] + 1, model0["ham"])
-    relabel = feedback(client, msg, "ham")
+    relabel = train(client, msg, "ham")
     assert relabel["result"] == "relabelled"
     model2 = client.get("/v1/model").json()
     assert (model2["spam"], model2["ham"]) == (model0["spam"], model0["ham"] + 1)
     assert model2["log_position"] == relabel["log_position"]
 
 
-def test_forget_takes_a_report_back(client: httpx.Client) -> None:
+def test_forget_takes_an_example_back(client: httpx.Client) -> None:
     msg = message(30, spammy=True)
     model0 = client.get("/v1/model").json()
-    fp = feedback(client, msg, "spam")["fingerprint"]
+    fp = train(client, msg, "spam")["fingerprint"]
     r = client.delete(f"/v1/examples/{fp}")
     assert r.status_code == 200 and r.json()["result"] == "forgotten"
     model1 = client.get("/v1/model").json()

@@ -26,6 +26,9 @@ from fastapi.testclient import TestClient
 from rich.console import Console
 from sqlalchemy import Engine
 
+from mailsift.learning.learner import Learner
+from mailsift.learning.sources import Source
+from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.service.audit import AuditRecord, AuditTrail
 from mailsift.service.db import open_state_engine
 from mailsift.service.diagnostics import checks
@@ -34,11 +37,9 @@ from mailsift.service.diagnostics.cli import diagnose_command
 from mailsift.service.diagnostics.dns_audit import dns_audit, parse_nameservers
 from mailsift.service.diagnostics.report import DiagReport, run_diagnostics
 from mailsift.service.errors import install_error_handlers
-from mailsift.learning.learner import Learner
 from mailsift.service.lists.store import ListEntry, ListStore
 from mailsift.service.routers import diagnostics as diagnostics_router
 from mailsift.service.settings import Settings
-from mailsift.learning.trainlog import TrainingLog, open_training_log
 
 # --- a small authoritative DNS server on loopback ------------------------------------------
 
@@ -491,29 +492,37 @@ def test_label_counts_since(
     monkeypatch.setattr("mailsift.learning.trainlog.time", SimpleNamespace(time=lambda: clock[0]))
     start = clock[0]
     try:
-        before = log.label_counts_since(start, source="feedback")
-        plan = [  # (fingerprint, label or None = forget, source), one second apart
-            (1, "ham", "feedback"),
-            (2, "spam", "feedback"),
-            (3, "spam", "train"),
-            (4, "ham", "feedback"),
-            (5, "spam", "feedback"),
-            (1, "spam", "feedback"),  # relabelled: a spam report now
-            (6, "ham", "outbound"),
-            (4, None, "feedback"),  # taken back: not a report
+        before = log.label_counts_since(start, source=Source.USER, personal=True)
+        plan = [  # (fingerprint, label or None = taken back, source), one second apart
+            (1, "ham", Source.USER),
+            (2, "spam", Source.USER),
+            (3, "spam", Source.ADMIN),
+            (4, "ham", Source.USER),
+            (5, "spam", Source.USER),
+            (1, "spam", Source.USER),  # relabelled: a spam report now
+            (6, "ham", Source.OUTBOUND),
+            (4, None, Source.USER),  # taken back: not a report
         ]
         for i, (n, label, source) in enumerate(plan):
             clock[0] = start + i
             fingerprint = f"{start:.0f}{n:08x}"
             if label is None:
-                log.forget(fingerprint, source=source, actor="u")
+                log.withdraw("u@x", fingerprint, needed=3)
+            elif source is Source.USER:
+                log.report(
+                    "u@x", fingerprint, label, b"m%d" % n, sender=None, needed=3,
+                    per_user_per_day=20, now=clock[0],
+                )  # fmt: skip
             else:
                 log.append(fingerprint, label, b"m%d" % n, source=source, actor="u")  # type: ignore[arg-type]
-        counts = log.label_counts_since(start, source="feedback")
+        counts = log.label_counts_since(start, source=Source.USER, personal=True)
         assert {k: counts[k] - before[k] for k in counts} == {"ham": 2, "spam": 3}
-        assert log.label_counts_since(start + 3, source="feedback") == {"ham": 1, "spam": 2}
-        assert log.label_counts_since(start + 100, source="feedback") == {"ham": 0, "spam": 0}
-        assert log.label_counts_since(start, source="train")["spam"] >= 1
+        reports_since = log.label_counts_since(start + 3, source=Source.USER, personal=True)
+        assert reports_since == {"ham": 1, "spam": 2}
+        none = log.label_counts_since(start + 100, source=Source.USER, personal=True)
+        assert none == {"ham": 0, "spam": 0}
+        assert log.label_counts_since(start, source=Source.ADMIN)["spam"] >= 1
+        assert log.label_counts_since(start, source=Source.USER) == {"ham": 0, "spam": 0}
     finally:
         log.close()
 
@@ -593,10 +602,15 @@ def prepare_site(settings: Settings, *, feedback: int = 0) -> None:
     log = open_training_log(settings.database_url, settings.data_dir)
     try:
         for i in range(2):
-            log.append(f"{i + 1:032x}", "ham", HAM + b"%d" % i, source="train", actor="admin")
-            log.append(f"{i + 11:032x}", "spam", SPAM + b"%d" % i, source="train", actor="admin")
+            log.append(f"{i + 1:032x}", "ham", HAM + b"%d" % i, source=Source.ADMIN, actor="admin")
+            log.append(
+                f"{i + 11:032x}", "spam", SPAM + b"%d" % i, source=Source.ADMIN, actor="admin"
+            )
         for i in range(feedback):
-            log.append(f"{i + 101:032x}", "ham", HAM + b"fp%d" % i, source="feedback", actor="u")
+            log.report(
+                "u@x", f"{i + 101:032x}", "ham", HAM + b"fp%d" % i, sender=None, needed=3,
+                per_user_per_day=20,
+            )  # fmt: skip
         learner = Learner(log, settings.snapshot_path, settings.parse_limits)
 
         async def snapshot() -> None:
@@ -653,7 +667,8 @@ def test_report_reads_the_stores(tmp_path: Path, nameserver: str) -> None:
         stores.close()
     results = by_name(list(report.results))
     assert results["model_classes"].status == "pass"
-    assert "learned 8 ham and 2 spam" in results["model_classes"].detail
+    # One user's six reports act for that user alone: the shared model has the admin's four.
+    assert "learned 2 ham and 2 spam" in results["model_classes"].detail
     fp = results["false_positives"]
     assert fp.status == "warn" and "6 false-positive reports" in fp.detail
     assert "1 inbound messages scored" in fp.detail

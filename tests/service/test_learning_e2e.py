@@ -12,13 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.server import Service, feedback, message, score, wait_for
+from tests.service.server import Service, message, score, train, wait_for
 
 RFC822 = {"content-type": "message/rfc822"}
 
 
 def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
-    """Feedback streams in; the server is SIGKILLed mid-stream; every ack survives."""
+    """Examples stream in; the server is SIGKILLed mid-stream; every ack survives."""
     data = tmp_path / "data"
     acked: list[dict[str, Any]] = []
     stop = threading.Event()
@@ -31,8 +31,8 @@ def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
                 n += 1
                 try:
                     r = c.post(
-                        "/v1/feedback",
-                        params={"label": "spam" if n % 2 else "ham", "user": "u@example.org"},
+                        "/v1/train",
+                        params={"label": "spam" if n % 2 else "ham"},
                         content=message(n, spammy=bool(n % 2)),
                         headers=RFC822,
                     )
@@ -61,7 +61,7 @@ def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
         # And relearning any acknowledged one is a no-op: the log holds them.
         n = len(acked)
         assert (
-            feedback(c, message(n, spammy=bool(n % 2)), "spam" if n % 2 else "ham")["result"]
+            train(c, message(n, spammy=bool(n % 2)), "spam" if n % 2 else "ham")["result"]
             == "unchanged"
         )
         assert model["snapshot_position"] > 0  # snapshots were written, tail replayed on top
@@ -71,8 +71,8 @@ def test_two_workers_on_sqlite_agree(tmp_path: Path) -> None:
     with Service(tmp_path / "data", workers=2).start() as svc:
         seen: dict[int, dict[str, Any]] = {}
         with svc.client() as c:
-            feedback(c, message(1, spammy=False), "ham")
-            result = feedback(c, message(2, spammy=True), "spam")
+            train(c, message(1, spammy=False), "ham")
+            result = train(c, message(2, spammy=True), "spam")
 
         def both_workers_current() -> bool:
             # A fresh connection per request lets the kernel spread them over the workers.
@@ -100,13 +100,13 @@ def test_replicas_on_postgresql_agree_within_two_seconds(tmp_path: Path, pg_url:
         b.client() as cb,
     ):
         for n in range(3):
-            feedback(ca, message(100 + n, spammy=False), "ham")
-            feedback(ca, message(100 + n, spammy=True), "spam")
+            train(ca, message(100 + n, spammy=False), "ham")
+            train(ca, message(100 + n, spammy=True), "spam")
         target = message(7, spammy=True)
         assert wait_for(lambda: score(cb, target)["score"] == score(ca, target)["score"], timeout=2)
         before = score(cb, target)["score"]
         sent = time.monotonic()
-        feedback(ca, target, "ham")  # taught to replica A only, against its looks
+        train(ca, target, "ham")  # taught to replica A only, against its looks
         assert wait_for(lambda: score(cb, target)["score"] < before, timeout=2)
         assert time.monotonic() - sent <= 2.0
         assert score(ca, target)["score"] == score(cb, target)["score"]
@@ -126,7 +126,7 @@ def test_train_publishes_a_snapshot_the_running_service_picks_up(tmp_path: Path)
         Service(data, env={"MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600"}).start() as svc,
         svc.client() as c,
     ):
-        feedback(c, message(1, spammy=True), "spam")  # something learned through the log first
+        train(c, message(1, spammy=True), "spam")  # something learned through the log first
         assert c.get("/v1/model").json()["spam"] == 1
         mailsift = Path(sys.executable).with_name("mailsift")
         subprocess.run(

@@ -17,12 +17,12 @@ from fastapi import FastAPI, HTTPException
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from mailsift.learning.learner import ModelStatus
+from mailsift.learning.trainlog import LogEntry, TrainingLogError
 from mailsift.service import metrics
 from mailsift.service.checks.base import Reason
 from mailsift.service.dlp.scan import DlpReport, Finding
-from mailsift.learning.learner import ModelStatus
 from mailsift.service.routers import metrics as metrics_router
-from mailsift.learning.trainlog import LogEntry, TrainingLogError
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 NOW_ISH = 1_700_000_000.0

@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from mailsift.learning.learner import ModelStatus
+from mailsift.learning.trainlog import LogEntry
 from mailsift.service import monitor
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.db import open_state_engine
-from mailsift.learning.learner import ModelStatus
 from mailsift.service.metrics import ModelFacts
 from mailsift.service.monitor import (
     ALERT_AUTH_FAILURE_RATE,
@@ -39,7 +40,6 @@ from mailsift.service.monitor import (
     judged,
 )
 from mailsift.service.settings import Settings
-from mailsift.learning.trainlog import LogEntry
 from tests.service.webhook import Webhook
 
 MiB = 1024 * 1024

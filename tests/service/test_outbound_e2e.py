@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.service.server import Service, feedback, message, score, wait_for
+from tests.service.server import Service, message, score, train, wait_for
 from tests.service.webhook import Webhook
 
 RFC822 = {"content-type": "message/rfc822"}
@@ -47,8 +47,8 @@ def settled(read: Callable[[], int], timeout: float, quiet: float = 1.0) -> int:
 
 def teach_basics(client: httpx.Client, n: int = 12) -> None:
     for i in range(n):
-        feedback(client, message(1000 + i, spammy=False), "ham")
-        feedback(client, message(1000 + i, spammy=True), "spam")
+        train(client, message(1000 + i, spammy=False), "ham")
+        train(client, message(1000 + i, spammy=True), "spam")
 
 
 def test_sending_limit_defers_message_n_plus_one_across_processes_and_restarts(

@@ -36,7 +36,12 @@ def secured(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Service, dict[str, str | None]]]:
     base = tmp_path_factory.mktemp("security")
-    svc = Service(base / "data", env={"MAILSIFT_FEEDBACK_PER_TOKEN_PER_MINUTE": "1000"})
+    # Roles, not delivery, are under test: a report need not follow a score here.
+    env = {
+        "MAILSIFT_FEEDBACK_PER_TOKEN_PER_MINUTE": "1000",
+        "MAILSIFT_FEEDBACK_REQUIRE_SCORED": "0",
+    }
+    svc = Service(base / "data", env=env)
     with svc:
         tokens: dict[str, str | None] = {
             "gateway": create_token(svc.data_dir, "--role", "gateway", "--name", "mx1"),
@@ -159,7 +164,8 @@ def test_revoked_tokens_fail_at_once(secured: tuple[Service, dict[str, str | Non
 
 
 def test_feedback_is_rate_limited_per_token(tmp_path: Path) -> None:
-    with Service(tmp_path / "data", env={"MAILSIFT_FEEDBACK_PER_TOKEN_PER_MINUTE": "3"}) as svc:
+    env = {"MAILSIFT_FEEDBACK_PER_TOKEN_PER_MINUTE": "3", "MAILSIFT_FEEDBACK_REQUIRE_SCORED": "0"}
+    with Service(tmp_path / "data", env=env) as svc:
         token = create_token(svc.data_dir, "--role", "user", "--address", ALICE)
         with svc.client(token) as c:
             codes = [

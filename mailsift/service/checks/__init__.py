@@ -16,6 +16,7 @@ from mailsift.service.checks.account import account_reasons
 from mailsift.service.checks.authres import auth_reasons
 from mailsift.service.checks.base import CheckContext, Envelope, Reason
 from mailsift.service.checks.dlp import dlp_reasons
+from mailsift.service.checks.labelled import labelled_reasons
 from mailsift.service.checks.limits import limit_reasons
 from mailsift.service.checks.lists import list_reasons
 from mailsift.service.checks.model import model_reasons
@@ -27,6 +28,7 @@ Check = Callable[[CheckContext], Iterable[Reason]]
 
 DEFAULT_CHECKS: tuple[Check, ...] = (
     model_reasons,
+    labelled_reasons,
     structure_reasons,
     auth_reasons,
     list_reasons,

@@ -17,13 +17,13 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import Engine
 
+from mailsift.learning.learner import Learner
+from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.service.audit import AuditTrail
 from mailsift.service.db import open_state_engine
 from mailsift.service.diagnostics.report import EXIT_CODES, DiagReport, run_diagnostics
-from mailsift.learning.learner import Learner
 from mailsift.service.lists.store import ListStore
 from mailsift.service.settings import Settings
-from mailsift.learning.trainlog import TrainingLog, open_training_log
 
 __all__ = ["diagnose_command", "print_report"]
 

@@ -17,6 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from mailsift.learning.learner import Learner, ModelStatus
+from mailsift.learning.sources import Source
+from mailsift.learning.trainlog import TrainingLog
 from mailsift.service.audit import AuditTrail
 from mailsift.service.diagnostics.checks import (
     FEEDBACK_DAYS,
@@ -36,10 +39,8 @@ from mailsift.service.diagnostics.checks import (
     worst,
 )
 from mailsift.service.diagnostics.dns_audit import LIFETIME, TIMEOUT, dns_audit
-from mailsift.learning.learner import Learner, ModelStatus
 from mailsift.service.lists.store import MAX_LIST, ListEntry, ListStore
 from mailsift.service.settings import Settings
-from mailsift.learning.trainlog import TrainingLog
 
 __all__ = ["DiagReport", "DiagnosticsState", "run_diagnostics"]
 
@@ -142,7 +143,7 @@ def _service_results(
     ]
     since = now - FEEDBACK_DAYS * DAY
     try:
-        reports = state.trainlog.label_counts_since(since, source="feedback")
+        reports = state.trainlog.label_counts_since(since, source=Source.USER, personal=True)
         inbound = state.audit.count_since(since, direction="inbound")
     except Exception as exc:
         remedy = "Check the training log and state database are reachable"

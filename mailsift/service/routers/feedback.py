@@ -1,30 +1,51 @@
-"""Teaching the model: users' reports, administrators' examples, taking a report back.
+"""Teaching the model: users' reports, administrators' examples, taking either back.
 
-Each call returns only once the example is durably on the training log, and after this
-worker has applied it, so a score right after a report already reflects it here.
+A user's report acts for that user at once (their personal layer) and reaches the
+shared model only by consensus; an administrator's example teaches the shared model and
+outranks every other source (see :mod:`mailsift.learning`). Each call returns only once
+the entries are durably on the training log, and after this worker has applied them, so
+a score right after a report already reflects it here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.sources import Source
+from mailsift.learning.trainlog import AppendResult, ReportResult, TrainingLogError
 from mailsift.service.analysis import analyse
-from mailsift.service.auth import AdminCaller, UserCaller
+from mailsift.service.auth import AdminCaller, Principal, UserCaller
 from mailsift.service.body import read_message
+from mailsift.service.checks.personal import personal_key
 from mailsift.service.deps import State
-from mailsift.service.errors import BadRequest, Forbidden, ModelNotReady, RateLimited
-from mailsift.service.schemas import ERRORS, LearnOut
+from mailsift.service.errors import (
+    BadRequest,
+    Forbidden,
+    ModelNotReady,
+    NotFound,
+    NotScoredForUser,
+    RateLimited,
+)
+from mailsift.service.schemas import ERRORS, LearnOut, ReportOut
 from mailsift.service.state import ServiceState
-from mailsift.learning.trainlog import AppendResult, TrainingLogError
 
 router = APIRouter(prefix="/v1", tags=["learning"])
 
-LabelQuery = Annotated[Literal["spam", "ham"], Query(description="What the message really is.")]
+T = TypeVar("T")
+Label = Literal["spam", "ham"]
+LabelQuery = Annotated[Label, Query(description="What the message really is.")]
+UserQuery = Annotated[
+    str, Query(min_length=1, max_length=320, description="Whose report it is (an address).")
+]
+FingerprintPath = Annotated[
+    str, Path(description="The fingerprint a score or feedback answer returned.")
+]
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 _BODY = {
     "requestBody": {
@@ -34,69 +55,158 @@ _BODY = {
 }
 
 
-async def _learn(
-    request: Request, state: ServiceState, label: Literal["spam", "ham"], source: str, actor: str
-) -> dict[str, object]:
-    raw = await read_message(request, state.settings.max_message_bytes)
-    analysed = await analyse(raw, state)
-    result = await _write(
-        lambda: state.trainlog.append(analysed.fingerprint, label, raw, source=source, actor=actor)
-    )
-    await state.learner.catch_up(until=result.position)
-    return {
-        "result": result.result,
-        "log_position": result.position,
-        "fingerprint": analysed.fingerprint,
-    }
-
-
-async def _write(op: Callable[[], AppendResult]) -> AppendResult:
+async def _write(op: Callable[[], T]) -> T:
     try:
         return await run_in_threadpool(op)
     except TrainingLogError as exc:
         raise ModelNotReady(f"the training log cannot be written: {exc}") from exc
 
 
-@router.post("/feedback", response_model=LearnOut, responses=ERRORS, openapi_extra=_BODY)
+def _reporter(caller: Principal, user: str) -> str:
+    key = personal_key(user)
+    if key is None or "@" not in key:
+        raise BadRequest("user must be the reporter's address, at most 320 characters")
+    if not caller.may_speak_for(key):
+        raise Forbidden(f"this token does not speak for {key}")
+    return key
+
+
+def _fingerprint(value: str) -> str:
+    if not _FINGERPRINT.match(value):
+        raise BadRequest("fingerprint must be the 32 hex characters a score or feedback returned")
+    return value
+
+
+async def _scored_for(state: ServiceState, fingerprint: str, user: str) -> bool:
+    audit = state.audit
+    if await run_in_threadpool(audit.scored_for, fingerprint, user):
+        return True
+    # Another worker may hold the scoring row in its buffer a moment longer.
+    await asyncio.sleep(audit.flush_seconds + 0.25)
+    return await run_in_threadpool(audit.scored_for, fingerprint, user)
+
+
+def _report_body(result: ReportResult, fingerprint: str) -> dict[str, object]:
+    shared = result.shared
+    return {
+        "result": result.personal.result,
+        "log_position": max(result.personal.position, shared.position),
+        "fingerprint": fingerprint,
+        "scope": "personal",
+        "shared": {
+            "result": shared.result,
+            "reports": shared.reports,
+            "needed": shared.needed,
+            "counted": shared.counted,
+        },
+    }
+
+
+@router.post("/feedback", response_model=ReportOut, responses=ERRORS, openapi_extra=_BODY)
 async def feedback(
-    request: Request,
-    caller: UserCaller,
-    state: State,
-    label: LabelQuery,
-    user: Annotated[str, Query(min_length=1, max_length=320, description="Who reports it.")],
+    request: Request, caller: UserCaller, state: State, label: LabelQuery, user: UserQuery
 ) -> dict[str, object]:
-    """A user's report that a message is spam or not spam."""
-    if not caller.may_speak_for(user):
-        raise Forbidden(f"this token does not speak for {user}")
-    # Users' reports are capped; administrators teach in bulk through /v1/train anyway.
+    """A user's report that a message is spam or not spam: theirs at once, shared by consensus."""
+    reporter = _reporter(caller, user)
+    settings = state.settings
     if caller.role != "admin" and not state.feedback_limiter.allow(caller.name):
         raise RateLimited(
-            f"more than {state.settings.feedback_per_token_per_minute} reports a minute "
+            f"more than {settings.feedback_per_token_per_minute} reports a minute "
             "from this token; try again shortly"
         )
-    return await _learn(request, state, label, "feedback", user)
+    raw = await read_message(request, settings.max_message_bytes)
+    analysed = await analyse(raw, state)
+    fingerprint = analysed.fingerprint
+    if settings.feedback_require_scored and not await _scored_for(state, fingerprint, reporter):
+        raise NotScoredForUser(
+            f"no message with this content was scored for {reporter} (within the audit "
+            f"trail's {settings.audit_retention_days} days): users report their own mail; "
+            "MAILSIFT_FEEDBACK_REQUIRE_SCORED=false lets sites that import old mail report it"
+        )
+    result = await _write(
+        lambda: state.trainlog.report(
+            reporter,
+            fingerprint,
+            label,
+            raw,
+            sender=analysed.message.from_addr or None,
+            needed=settings.feedback_consensus,
+            per_user_per_day=settings.feedback_consensus_per_user_per_day,
+        )
+    )
+    body = _report_body(result, fingerprint)
+    await state.learner.catch_up(until=int(str(body["log_position"])))
+    return body
+
+
+@router.delete("/feedback/{fingerprint}", response_model=ReportOut, responses=ERRORS)
+async def withdraw(
+    caller: UserCaller, state: State, fingerprint: FingerprintPath, user: UserQuery
+) -> dict[str, object]:
+    """A user takes their own report back; consensus is counted again without it."""
+    reporter = _reporter(caller, user)
+    fp = _fingerprint(fingerprint)
+    result = await _write(
+        lambda: state.trainlog.withdraw(reporter, fp, needed=state.settings.feedback_consensus)
+    )
+    body = _report_body(result, fp)
+    await state.learner.catch_up(until=int(str(body["log_position"])))
+    return body
+
+
+def _learn_body(result: AppendResult, fingerprint: str) -> dict[str, object]:
+    body: dict[str, object] = {
+        "result": result.result,
+        "log_position": result.position,
+        "fingerprint": fingerprint,
+        "scope": "shared",
+    }
+    if result.held_by is not None:
+        body["held_by"] = result.held_by.value
+    return body
 
 
 @router.post("/train", response_model=LearnOut, responses=ERRORS, openapi_extra=_BODY)
 async def train(
     request: Request, caller: AdminCaller, state: State, label: LabelQuery
 ) -> dict[str, object]:
-    """A trusted administrator's labelled example."""
-    return await _learn(request, state, label, "train", caller.name)
+    """A trusted administrator's labelled example: it outranks every other source."""
+    raw = await read_message(request, state.settings.max_message_bytes)
+    analysed = await analyse(raw, state)
+    result = await _write(
+        lambda: state.trainlog.append(
+            analysed.fingerprint,
+            label,
+            raw,
+            source=Source.ADMIN,
+            actor=caller.name,
+            sender=analysed.message.from_addr or None,
+        )
+    )
+    await state.learner.catch_up(until=result.position)
+    return _learn_body(result, analysed.fingerprint)
+
+
+@router.post("/examples/{fingerprint}/confirm", response_model=LearnOut, responses=ERRORS)
+async def confirm(
+    caller: AdminCaller, state: State, fingerprint: FingerprintPath, label: LabelQuery
+) -> dict[str, object]:
+    """An administrator confirms users' reports: the shared model learns the label now."""
+    fp = _fingerprint(fingerprint)
+    result = await _write(lambda: state.trainlog.confirm(fp, label, actor=caller.name))
+    if result is None:
+        raise NotFound(f"no user reported message {fp} as {label}")
+    await state.learner.catch_up(until=result.position)
+    return _learn_body(result, fp)
 
 
 @router.delete("/examples/{fingerprint}", response_model=LearnOut, responses=ERRORS)
 async def forget(
-    caller: AdminCaller,
-    state: State,
-    fingerprint: Annotated[str, Path(description="The fingerprint a score or feedback returned.")],
+    caller: AdminCaller, state: State, fingerprint: FingerprintPath
 ) -> dict[str, object]:
-    """Take a wrong report back entirely: the model unlearns that example."""
-    if not _FINGERPRINT.match(fingerprint):
-        raise BadRequest("fingerprint must be the 32 hex characters a score or feedback returned")
-    result = await _write(
-        lambda: state.trainlog.forget(fingerprint, source="feedback", actor=caller.name)
-    )
+    """Take a message back entirely: its shared example and every user's report of it."""
+    fp = _fingerprint(fingerprint)
+    result = await _write(lambda: state.trainlog.forget(fp, actor=caller.name))
     if result.result == "forgotten":
         await state.learner.catch_up(until=result.position)
-    return {"result": result.result, "log_position": result.position, "fingerprint": fingerprint}
+    return _learn_body(result, fp)

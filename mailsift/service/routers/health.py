@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.deps import State
 from mailsift.service.errors import error_response
-from mailsift.learning.trainlog import TrainingLogError
 
 router = APIRouter(tags=["health"])
 

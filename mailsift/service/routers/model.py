@@ -8,10 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.deps import State
 from mailsift.service.errors import ModelNotReady
 from mailsift.service.schemas import ERRORS, ModelOut
-from mailsift.learning.trainlog import TrainingLogError
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.outbound import eligible
+from mailsift.learning.sources import Source
+from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.accounts import AccountState
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
 from mailsift.service.analysis import Analysed, analyse
@@ -20,15 +23,15 @@ from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
 from mailsift.service.body import read_message
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
+from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
+from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
-from mailsift.learning.outbound import eligible
 from mailsift.service.schemas import ERRORS, ScoreOut
 from mailsift.service.state import ServiceState
-from mailsift.learning.trainlog import TrainingLogError
-from mailsift.service.verdict import Verdict, decide
+from mailsift.service.verdict import Verdict, decide, decide_for_recipient
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
@@ -120,6 +123,9 @@ async def score(request: Request) -> JSONResponse:
     outbound = direction == "outbound"
 
     extra: dict[str, object] = {"auth": auth_results(msg, settings)}
+    labelled = state.learner.labels.get(analysed.fingerprint)
+    if labelled is not None:
+        extra[LABELLED] = labelled
     extra["lists"] = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
     dlp: DlpReport | None = None
     if outbound or settings.dlp_inbound:
@@ -134,6 +140,9 @@ async def score(request: Request) -> JSONResponse:
     reasons = run_checks(ctx)
     verdict = decide(reasons, direction, settings)
     observe_verdict(direction, verdict.verdict, verdict.action, reasons, dlp)
+    recipients = _per_recipient(
+        state, envelope, analysed.fingerprint, msg.from_addr, reasons, verdict
+    )
     status = state.learner.status()
     state.audit.record(
         audit_record(
@@ -166,6 +175,8 @@ async def score(request: Request) -> JSONResponse:
         "fingerprint": analysed.fingerprint,
         "direction": direction,
     }
+    if recipients is not None:
+        body["recipients"] = recipients
     if dlp is not None:
         body["dlp"] = dlp.as_dict()
     body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -176,6 +187,39 @@ async def score(request: Request) -> JSONResponse:
             _after_outbound, state, sender, account, raw, analysed, verdict, reasons, dlp
         )
     return JSONResponse(body, background=after)
+
+
+def _per_recipient(
+    state: ServiceState,
+    envelope: Envelope,
+    fingerprint: str,
+    sender: str,
+    reasons: list[Reason],
+    shared: Verdict,
+) -> list[dict[str, Any]] | None:
+    """Each recipient's verdict: the shared one, made stricter (or milder) only by that
+    recipient's own reports. None without recipients."""
+    if not envelope.rcpt:
+        return None
+    layers = state.learner.personal
+    sender_key = personal_key(sender) if sender else None
+    sender_rule = state.settings.personal_sender
+    out: list[dict[str, Any]] = []
+    for rcpt in envelope.rcpt:
+        key = personal_key(rcpt)
+        view = layers.view(key, fingerprint, sender_key) if key and layers.users else None
+        mine = personal_reasons(view, sender_rule=sender_rule)
+        own = decide_for_recipient(shared, reasons, mine, envelope.direction, state.settings)
+        out.append(
+            {
+                "rcpt": key or rcpt,
+                "score": own.score,
+                "verdict": own.verdict,
+                "action": own.action,
+                "reasons": [{"name": r.name, "weight": r.weight, "detail": r.detail} for r in mine],
+            }
+        )
+    return out
 
 
 async def _after_outbound(
@@ -212,15 +256,13 @@ async def _after_outbound(
         # The state scoring used may be a second old: judge the sender with this message.
         if (await settle(state, sender)).state != "ok":
             return
-        # Outbound mail only ever adds: it must never relabel what a person reported.
-        if await run_in_threadpool(state.trainlog.label_of, analysed.fingerprint) is not None:
-            return
+        # Outbound mail only ever adds: the log keeps any label someone set before.
         await run_in_threadpool(
             state.trainlog.append,
             analysed.fingerprint,
             "ham",
             raw,
-            source="outbound",
+            source=Source.OUTBOUND,
             actor=sender,
         )
     except TrainingLogError:
