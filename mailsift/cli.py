@@ -447,5 +447,44 @@ def eval_(
             typer.echo(f"{key:32s} {value}")
 
 
+@app.command()
+def influence(
+    corpus: Annotated[str, typer.Argument(help="Labelled corpus (TREC dir or ham/spam folder).")],
+    train_frac: Annotated[
+        float, typer.Option(help="Fraction learned first; the rest are the probes.")
+    ] = 0.8,
+    examples: Annotated[
+        int, typer.Option(min=1, help="Held-out messages of each class learned wrongly.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure how far one wrongly labelled message moves the scores of other messages."""
+    from mailsift.training.influence import measure_influence
+
+    try:
+        messages, total = _sources([corpus])
+        with _progress(total, "influence") as bar:
+            task = bar.add_task("influence", total=None if total is None else total + 2 * examples)
+            report = measure_influence(
+                messages,
+                train_frac=train_frac,
+                examples=examples,
+                progress=lambda n: bar.advance(task, n),
+            )
+    except (CorpusError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+        return
+    typer.echo(
+        f"trained on {report.trained}; probes: {report.ham_probes} ham, {report.spam_probes} spam"
+    )
+    for direction, figures in report.summary().items():
+        typer.echo(direction)
+        for key, value in figures.items():
+            typer.echo(f"  {key:32s} {value}")
+
+
 if __name__ == "__main__":
     app()
