@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
@@ -339,8 +341,47 @@ def _quickack(sock: socket.socket | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, flag, 1)
 
 
+def postfix_recipient_delimiter() -> str | None:
+    """This host's Postfix ``recipient_delimiter``, or None when there is no Postfix here
+    to ask (the milter may run beside Sendmail, or on another host)."""
+    postconf = shutil.which("postconf") or shutil.which("postconf", path="/usr/sbin:/sbin")
+    if postconf is None:
+        return None
+    try:
+        done = subprocess.run(
+            [postconf, "-h", "recipient_delimiter"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def checked_marking(settings: GatewaySettings, postfix_delimiter: str | None) -> GatewaySettings:
+    """Marking turned off, with a warning, when this host's Postfix would not deliver a
+    ``bob+junk@`` copy to bob (no such delimiter: the copy would bounce)."""
+    if not settings.junk_marking or postfix_delimiter is None:
+        return settings
+    if settings.recipient_delimiter[0] in postfix_delimiter:
+        return settings
+    log.warning(
+        "Postfix's recipient_delimiter is %r, without %r: copies are not marked for Junk "
+        "(set recipient_delimiter = %s in main.cf, or MAILSIFT_GATEWAY_RECIPIENT_DELIMITER)",
+        postfix_delimiter,
+        settings.recipient_delimiter[0],
+        settings.recipient_delimiter[0],
+    )
+    return settings.model_copy(update={"junk_marking": False})
+
+
 async def serve_milter(settings: GatewaySettings) -> None:
     """Listen for MTA connections until cancelled; one service client for all of them."""
+    if settings.junk_marking:
+        found = await asyncio.to_thread(postfix_recipient_delimiter)
+        settings = checked_marking(settings, found)
     client = ServiceClient(settings)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -39,7 +39,14 @@ from kilter.protocol.messages import (
 )
 
 from mailsift.gateway.decisions import JunkRecipient, Outcome, Reply
-from mailsift.gateway.milter import RECIPIENT_ACTIONS, edits_for, negotiate
+from mailsift.gateway.milter import (
+    RECIPIENT_ACTIONS,
+    checked_marking,
+    edits_for,
+    negotiate,
+    postfix_recipient_delimiter,
+)
+from mailsift.gateway.settings import GatewaySettings
 from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
 from tests.service.server import Service, free_port, message, train, wait_for
 
@@ -397,3 +404,22 @@ def test_a_malformed_recipients_field_never_fails_the_message(
             mta.close()
     assert _recipient_edits(replies) == [] and isinstance(replies[-1], Accept)
     assert any(isinstance(r, AddHeader) and r.name == "X-Mailsift-Verdict" for r in replies)
+
+
+@pytest.mark.parametrize(
+    ("postfix", "marking"),
+    [(None, True), ("+", True), ("-+", True), ("", False), ("-", False)],
+)
+def test_marking_turns_off_where_postfix_would_bounce_the_marked_copy(
+    postfix: str | None, marking: bool
+) -> None:
+    """No Postfix here to ask: as configured; a Postfix without the delimiter: off."""
+    settings = GatewaySettings(token="t" * 20)
+    assert checked_marking(settings, postfix).junk_marking is marking
+    off = settings.model_copy(update={"junk_marking": False})
+    assert checked_marking(off, "+").junk_marking is False
+
+
+@pytest.mark.skipif(postfix_recipient_delimiter() is None, reason="no postconf on this host")
+def test_this_hosts_postfix_delimiter_is_read() -> None:
+    assert isinstance(postfix_recipient_delimiter(), str)

@@ -88,9 +88,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--internal-networks",
             f"{INTERNAL}/32",
         )
+        postfix_env = _postconf_env(tmp)
         with (
-            GatewayProcess("milter", tmp, *common, "--fail-mode", "open") as fail_open,
-            GatewayProcess("milter", tmp, *common, "--fail-mode", "closed") as fail_closed,
+            GatewayProcess(
+                "milter", tmp, *common, "--fail-mode", "open", env=postfix_env
+            ) as fail_open,
+            GatewayProcess(
+                "milter", tmp, *common, "--fail-mode", "closed", env=postfix_env
+            ) as fail_closed,
             GatewayProcess("policy", tmp, *common, "--recipients-file", str(recipients)) as policy,
             Postfix(
                 listeners={
@@ -257,6 +262,16 @@ def test_a_report_files_that_users_copy_into_junk_and_nobody_elses(stack: Stack)
     assert carols["X-Mailsift-Verdict"] == bobs["X-Mailsift-Verdict"] == "ham"  # shared
 
 
+def _postconf_env(tmp: Path) -> dict[str, str]:
+    """What ``postconf`` reads for the milter: the private instance's delimiter, never
+    the host's own main.cf (the milter checks it before marking copies)."""
+    conf = tmp / "postconf"
+    conf.mkdir(exist_ok=True)
+    (conf / "main.cf").write_text("recipient_delimiter = +\n")
+    (conf / "master.cf").write_text("")
+    return {"MAIL_CONFIG": str(conf)}
+
+
 def _personal(rcpt: str, action: str, verdict: str) -> dict[str, object]:
     return {"rcpt": rcpt, "verdict": verdict, "action": action, "score": 0.9, "reasons": []}
 
@@ -269,7 +284,9 @@ def test_postfix_delivers_the_marked_copy_into_the_users_maildir(tmp_path: Path)
     alice, bob, carol = f"Alice+Lists@{DOMAIN}", f"bob@{DOMAIN}", f"carol@{DOMAIN}"
     with (
         CannedService() as canned,
-        GatewayProcess("milter", tmp_path, "--service-url", canned.url) as milter,
+        GatewayProcess(
+            "milter", tmp_path, "--service-url", canned.url, env=_postconf_env(tmp_path)
+        ) as milter,
         Postfix(
             listeners={"in": {"smtpd_milters": f"inet:127.0.0.1:{milter.port}"}},
             policy_port=None,
