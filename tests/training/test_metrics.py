@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from mailsift.training.metrics import (
     lam_pct,
@@ -28,15 +30,28 @@ def test_one_minus_roca_hand_cases() -> None:
 
 
 def test_one_minus_roca_needs_both_classes() -> None:
-    assert math.isnan(one_minus_roca_pct([True, True], [0.1, 0.2]))
-    assert math.isnan(one_minus_roca_pct([], []))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no UndefinedMetricWarning either: sklearn is not asked
+        assert math.isnan(one_minus_roca_pct([True, True], [0.1, 0.2]))
+        assert math.isnan(one_minus_roca_pct([False], [0.1]))
+        assert math.isnan(one_minus_roca_pct([], []))
 
 
-def test_one_minus_roca_matches_sklearn_with_ties() -> None:
+def _rank_sum_one_minus_roca(
+    is_spam: npt.NDArray[np.bool_], scores: npt.NDArray[np.float64]
+) -> float:
+    """The Mann-Whitney form of the AUC, an independent reference for sklearn's."""
+    n_spam = int(is_spam.sum())
+    n_ham = is_spam.size - n_spam
+    u = float(rankdata(scores)[is_spam].sum()) - n_spam * (n_spam + 1) / 2
+    return 100.0 * (1.0 - u / (n_spam * n_ham))
+
+
+def test_one_minus_roca_matches_the_rank_sum_form_with_ties() -> None:
     rng = np.random.default_rng(7)
     is_spam = rng.random(2000) < 0.3
     scores = rng.integers(0, 20, size=2000) + 3 * is_spam  # many ties, imperfect separation
-    expected = 100 * (1 - roc_auc_score(is_spam, scores))
+    expected = _rank_sum_one_minus_roca(is_spam, scores.astype(np.float64))
     assert one_minus_roca_pct(is_spam, scores) == pytest.approx(expected, abs=1e-9)
 
 
@@ -84,6 +99,14 @@ def test_roc_curve_groups_ties() -> None:
     np.testing.assert_allclose(curve.tpr, [0.0, 0.5, 1.0, 1.0])
     with pytest.raises(ValueError, match="one ham and one spam"):
         roc_curve([True], [0.5])
+
+
+def test_roc_curve_keeps_a_point_for_every_distinct_score() -> None:
+    # The middle points are collinear: sklearn's default would drop them, the plot keeps them.
+    curve = roc_curve([True, True, True, False], [0.9, 0.8, 0.7, 0.1])
+    np.testing.assert_allclose(curve.tpr, [0.0, 1 / 3, 2 / 3, 1.0, 1.0])
+    np.testing.assert_allclose(curve.fpr, [0.0, 0.0, 0.0, 0.0, 1.0])
+    assert curve.fpr.dtype == curve.tpr.dtype == np.float64
 
 
 def test_roc_curve_area_matches_one_minus_roca() -> None:
