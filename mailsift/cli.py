@@ -316,7 +316,7 @@ def bench(
     try:
         messages = list(open_source(corpus))
         if model is None and all(m.label for m in messages):
-            model = Path(tempfile.mkdtemp(prefix="mailsift-bench-model-")) / "model.joblib"
+            model = Path(tempfile.mkdtemp(prefix="mailsift-bench-model-")) / "model.snapshot"
             err.print(f"training a model on {len(messages)} messages first")
             train_snapshot(iter(messages), model)
     except CorpusError as exc:

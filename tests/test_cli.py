@@ -74,7 +74,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_a_snapshot_and_continues_it(corpus: Path, tmp_path: Path) -> None:
-    model = tmp_path / "model.joblib"
+    model = tmp_path / "model.snapshot"
     first = mailsift("train", corpus, "--model", model)
     assert first.code == 0, first.err
     assert f"learned {N_HAM + N_SPAM} messages" in first.out
@@ -93,7 +93,7 @@ def test_train_writes_a_snapshot_and_continues_it(corpus: Path, tmp_path: Path) 
 
 
 def test_train_with_a_labelled_prefix(corpus: Path, tmp_path: Path) -> None:
-    model = tmp_path / "model.joblib"
+    model = tmp_path / "model.snapshot"
     done = mailsift("train", f"spam:{corpus / 'spam' / '00.eml'}", "--model", model)
     assert done.code == 0, done.err
     assert "ham 0, spam 1" in done.out
@@ -154,13 +154,13 @@ def test_eval_text_output(corpus: Path) -> None:
 @pytest.mark.parametrize("command", ["train", "eval"])
 def test_missing_corpus_exits_2_without_a_traceback(command: str, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-corpus"
-    model: list[str | Path] = ["--model", tmp_path / "m.joblib"] if command == "train" else []
+    model: list[str | Path] = ["--model", tmp_path / "m.snapshot"] if command == "train" else []
     done = mailsift(command, missing, *model)
     assert done.code == 2
     assert "error" in done.err
     assert str(missing) in done.err
     assert "Traceback" not in done.err + done.out
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.snapshot").exists()
 
 
 def test_unknown_eval_mode_exits_2(corpus: Path) -> None:

@@ -330,7 +330,7 @@ class Settings(BaseSettings):
 
     @cached_property
     def snapshot_path(self) -> Path:
-        return self.data_dir / "model.joblib"
+        return self.data_dir / "model.snapshot"
 
     @cached_property
     def parse_limits(self) -> ParseLimits:

@@ -89,7 +89,7 @@ def run_bench(
     data_dir = Path(tempfile.mkdtemp(prefix="mailsift-bench-"))
     try:
         if model is not None:
-            shutil.copy(model, data_dir / "model.joblib")
+            shutil.copy(model, data_dir / "model.snapshot")
         with _gateway_token(data_dir) as token:
             port = _free_port()
             env = {

@@ -49,7 +49,7 @@ def measure_speed(messages: Sequence[LabelledMessage]) -> dict[str, float]:
         score_t.append(t3 - t2)
         explain_t.append(t4 - t3)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.joblib"
+        path = Path(tmp) / "model.snapshot"
         save_snapshot(model, path)
         snapshot_mb = path.stat().st_size / 2**20
     ms = 1000.0

@@ -53,7 +53,7 @@ def test_snapshot_of_the_whole_corpus_is_small(
     online: tuple[EvalResult, SpamModel], tmp_path: Path
 ) -> None:
     _, model = online
-    path = tmp_path / "model.joblib"
+    path = tmp_path / "model.snapshot"
     info = save_snapshot(model, path)
     assert (info.ham, info.spam) == (online[0].summary["ham"], online[0].summary["spam"])
     assert path.stat().st_size <= 32 * 2**20

@@ -118,7 +118,7 @@ def _spam_proba(model: SpamModel, fs: list[Features]) -> npt.NDArray[np.float64]
 
 
 def _snapshot_roundtrip(model: SpamModel, tmp_path: Path) -> SpamModel:
-    path = tmp_path / "model.joblib"
+    path = tmp_path / "model.snapshot"
     save_snapshot(model, path)
     loaded, _ = load_snapshot(path, CONFIG)
     return loaded

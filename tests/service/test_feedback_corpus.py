@@ -89,7 +89,7 @@ def trained(
     messages: list[LabelledMessage] = list(open_source(str(corpus)))
     cut = int(len(messages) * 0.8)
     data = tmp_path_factory.mktemp(f"trained-{request.param}") / "data"
-    train_snapshot(messages[:cut], data / "model.joblib", limits=DEFAULT_LIMITS)
+    train_snapshot(messages[:cut], data / "model.snapshot", limits=DEFAULT_LIMITS)
     probes = [m.raw for m in messages[cut:] if m.label == "ham"]
     env = {
         "MAILSIFT_FEEDBACK_PER_TOKEN_PER_MINUTE": "1000",

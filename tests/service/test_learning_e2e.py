@@ -43,7 +43,7 @@ def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path: Path) -> None:
 
     sender = threading.Thread(target=send)
     sender.start()
-    assert wait_for(lambda: (data / "model.joblib").exists(), timeout=60)
+    assert wait_for(lambda: (data / "model.snapshot").exists(), timeout=60)
     floor = len(acked) + 20  # kill well after a snapshot, with a tail to replay
     assert wait_for(lambda: len(acked) >= floor, timeout=60)
     svc.kill()  # SIGKILL, no shutdown hooks
@@ -130,7 +130,8 @@ def test_train_publishes_a_snapshot_the_running_service_picks_up(tmp_path: Path)
         assert c.get("/v1/model").json()["spam"] == 1
         mailsift = Path(sys.executable).with_name("mailsift")
         subprocess.run(
-            [str(mailsift), "train", str(corpus), "--model", str(data / "model.joblib")], check=True
+            [str(mailsift), "train", str(corpus), "--model", str(data / "model.snapshot")],
+            check=True,
         )
         model = c.post("/v1/model/reload").json()
         # The trained snapshot (15 + 15) plus the log's one example replayed on top.
@@ -147,7 +148,8 @@ def test_service_notices_a_published_snapshot_by_itself(tmp_path: Path) -> None:
     with Service(data).start() as svc, svc.client() as c:
         mailsift = Path(sys.executable).with_name("mailsift")
         subprocess.run(
-            [str(mailsift), "train", str(corpus), "--model", str(data / "model.joblib")], check=True
+            [str(mailsift), "train", str(corpus), "--model", str(data / "model.snapshot")],
+            check=True,
         )
         assert wait_for(lambda: c.get("/v1/model").json()["ham"] == 1, timeout=5)
 
@@ -158,7 +160,7 @@ def test_a_broken_snapshot_is_refused_and_the_service_still_starts(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    (data / "model.joblib").write_bytes(broken)
+    (data / "model.snapshot").write_bytes(broken)
     with Service(data).start() as svc, svc.client() as c:
         assert c.get("/readyz").status_code == 200
         assert c.get("/v1/model").json()["ham"] == 0

@@ -194,7 +194,7 @@ def check_snapshot(
             "snapshot_fresh",
             "fail",
             detail + f" (limit {max_age_hours:g} h)",
-            "Check the service is running and can write its data dir (model.joblib); "
+            "Check the service is running and can write its data dir (model.snapshot); "
             "its log shows why snapshots fail",
         )
     return DiagResult("snapshot_fresh", "pass", detail)
