@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 if TYPE_CHECKING:
     from mailsift.gateway.settings import GatewaySettings
     from mailsift.service.auth import TokenStore
+    from mailsift.service.settings import Settings
 
 from mailsift.training.corpus import CorpusError, LabelledMessage, count_messages, open_source
 
@@ -295,7 +296,10 @@ def bench(
     ] = 16,
     model: Annotated[
         Path | None,
-        typer.Option(help="Snapshot to serve; default: train one on the corpus first."),
+        typer.Option(
+            help="Snapshot file to serve; default: the corpus (if labelled) goes onto the "
+            "server's training log and a rebuild publishes the model it serves."
+        ),
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Times each message is sent.")] = 1,
     direction: Annotated[
@@ -305,35 +309,44 @@ def bench(
         int,
         typer.Option(min=0, help="Messages sent first and not measured: a served worker is warm."),
     ] = 300,
+    rebuild_during: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-during",
+            help="Rebuild the model back to back (POST /v1/model/rebuild) while measuring.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Start the service with W workers and measure messages/s, latency and memory."""
-    import tempfile
-
+    from mailsift.learning.trainlog import TrainingLogError
     from mailsift.training.bench import run_bench
-    from mailsift.training.train import train_snapshot
 
-    try:
-        messages = list(open_source(corpus))
-        if model is None and all(m.label for m in messages):
-            model = Path(tempfile.mkdtemp(prefix="mailsift-bench-model-")) / "model.snapshot"
-            err.print(f"training a model on {len(messages)} messages first")
-            train_snapshot(iter(messages), model)
-    except CorpusError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
     if direction not in ("inbound", "outbound"):
         err.print("[red]error:[/red] --direction must be inbound or outbound")
         raise typer.Exit(2)
-    result = run_bench(
-        [m.raw for m in messages],
-        workers=workers,
-        concurrency=concurrency,
-        model=model,
-        rounds=rounds,
-        direction=direction,
-        warmup=warmup,
-    )
+    if rebuild_during and model is not None:
+        err.print("[red]error:[/red] --rebuild-during rebuilds from the log: drop --model")
+        raise typer.Exit(2)
+    try:
+        messages = list(open_source(corpus))
+        training = messages if model is None and all(m.label for m in messages) else []
+        if training:
+            err.print(f"appending {len(training)} messages to the training log, rebuilding")
+        result = run_bench(
+            [m.raw for m in messages],
+            workers=workers,
+            concurrency=concurrency,
+            model=model,
+            training=training,
+            rounds=rounds,
+            direction=direction,
+            warmup=warmup,
+            rebuild_during=rebuild_during,
+        )
+    except (CorpusError, TrainingLogError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
@@ -351,33 +364,125 @@ def train(
     ],
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Snapshot to create or continue (default: the service's)."),
+        typer.Option(
+            "--model",
+            help="Train a standalone snapshot file instead (created or continued), e.g. for "
+            "`mailsift bench --model`; the service's log is not touched.",
+        ),
     ] = None,
+    rebuild: Annotated[
+        bool, typer.Option(help="Rebuild and publish the shared model afterwards.")
+    ] = True,
 ) -> None:
-    """Train (or continue training) a model snapshot from labelled corpora."""
+    """Teach labelled corpora as an administrator's examples, through the training log.
+
+    Every worker and replica learns them from the log; the rebuild afterwards publishes
+    a model that includes them, which running services swap in.
+    """
+    from mailsift.learning.trainlog import TrainingLogError, open_training_log
     from mailsift.service.settings import Settings
-    from mailsift.training.train import train_snapshot
+    from mailsift.training.train import train_log, train_snapshot
 
     settings = Settings()
-    model = model or settings.snapshot_path
     try:
         messages, total = _sources(sources)
-        with _progress(total, "training") as bar:
-            task = bar.add_task("train", total=total)
-            report = train_snapshot(
-                messages,
-                model,
-                limits=settings.parse_limits,
-                progress=lambda n: bar.advance(task, n),
+        if model is not None:
+            with _progress(total, "training") as bar:
+                task = bar.add_task("train", total=total)
+                report = train_snapshot(
+                    messages,
+                    model,
+                    limits=settings.parse_limits,
+                    progress=lambda n: bar.advance(task, n),
+                )
+            info = report.info
+            typer.echo(
+                f"learned {report.learned} messages -> {model} "
+                f"(ham {info.ham}, spam {info.spam}, version {info.model_version})"
             )
-    except CorpusError as exc:
+            return
+        trainlog = open_training_log(settings.database_url, settings.data_dir)
+        try:
+            with _progress(total, "appending") as bar:
+                task = bar.add_task("train", total=total)
+                logged = train_log(
+                    messages,
+                    trainlog,
+                    actor="mailsift train",
+                    limits=settings.parse_limits,
+                    progress=lambda n: bar.advance(task, n),
+                )
+        finally:
+            trainlog.close()
+    except (CorpusError, TrainingLogError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    info = report.info
     typer.echo(
-        f"learned {report.learned} messages -> {model} "
-        f"(ham {info.ham}, spam {info.spam}, version {info.model_version})"
+        f"appended {logged.learned} examples to the training log ({logged.unchanged} already "
+        f"there, {logged.kept} kept by a label of higher rank); log head {logged.head}"
     )
+    if rebuild:
+        _rebuild(settings, wait=True, nice=False, as_json=False)
+
+
+@app.command("rebuild")
+def rebuild_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    if_idle: Annotated[
+        bool, typer.Option(help=f"Exit {3} at once if another rebuild is running.")
+    ] = False,
+    nice: Annotated[bool, typer.Option(help="Run at a lower CPU priority.")] = False,
+) -> None:
+    """Rebuild the shared model from the log's live examples and publish it.
+
+    Corrections (forgets, relabels) are exact after a rebuild; running services swap the
+    published model in within MAILSIFT_SNAPSHOT_CHECK_SECONDS.
+    """
+    from mailsift.service.settings import Settings
+
+    _rebuild(Settings(), wait=not if_idle, nice=nice, as_json=as_json)
+
+
+def _rebuild(settings: Settings, *, wait: bool, nice: bool, as_json: bool) -> None:
+    from mailsift.learning.rebuild import RebuildBusy, publish, rebuild_lock, rebuild_model
+    from mailsift.learning.trainlog import TrainingLogError, open_training_log
+    from mailsift.service.rebuilds import BUSY_EXIT
+
+    if nice:
+        os.nice(10)
+    try:
+        trainlog = open_training_log(settings.database_url, settings.data_dir)
+    except TrainingLogError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        with rebuild_lock(trainlog, settings.data_dir, wait=wait):
+            with _progress(None, "rebuilding") as bar:
+                task = bar.add_task("rebuild", total=None)
+                rebuilt = rebuild_model(
+                    trainlog, settings.parse_limits, progress=lambda n: bar.advance(task, n)
+                )
+            model_id, version = publish(trainlog, rebuilt)
+    except RebuildBusy:
+        err.print("another rebuild is running")
+        raise typer.Exit(BUSY_EXIT) from None
+    finally:
+        trainlog.close()
+    summary = {
+        "published_id": model_id,
+        "model_version": version,
+        "log_position": rebuilt.position,
+        "examples": rebuilt.examples,
+        "skipped": rebuilt.skipped,
+        "seconds": round(rebuilt.seconds, 3),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"rebuilt {rebuilt.examples} examples at log position {rebuilt.position} in "
+            f"{rebuilt.seconds:.1f} s -> published model {model_id} ({version})"
+        )
 
 
 @app.command()

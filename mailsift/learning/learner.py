@@ -1,16 +1,23 @@
-"""This process's models: the newest valid snapshot plus the training-log entries after it.
+"""This process's models: a published or cached snapshot plus the log entries after it.
 
-Shared entries teach the shared :class:`SpamModel` and the exact labels (which message
-an administrator or users in consensus labelled how); personal entries build the users'
-:class:`PersonalLayers`. A snapshot holds the shared model only, so the rest is replayed
-from the log's entries up to the snapshot's position first, from their metadata alone
-(cheap: no message is read or parsed for them).
+Every worker (and every replica) runs one :class:`Learner`. Shared entries teach the
+shared :class:`SpamModel` and the exact labels (which message an administrator or users
+in consensus labelled how); personal entries build the users' :class:`PersonalLayers`.
+Entries are applied in position order from the features stored with them, never by
+parsing again, so the same log gives bit-identical models everywhere.
 
-Every worker (and every replica) runs one :class:`Learner`. It applies log entries in
-position order, so the same log gives the same model everywhere without a coordinator.
-Model mutation happens only on the event loop (the background task and request
-handlers call in from there), so scoring never sees a half-applied entry; blocking I/O
-(database reads, snapshot files) runs in worker threads.
+Online learning between rebuilds is approximate for corrections (naive Bayes unlearns
+exactly, the linear members take a step back). A *rebuild* trains from scratch over the
+log's live examples and is published in the database (:mod:`.published`); each learner
+swaps it in and replays the tail, and from then on every process serves the scores of a
+log that never held the forgotten examples.
+
+A snapshot holds the shared model only, so the personal layers and exact labels are
+replayed from the log's metadata up to the snapshot's position first (cheap: no
+message is read for them). The snapshot file in the data dir is this host's cache of
+the model it derives from; it is used at start-up only when it derives from the newest
+published model. Model mutation happens only on the event loop; blocking I/O (database
+reads, snapshot files) runs in worker threads.
 """
 
 from __future__ import annotations
@@ -19,26 +26,36 @@ import asyncio
 import copy
 import fcntl
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.examples import stored_or_fresh
 from mailsift.learning.personal import PersonalLayers
+from mailsift.learning.published import Published, PublishedModels
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import Label, LogEntry, TrainingLog
 from mailsift.models.ensemble import SpamModel
-from mailsift.models.parse import ParseLimits, parse_message
-from mailsift.models.snapshot import SnapshotError, SnapshotInfo, load_snapshot, save_snapshot
+from mailsift.models.features import Features
+from mailsift.models.parse import ParseLimits
+from mailsift.models.snapshot import (
+    SnapshotError,
+    SnapshotInfo,
+    load_snapshot,
+    save_snapshot,
+    snapshot_from_bytes,
+)
+from mailsift.models.stored import features_version
 
-__all__ = ["Learner", "ModelStatus"]
+__all__ = ["BASE_KEY", "Learner", "ModelStatus"]
 
 log = logging.getLogger("mailsift.learner")
 
+BASE_KEY = "base"
+"""Snapshot header field: the id of the published model a cached snapshot derives from."""
 _BATCH = 200
-_FileStamp = tuple[int, int, int]  # (inode, size, mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +67,15 @@ class ModelStatus:
     snapshot_position: int
     snapshot_created_at: float | None
     updated_at: float
+    published_id: int = 0
+    """The published (rebuilt) model this one derives from; 0: none."""
 
 
 class Learner:
     def __init__(
         self,
         trainlog: TrainingLog,
+        published: PublishedModels,
         snapshot_path: Path,
         limits: ParseLimits,
         *,
@@ -63,11 +83,13 @@ class Learner:
         snapshot_every_seconds: float = 300.0,
     ) -> None:
         self.trainlog = trainlog
+        self.published = published
         self.snapshot_path = snapshot_path
         self.limits = limits
         self.snapshot_every_entries = snapshot_every_entries
         self.snapshot_every_seconds = snapshot_every_seconds
         self.model = SpamModel()
+        self.features_version = features_version(self.model.config)
         self.personal = PersonalLayers()
         self.labels: dict[str, Label] = {}
         """Fingerprint -> the label an administrator or users in consensus gave that
@@ -77,9 +99,10 @@ class Learner:
         of :attr:`position` after a snapshot from the past is installed: each entry sets
         a key's state outright, so replaying entries again changes nothing)."""
         self.position = 0
+        self.base_id = 0
+        """The published model the current one derives from (0: none)."""
         self.snapshot: SnapshotInfo | None = None
         self.updated_at = time.time()
-        self._stamp: _FileStamp | None = None
         self._unsnapshotted = 0
         self._last_snapshot = time.monotonic()
         self._apply_lock = asyncio.Lock()
@@ -97,6 +120,7 @@ class Learner:
             snapshot_position=snap.log_position if snap else 0,
             snapshot_created_at=snap.created_at if snap else None,
             updated_at=self.updated_at,
+            published_id=self.base_id,
         )
 
     @property
@@ -107,7 +131,10 @@ class Learner:
     # -- snapshots -------------------------------------------------------------------
 
     def load_initial(self) -> None:
-        """Start-up: newest valid snapshot (else the previous one, else empty)."""
+        """Start-up: this host's cached snapshot if it derives from the newest published
+        model, else that published model, else an empty model (the log replays it all)."""
+        newest = self.published.newest()
+        wanted = newest.id if newest else 0
         for path in (
             self.snapshot_path,
             self.snapshot_path.with_name(self.snapshot_path.name + ".prev"),
@@ -119,40 +146,60 @@ class Learner:
             except SnapshotError as exc:
                 log.error("snapshot refused: %s", exc)
                 continue
-            self._install(
-                model, info, _stamp(self.snapshot_path) if path == self.snapshot_path else None
-            )
+            if _base_of(info) != wanted:
+                log.info("cached snapshot %s predates published model %d", path, wanted)
+                continue
+            self._install(model, info, wanted)
             self._replay_meta(info.log_position)
             log.info("loaded snapshot %s at log position %d", info.model_version, info.log_position)
             return
+        if newest is not None and self._install_published(newest):
+            self._replay_meta(self.position)
+            return
         log.info("no snapshot: starting with an empty model")
 
-    async def reload_if_changed(self, force: bool = False) -> bool:
-        """Pick up a snapshot someone else published (``mailsift train``, another worker)."""
-        stamp = _stamp(self.snapshot_path)
-        if stamp is None or (stamp == self._stamp and not force):
+    def _install_published(self, newest: Published) -> bool:
+        data = self.published.data(newest.id)
+        if data is None:
+            return False
+        try:
+            model, info = snapshot_from_bytes(data, self.model.config, f"published {newest.id}")
+        except SnapshotError as exc:
+            log.error("published model refused: %s", exc)
+            return False
+        self._install(model, info, newest.id)
+        log.info("loaded published model %d at log position %d", newest.id, info.log_position)
+        return True
+
+    async def reload_if_published(self) -> bool:
+        """Swap in a model a rebuild published since ours, then replay the tail."""
+        newest = await run_in_threadpool(self.published.newest)
+        if newest is None or newest.id <= self.base_id:
+            return False
+        data = await run_in_threadpool(self.published.data, newest.id)
+        if data is None:
             return False
         try:
             model, info = await run_in_threadpool(
-                load_snapshot, self.snapshot_path, self.model.config
+                snapshot_from_bytes, data, self.model.config, f"published {newest.id}"
             )
         except SnapshotError as exc:
-            log.error("new snapshot refused, keeping the current model: %s", exc)
-            self._stamp = stamp  # do not retry the same broken file every few seconds
+            log.error("published model refused, keeping the current one: %s", exc)
+            self.base_id = newest.id  # do not retry the same broken model every round
             return False
         async with self._apply_lock:
-            self._install(model, info, stamp)
+            self._install(model, info, newest.id)
             entries = await run_in_threadpool(self._meta_entries, info.log_position)
             self._apply_all_meta(entries, info.log_position)
         await self.catch_up()
-        log.info("reloaded snapshot %s at log position %d", info.model_version, info.log_position)
+        log.info("swapped in published model %d (log position %d)", newest.id, info.log_position)
         return True
 
-    def _install(self, model: SpamModel, info: SnapshotInfo, stamp: _FileStamp | None) -> None:
+    def _install(self, model: SpamModel, info: SnapshotInfo, base_id: int) -> None:
         self.model = model
         self.snapshot = info
         self.position = info.log_position
-        self._stamp = stamp
+        self.base_id = base_id
         self._unsnapshotted = 0
         self.updated_at = time.time()
 
@@ -205,18 +252,11 @@ class Learner:
         return await self.write_snapshot() if due else None
 
     async def write_snapshot(self) -> SnapshotInfo | None:
-        """Publish the current model; skipped if another process is writing one right now."""
-        if _stamp(self.snapshot_path) not in (None, self._stamp):
-            # Someone published since we loaded: take theirs rather than overwrite it.
-            await self.reload_if_changed()
-            return None
-        model, position = copy.deepcopy(self.model), self.position
-        info = await run_in_threadpool(_save_locked, model, self.snapshot_path, position)
+        """Cache the current model on this host; skipped if another process is writing."""
+        model, position, base = copy.deepcopy(self.model), self.position, self.base_id
+        info = await run_in_threadpool(_save_locked, model, self.snapshot_path, position, base)
         self._unsnapshotted = 0
         self._last_snapshot = time.monotonic()
-        if info is not None:
-            self.snapshot = info
-            self._stamp = _stamp(self.snapshot_path)
         return info
 
     # -- the training log ------------------------------------------------------------
@@ -232,30 +272,47 @@ class Learner:
                 for entry in entries:
                     if entry.position != self.position + 1:
                         log.error("training log gap: at %d, got %d", self.position, entry.position)
-                    self._apply(entry)
+                    if not entry.layer:
+                        await self._apply_shared(entry)
+                    self._apply_meta(entry)
+                    self._advance(entry)
                     applied += 1
                     await asyncio.sleep(0)  # let scoring requests in between entries
                 if len(entries) < _BATCH:
                     break
         return applied
 
-    def _apply(self, entry: LogEntry) -> None:
-        self._apply_meta(entry)
-        if entry.layer:
-            self._advance(entry)
-            return
+    async def _apply_shared(self, entry: LogEntry) -> None:
         model = self.model
         if entry.undo_label:
-            learned = model.features(parse_message(entry.undo_raw, self.limits))
-            try:
-                model.unlearn(learned, entry.undo_label)
-            except ValueError as exc:
-                # Only when the snapshot never held what the log says was learned (a
-                # model retrained from scratch): nothing to take back, go on.
-                log.warning("entry %d: %s", entry.position, exc)
+            undo = await self._features(entry.undo_features, entry.undo_features_version, b"")
+            if undo is None and entry.undo_raw:
+                undo = await self._features(None, None, entry.undo_raw)
+            if undo is not None:
+                try:
+                    model.unlearn(undo, entry.undo_label)
+                except ValueError as exc:
+                    # Only when the model never held what the log says was learned (a
+                    # snapshot made without the log): nothing to take back, go on.
+                    log.warning("entry %d: %s", entry.position, exc)
         if entry.label:
-            model.learn(model.features(parse_message(entry.raw, self.limits)), entry.label)
-        self._advance(entry)
+            learned = await self._features(entry.features, entry.features_version, entry.raw)
+            if learned is None:
+                log.warning("entry %d: no features and no raw bytes: not learned", entry.position)
+            else:
+                model.learn(learned, entry.label)
+
+    async def _features(
+        self, stored: bytes | None, version: str | None, raw: bytes
+    ) -> Features | None:
+        if stored is not None and version == self.features_version:
+            return stored_or_fresh(stored, version, b"", self.model.config, version, self.limits)
+        if not raw:
+            return None
+        # An entry from before features were stored: parse it, off the loop.
+        return await run_in_threadpool(
+            stored_or_fresh, None, None, raw, self.model.config, self.features_version, self.limits
+        )
 
     def _advance(self, entry: LogEntry) -> None:
         self.position = entry.position
@@ -263,23 +320,22 @@ class Learner:
         self.updated_at = time.time()
 
 
-def _stamp(path: Path) -> _FileStamp | None:
+def _base_of(info: SnapshotInfo) -> int:
     try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+        return int(info.extra.get(BASE_KEY, "0"))
+    except ValueError:
+        return -1
 
 
-def _save_locked(model: SpamModel, path: Path, position: int) -> SnapshotInfo | None:
+def _save_locked(model: SpamModel, path: Path, position: int, base: int) -> SnapshotInfo | None:
     """Write a snapshot under an advisory lock, so workers sharing a data dir take turns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(path.with_name(path.name + ".lock"), "a+b") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
         try:
-            return save_snapshot(model, path, log_position=position)
+            return save_snapshot(model, path, log_position=position, **{BASE_KEY: str(base)})
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)

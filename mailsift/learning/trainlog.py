@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ SCHEMA_VERSION = "2"
 MAX_SOURCE = 32
 MAX_ACTOR = 320
 MAX_ADDRESS = 320
+MAX_VERSION = 32
 DAY = 86_400.0
 MAX_READ = 10_000
 _FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
@@ -75,6 +76,52 @@ _LABELS: frozenset[str] = frozenset(get_args(Label))
 
 class TrainingLogError(Exception):
     """The log cannot be opened, read or written; the message never holds a password."""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """What the log keeps of one labelled message: the raw bytes (for a while, see
+    :meth:`TrainingLog.prune_raw`) and its features, computed once when it is appended
+    (:mod:`mailsift.models.stored`), so every replay learns exactly the same vectors."""
+
+    raw: bytes
+    features: bytes
+    features_version: str
+    sender: str | None = None
+    """The message's From address: a personal layer learns the sender too."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """An example as the columns hold it (raw bytes compressed)."""
+
+    raw: bytes
+    features: bytes | None
+    features_version: str | None
+    sender: str | None
+
+    @classmethod
+    def of(cls, example: Example) -> _Stored:
+        return cls(
+            zlib.compress(example.raw),
+            example.features,
+            example.features_version[:MAX_VERSION],
+            _cap_address(example.sender),
+        )
+
+
+_NOTHING = _Stored(b"", None, None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveExample:
+    """One example the shared layer holds now, at the position of the entry that set it."""
+
+    position: int
+    fingerprint: str
+    label: Label
+    features: bytes | None
+    features_version: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +181,13 @@ class LogEntry:
     layer: str = SHARED
     """``""`` for the shared model, else the address of the user whose layer it is."""
     sender: str | None = None
-    """The reported message's From address (personal entries): a personal layer learns
-    the sender too, so further mail from it is judged for that user alone."""
+    """The message's From address: a personal layer learns the sender too, so further
+    mail from it is judged for that user alone."""
+    features: bytes | None = None
+    features_version: str | None = None
+    undo_features: bytes | None = None
+    """The features learned with ``undo_label`` (the earlier entry's)."""
+    undo_features_version: str | None = None
 
 
 _metadata = MetaData()
@@ -155,6 +207,8 @@ _entries = Table(
     Column("created_at", Double, nullable=False),
     Column("layer", String(MAX_ADDRESS), nullable=False, server_default=""),
     Column("sender", String(MAX_ADDRESS)),
+    Column("features", LargeBinary),  # None: an undo, or an entry from schema version 1
+    Column("features_version", String(MAX_VERSION)),
     CheckConstraint("label IN ('ham', 'spam')", name="trainlog_entries_label"),
     CheckConstraint("undo_label IN ('ham', 'spam')", name="trainlog_entries_undo_label"),
     CheckConstraint("label IS NOT NULL OR undo_label IS NOT NULL", name="trainlog_entries_op"),
@@ -205,17 +259,15 @@ class TrainingLog:
         self._write_lock = threading.Lock()  # queue this process's writers in Python
         self._closed = False
 
+    @property
+    def engine(self) -> Engine:
+        """The log's database, for what lives beside the log (published models)."""
+        return self._engine
+
     # -- the shared layer --------------------------------------------------------------
 
     def append(
-        self,
-        fingerprint: str,
-        label: Label,
-        raw: bytes,
-        *,
-        source: Source,
-        actor: str,
-        sender: str | None = None,
+        self, fingerprint: str, label: Label, example: Example, *, source: Source, actor: str
     ) -> AppendResult:
         """Set the shared label of ``fingerprint``; returns once the entry is committed.
 
@@ -223,22 +275,28 @@ class TrainingLog:
         ever adds, so it never relabels anything. The same label from a higher source
         takes the label over (so a later forget by a lower one cannot undo it).
         """
-        _check_label(label)
-        _check_entry(fingerprint, source, actor)
+        (result,) = self.append_many([(fingerprint, label, example)], source=source, actor=actor)
+        return result
+
+    def append_many(
+        self,
+        items: Sequence[tuple[str, Label, Example]],
+        *,
+        source: Source,
+        actor: str,
+    ) -> list[AppendResult]:
+        """:meth:`append` for each item in order, in one transaction (batch training)."""
         if source is Source.USER:
             raise ValueError("users teach the shared layer only through report()")
-        packed = zlib.compress(raw)
+        for fingerprint, label, _ in items:
+            _check_label(label)
+            _check_entry(fingerprint, source, actor)
+        stored = [_Stored.of(example) for _, _, example in items]
         with self._writing("append") as conn:
-            held = _shared(conn, fingerprint)
-            if held is not None:
-                held_label, held_position, holder = held
-                if held_label == label:
-                    if holder is not source and outranks(source, holder):
-                        _set_holder(conn, fingerprint, source)
-                    return AppendResult("unchanged", held_position, holder)
-                if source is Source.OUTBOUND or not outranks(source, holder):
-                    return AppendResult("kept", held_position, holder)
-            return _set_shared(conn, fingerprint, label, packed, source, actor, sender, held)
+            return [
+                _append(conn, fingerprint, label, one, source, actor)
+                for (fingerprint, label, _), one in zip(items, stored, strict=True)
+            ]
 
     def forget(self, fingerprint: str, *, actor: str) -> AppendResult:
         """An administrator takes a message back entirely: its shared example and every
@@ -256,16 +314,9 @@ class TrainingLog:
             ).all()
             for user, label, at in sorted(reports):
                 position = _insert_entry(
-                    conn,
-                    fingerprint,
-                    None,
-                    _as_label(label),
-                    int(at),
-                    b"",
-                    Source.ADMIN,
-                    actor,
-                    layer=user,
-                )
+                    conn, fingerprint, None, _as_label(label), int(at), _NOTHING, Source.ADMIN,
+                    actor, layer=user,
+                )  # fmt: skip
             conn.execute(delete(_reports).where(_reports.c.fingerprint == fingerprint))
             if position == 0:
                 return AppendResult("unchanged", 0)
@@ -284,14 +335,12 @@ class TrainingLog:
             ).scalar()
             if newest is None:
                 return None
-            packed, sender = conn.execute(
-                select(_entries.c.raw, _entries.c.sender).where(_entries.c.position == newest)
-            ).one()
+            stored = _stored_at(conn, newest)
             held = _shared(conn, fingerprint)
             if held is not None and held[0] == label:
                 _set_holder(conn, fingerprint, Source.ADMIN)
                 return AppendResult("unchanged", held[1], Source.ADMIN)
-            return _set_shared(conn, fingerprint, label, packed, Source.ADMIN, actor, sender, held)
+            return _set_shared(conn, fingerprint, label, stored, Source.ADMIN, actor, held)
 
     # -- users' reports ----------------------------------------------------------------
 
@@ -300,9 +349,8 @@ class TrainingLog:
         user: str,
         fingerprint: str,
         label: Label,
-        raw: bytes,
+        example: Example,
         *,
-        sender: str | None,
         needed: int,
         per_user_per_day: int,
         now: float | None = None,
@@ -315,9 +363,8 @@ class TrainingLog:
         _check_address(user, "user")
         if not user:
             raise ValueError("user must not be empty")
-        sender = _cap_address(sender)
         now = time.time() if now is None else now
-        packed = zlib.compress(raw)
+        stored = _Stored.of(example)
         with self._writing("report") as conn:
             current = _report_of(conn, user, fingerprint)
             if current is not None and current[0] == label:
@@ -330,11 +377,10 @@ class TrainingLog:
                 label,
                 None if current is None else current[0],
                 None if current is None else current[1],
-                packed,
+                stored,
                 Source.USER,
                 user,
                 layer=user,
-                sender=sender,
             )
             values = {"label": label, "position": position, "counted": int(counted)}
             if current is None:
@@ -364,7 +410,7 @@ class TrainingLog:
                 )
             label, at = current
             position = _insert_entry(
-                conn, fingerprint, None, label, at, b"", Source.USER, user, layer=user
+                conn, fingerprint, None, label, at, _NOTHING, Source.USER, user, layer=user
             )
             conn.execute(
                 delete(_reports).where(
@@ -388,7 +434,12 @@ class TrainingLog:
             raise ValueError(f"limit must be between 1 and {MAX_READ}")
         undone = _entries.alias("undone")
         query = (
-            select(_entries, undone.c.raw.label("undo_raw"))
+            select(
+                _entries,
+                undone.c.raw.label("undo_raw"),
+                undone.c.features.label("undo_features"),
+                undone.c.features_version.label("undo_features_version"),
+            )
             .outerjoin(undone, undone.c.position == _entries.c.undo_position)
             .where(_entries.c.position > after)
             .order_by(_entries.c.position)
@@ -409,6 +460,10 @@ class TrainingLog:
                 created_at=row.created_at,
                 layer=row.layer,
                 sender=row.sender,
+                features=row.features,
+                features_version=row.features_version,
+                undo_features=row.undo_features,
+                undo_features_version=row.undo_features_version,
             )
             for row in rows
         ]
@@ -454,6 +509,68 @@ class TrainingLog:
             )
             for row in rows
         ]
+
+    @contextmanager
+    def live_examples(self, batch: int = 1000) -> Iterator[tuple[int, Iterator[LiveExample]]]:
+        """The shared layer's live examples (relabels and forgets applied) as of one
+        position, in the order of the entries that set them: ``(position, examples)``.
+
+        One read transaction (REPEATABLE READ on PostgreSQL), so the examples are exactly
+        those of the log up to ``position`` however many appends land meanwhile.
+        """
+        with self._guard("read"), self._engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                head = _head(conn)
+                e, lab = _entries.c, _labels.c
+                query = (
+                    select(lab.position, lab.fingerprint, lab.label, e.features, e.features_version)
+                    .join(_entries, e.position == lab.position)
+                    .order_by(lab.position)
+                )
+
+                def rows() -> Iterator[LiveExample]:
+                    result = conn.execution_options(yield_per=batch).execute(query)
+                    for row in result:
+                        label = _as_label(row.label)
+                        assert label is not None
+                        yield LiveExample(
+                            int(row.position), row.fingerprint, label, row.features,
+                            row.features_version,
+                        )  # fmt: skip
+
+                yield head, rows()
+
+    def raw_at(self, position: int) -> bytes:
+        """The raw message of an entry (empty once past raw retention, or an undo)."""
+        with self._reading("read") as conn:
+            packed = conn.execute(
+                select(_entries.c.raw).where(_entries.c.position == position)
+            ).scalar()
+        return zlib.decompress(packed) if packed else b""
+
+    def prune_raw(self, before: float, *, batch: int = 500) -> int:
+        """Drop the raw bytes of entries created before ``before`` whose features are
+        stored (they are all learning needs); returns how many were dropped. In batches,
+        each its own short write transaction."""
+        e = _entries.c
+        total = 0
+        while True:
+            with self._writing("prune") as conn:
+                positions = list(
+                    conn.execute(
+                        select(e.position)
+                        .where(e.created_at < before, e.raw != b"", e.features.is_not(None))
+                        .order_by(e.position)
+                        .limit(batch)
+                    ).scalars()
+                )
+                if positions:
+                    conn.execute(update(_entries).where(e.position.in_(positions)).values(raw=b""))
+            total += len(positions)
+            if len(positions) < batch:
+                return total
 
     def head(self) -> int:
         """Highest committed position; 0 when the log is empty."""
@@ -585,10 +702,14 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
 
 def _upgrade_from_1(conn: Connection) -> None:
     """Version 1 had one layer and free-form sources: every entry is shared; ``train``
-    was an administrator, ``feedback`` a user whose report the shared model took."""
+    was an administrator, ``feedback`` a user whose report the shared model took. Its
+    entries have no stored features: learners compute them from the raw bytes."""
+    blob = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
     for statement in (
         "ALTER TABLE trainlog_entries ADD COLUMN layer VARCHAR(320) NOT NULL DEFAULT ''",
         "ALTER TABLE trainlog_entries ADD COLUMN sender VARCHAR(320)",
+        f"ALTER TABLE trainlog_entries ADD COLUMN features {blob}",
+        "ALTER TABLE trainlog_entries ADD COLUMN features_version VARCHAR(32)",
         "ALTER TABLE trainlog_labels ADD COLUMN source VARCHAR(32) NOT NULL DEFAULT 'admin'",
         "UPDATE trainlog_entries SET source = CASE source WHEN 'outbound' THEN 'outbound' "
         "WHEN 'feedback' THEN 'user' ELSE 'admin' END",
@@ -605,12 +726,11 @@ def _insert_entry(
     label: Label | None,
     undo_label: Label | None,
     undo_position: int | None,
-    packed: bytes,
+    stored: _Stored,
     source: Source,
     actor: str,
     *,
     layer: str = SHARED,
-    sender: str | None = None,
 ) -> int:
     # Numbered under the write lock, so head + 1 is gap-free and commits in order.
     position = _head(conn) + 1
@@ -621,12 +741,14 @@ def _insert_entry(
             label=label,
             undo_label=undo_label,
             undo_position=undo_position,
-            raw=packed,
+            raw=stored.raw,
             source=source.value,
             actor=actor[:MAX_ACTOR],
             created_at=time.time(),
             layer=layer,
-            sender=sender,
+            sender=stored.sender,
+            features=stored.features,
+            features_version=stored.features_version,
         )
     )
     return position
@@ -648,6 +770,26 @@ def _shared(conn: Connection, fingerprint: str) -> tuple[Label, int, Source] | N
     return label, int(row.position), _as_source(row.source)
 
 
+def _append(
+    conn: Connection,
+    fingerprint: str,
+    label: Label,
+    stored: _Stored,
+    source: Source,
+    actor: str,
+) -> AppendResult:
+    held = _shared(conn, fingerprint)
+    if held is not None:
+        held_label, held_position, holder = held
+        if held_label == label:
+            if holder is not source and outranks(source, holder):
+                _set_holder(conn, fingerprint, source)
+            return AppendResult("unchanged", held_position, holder)
+        if source is Source.OUTBOUND or not outranks(source, holder):
+            return AppendResult("kept", held_position, holder)
+    return _set_shared(conn, fingerprint, label, stored, source, actor, held)
+
+
 def _set_holder(conn: Connection, fingerprint: str, source: Source) -> None:
     conn.execute(
         update(_labels).where(_labels.c.fingerprint == fingerprint).values(source=source.value)
@@ -658,16 +800,13 @@ def _set_shared(
     conn: Connection,
     fingerprint: str,
     label: Label,
-    packed: bytes,
+    stored: _Stored,
     source: Source,
     actor: str,
-    sender: str | None,
     held: tuple[Label, int, Source] | None,
 ) -> AppendResult:
     undo, undo_position = (None, None) if held is None else (held[0], held[1])
-    position = _insert_entry(
-        conn, fingerprint, label, undo, undo_position, packed, source, actor, sender=sender
-    )
+    position = _insert_entry(conn, fingerprint, label, undo, undo_position, stored, source, actor)
     values = {"label": label, "position": position, "source": source.value}
     if held is None:
         conn.execute(insert(_labels).values(fingerprint=fingerprint, **values))
@@ -683,9 +822,18 @@ def _undo_shared(
     source: Source,
     actor: str,
 ) -> int:
-    position = _insert_entry(conn, fingerprint, None, held[0], held[1], b"", source, actor)
+    position = _insert_entry(conn, fingerprint, None, held[0], held[1], _NOTHING, source, actor)
     conn.execute(delete(_labels).where(_labels.c.fingerprint == fingerprint))
     return position
+
+
+def _stored_at(conn: Connection, position: int) -> _Stored:
+    """The example an entry holds, to teach the shared layer what a user reported."""
+    e = _entries.c
+    row = conn.execute(
+        select(e.raw, e.features, e.features_version, e.sender).where(e.position == position)
+    ).one()
+    return _Stored(row.raw, row.features, row.features_version, row.sender)
 
 
 def _report_of(conn: Connection, user: str, fingerprint: str) -> tuple[Label, int] | None:
@@ -763,11 +911,9 @@ def _settle(
             _reports.c.counted == 1,
         )
     ).scalar_one()
-    packed, sender = conn.execute(
-        select(_entries.c.raw, _entries.c.sender).where(_entries.c.position == newest)
-    ).one()
     actor = f"consensus of {tally.of(agreed)} users"
-    done = _set_shared(conn, fingerprint, agreed, packed, Source.USER, actor, sender, held)
+    stored = _stored_at(conn, newest)
+    done = _set_shared(conn, fingerprint, agreed, stored, Source.USER, actor, held)
     return outcome("learned" if held is None else "relabelled", done.position)
 
 

@@ -29,7 +29,11 @@ import numpy.typing as npt
 
 from mailsift.models.parse import ParsedMessage
 
-__all__ = ["FeatureConfig", "Features", "extract", "tokenize"]
+__all__ = ["TOKENISER_VERSION", "FeatureConfig", "Features", "extract", "tokenize", "words"]
+
+TOKENISER_VERSION = 1
+"""Bump whenever :func:`tokenize` or :func:`extract` would map a message differently:
+features stored on the training log under another version are then computed afresh."""
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -224,6 +228,11 @@ def _char_input(msg: ParsedMessage, config: FeatureConfig) -> bytes:
         return msg.prefix[: config.char_bytes]
     text = f"{msg.subject}\n{msg.from_name} {msg.from_addr}\n{msg.text}\n{msg.html_text}"
     return text[: config.char_bytes].encode("utf-8", "surrogatepass")
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text`` exactly as tokens spell them (lower case, capped)."""
+    return _words(text)
 
 
 def _words(text: str) -> list[str]:

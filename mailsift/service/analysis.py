@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
+from mailsift.learning.examples import example_of
+from mailsift.learning.trainlog import Example
 from mailsift.models.features import Features
 from mailsift.models.fingerprint import fingerprint
 from mailsift.models.parse import ParsedMessage, parse_message
@@ -32,3 +34,13 @@ async def analyse(raw: bytes, state: ServiceState) -> Analysed:
     if len(raw) > state.settings.offload_bytes:
         return await run_in_threadpool(_analyse, raw, state)
     return _analyse(raw, state)
+
+
+async def learning_example(raw: bytes, analysed: Analysed, state: ServiceState) -> Example:
+    """What the training log stores of a message: scoring's features when its parse was
+    not cut short by the time budget, else a parse without one (in a thread)."""
+    learner = state.learner
+    args = (raw, learner.model.config, learner.features_version, state.settings.parse_limits)
+    if "time_budget" not in analysed.message.defects:
+        return example_of(*args, parsed=analysed.message, features=analysed.features)
+    return await run_in_threadpool(example_of, *args)

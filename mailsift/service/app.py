@@ -7,6 +7,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift import __version__
 from mailsift.learning.learner import Learner
 from mailsift.learning.outbound import OutboundQuota
+from mailsift.learning.published import PublishedModels
 from mailsift.learning.trainlog import open_training_log
 from mailsift.service import monitor
 from mailsift.service.accounts.flow import flush_outbound, run_flusher
@@ -31,6 +33,7 @@ from mailsift.service.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
+from mailsift.service.rebuilds import RebuildScheduler
 from mailsift.service.routers import (
     accounts,
     audit,
@@ -50,6 +53,10 @@ from mailsift.service.state import ServiceState
 __all__ = ["create_app"]
 
 log = logging.getLogger("mailsift.app")
+
+DAY = 86_400.0
+RAW_PRUNE_SECONDS = 3600.0
+"""How often a worker drops the raw bytes past ``raw_retention_days`` (any worker may)."""
 
 
 # mailsift exports its own Prometheus metrics. FastAPI's native OpenTelemetry layer (in
@@ -80,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.collect()
         gc.freeze()
         tasks = [
-            asyncio.create_task(_follow(learner, settings)),
+            asyncio.create_task(_follow(state)),
             asyncio.create_task(state.lists.run()),
             asyncio.create_task(state.audit.run()),
             asyncio.create_task(monitor.watch(state)),
@@ -105,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await run_in_threadpool(state.audit.flush)
             except Exception as exc:  # the audit store may be what is failing
                 log.error("audit flush at shutdown failed: %s", type(exc).__name__)
+            await state.rebuilds.aclose()
             await state.gateway_seen.aclose()
             await state.alerts.aclose()
             state.trainlog.close()
@@ -151,6 +159,7 @@ async def _open_state(settings: Settings) -> ServiceState:
         engine = open_state_engine(settings.database_url, settings.data_dir)
         learner = Learner(
             trainlog,
+            PublishedModels(trainlog.engine),
             settings.snapshot_path,
             settings.parse_limits,
             snapshot_every_entries=settings.snapshot_every_entries,
@@ -170,21 +179,32 @@ async def _open_state(settings: Settings) -> ServiceState:
             tokens=TokenStore(engine),
             feedback_limiter=FeedbackLimiter(settings.feedback_per_token_per_minute),
             gateway_seen=GatewaySeen(engine),
+            rebuilds=RebuildScheduler(settings),
         )
 
     return await run_in_threadpool(build)
 
 
-async def _follow(learner: Learner, settings: Settings) -> None:
-    """Keep this worker's model current: new log entries, published snapshots, our own snapshots."""
+async def _follow(state: ServiceState) -> None:
+    """Keep this worker's model current: new log entries, published rebuilds, our own
+    snapshot cache; start a rebuild when one is due; drop raw bytes past retention."""
+    learner, settings = state.learner, state.settings
     loop = asyncio.get_running_loop()
-    next_check = loop.time()
+    next_check = next_prune = loop.time()
     while True:
         try:
             await learner.catch_up()
             if loop.time() >= next_check:
                 next_check = loop.time() + settings.snapshot_check_seconds
-                await learner.reload_if_changed()
+                await learner.reload_if_published()
+                newest = await run_in_threadpool(learner.published.newest)
+                state.rebuilds.start_if_due(learner.position, newest)
+            if loop.time() >= next_prune:
+                next_prune = loop.time() + RAW_PRUNE_SECONDS
+                cutoff = time.time() - settings.raw_retention_days * DAY
+                dropped = await run_in_threadpool(state.trainlog.prune_raw, cutoff)
+                if dropped:
+                    log.info("dropped the raw bytes of %d examples past retention", dropped)
             await learner.snapshot_if_due()
         except asyncio.CancelledError:
             raise

@@ -33,6 +33,9 @@ class ModelBrief(BaseModel):
     ham: int
     spam: int
     learning: bool
+    logit: float
+    """The model's own log-odds for this message, unrounded: replicas at the same log
+    position give exactly the same value."""
 
 
 class RecipientOut(BaseModel):
@@ -96,8 +99,23 @@ class ModelOut(BaseModel):
     snapshot_position: int
     snapshot_created_at: float | None
     updated_at: float
+    published_id: int = 0
+    """The published (rebuilt) model this one derives from; 0: none yet."""
     worker: int
     """Process id of the worker that answered (several workers each replay the log)."""
+
+
+class RebuildSummary(BaseModel):
+    published_id: int
+    model_version: str
+    log_position: int
+    examples: int
+    skipped: int
+    seconds: float
+
+
+class RebuildOut(ModelOut):
+    rebuild: RebuildSummary
 
 
 ERRORS: dict[int | str, dict[str, object]] = {

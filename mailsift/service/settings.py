@@ -71,10 +71,17 @@ class Settings(BaseSettings):
     snapshot_check_seconds: float = Field(
         5.0,
         gt=0,
-        description="How often workers look for a snapshot published by `mailsift train`.",
+        description="How often workers look for a model a rebuild published, and whether "
+        "a rebuild is due.",
     )
 
     # Bounds on the work one message may cost (see models.parse.ParseLimits).
+    parse_time_budget_ms: int = Field(
+        1000,
+        ge=1,
+        description="Wall-clock milliseconds one message's parse may take when scoring "
+        "(the rest is skipped, reason mime_time_budget); learning never has a time budget.",
+    )
     parse_max_bytes: int = Field(
         4 * MiB, ge=1024, description="Bytes of a message the parser reads."
     )
@@ -286,6 +293,25 @@ class Settings(BaseSettings):
         description="A user may report only a message that was scored for one of their "
         "addresses (per the audit trail); off for sites that import old mail.",
     )
+    rebuild_every_entries: int = Field(
+        1000,
+        ge=0,
+        description="Rebuild the shared model from the log's live examples once this many "
+        "entries came after the last rebuild (0 = not by count); corrections are exact "
+        "after a rebuild.",
+    )
+    rebuild_every_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="Rebuild at least this often when anything was learned (0 = not by time).",
+    )
+    raw_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Days the training log keeps a message's raw bytes; its features (all "
+        "that learning needs) stay. Past it, a message can no longer be labelled from "
+        "history or re-featurised after a change of feature settings.",
+    )
     personal_sender: bool = Field(
         True,
         description="A user's spam report also makes further mail from that From address "
@@ -340,6 +366,7 @@ class Settings(BaseSettings):
             max_parts=self.parse_max_parts,
             max_depth=self.parse_max_depth,
             max_headers=self.parse_max_headers,
+            time_budget_ms=self.parse_time_budget_ms,
         )
 
 

@@ -16,6 +16,7 @@ from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
 from mailsift.service.lists.store import ListStore
 from mailsift.service.monitor import GatewaySeen
+from mailsift.service.rebuilds import RebuildScheduler
 from mailsift.service.settings import Settings
 
 
@@ -34,6 +35,7 @@ class ServiceState:
     tokens: TokenStore
     gateway_seen: GatewaySeen
     feedback_limiter: FeedbackLimiter
+    rebuilds: RebuildScheduler
 
     @property
     def model_ready(self) -> bool:

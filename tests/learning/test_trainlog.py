@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from mailsift.learning.sources import Source
+from mailsift.models.stored import decode_features
 from mailsift.learning.trainlog import (
     DAY,
     AppendResult,
@@ -31,6 +32,7 @@ from mailsift.learning.trainlog import (
     open_training_log,
 )
 from tests.conftest import PG_HOST, PG_PORT, pg_admin
+from tests.learning.examples import ex
 
 WORKERS = 4
 APPENDS_PER_WORKER = 50
@@ -81,16 +83,16 @@ def log(backend: Backend) -> Iterator[TrainingLog]:
 def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
     assert log.head() == 0
     admin, outbound = Source.ADMIN, Source.OUTBOUND
-    assert log.append(fp(1), "spam", b"a", source=admin, actor="a") == AppendResult(
+    assert log.append(fp(1), "spam", ex(b"a"), source=admin, actor="a") == AppendResult(
         "learned", 1, admin
     )
-    assert log.append(fp(1), "spam", b"a", source=admin, actor="b") == AppendResult(
+    assert log.append(fp(1), "spam", ex(b"a"), source=admin, actor="b") == AppendResult(
         "unchanged", 1, admin
     )
-    assert log.append(fp(2), "ham", b"b", source=outbound, actor="mta") == AppendResult(
+    assert log.append(fp(2), "ham", ex(b"b"), source=outbound, actor="mta") == AppendResult(
         "learned", 2, outbound
     )
-    assert log.append(fp(1), "ham", b"a", source=admin, actor="a") == AppendResult(
+    assert log.append(fp(1), "ham", ex(b"a"), source=admin, actor="a") == AppendResult(
         "relabelled", 3, admin
     )
     assert log.counts() == {"ham": 2, "spam": 0}
@@ -100,7 +102,7 @@ def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
     assert log.label_of(fp(1)) is None
     assert log.label_of(fp(2)) == "ham"
     assert log.counts() == {"ham": 1, "spam": 0}
-    assert log.append(fp(1), "spam", b"a", source=admin, actor="a") == AppendResult(
+    assert log.append(fp(1), "spam", ex(b"a"), source=admin, actor="a") == AppendResult(
         "learned", 5, admin
     )
     assert log.head() == 5
@@ -117,8 +119,8 @@ def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
 
 def test_undo_carries_the_bytes_that_were_learned(log: TrainingLog) -> None:
     """A relabel or forget must unlearn the copy that was learned, not the new copy."""
-    log.append(fp(1), "spam", b"copy seen by the gateway", source=Source.ADMIN, actor="a")
-    log.append(fp(1), "ham", b"copy the user reported", source=Source.ADMIN, actor="u@x")
+    log.append(fp(1), "spam", ex(b"copy seen by the gateway"), source=Source.ADMIN, actor="a")
+    log.append(fp(1), "ham", ex(b"copy the user reported"), source=Source.ADMIN, actor="u@x")
     log.forget(fp(1), actor="u@x")
     first, relabel, forget = log.read(0)
     assert first.undo_raw == b""
@@ -132,17 +134,23 @@ def test_undo_carries_the_bytes_that_were_learned(log: TrainingLog) -> None:
 def test_entry_fields_round_trip(log: TrainingLog) -> None:
     raw = b"Subject: hi\r\n\r\n" + bytes(range(256)) * 400
     before = time.time()
-    log.append(fp(7), "spam", raw, source=Source.ADMIN, actor="token:ci")
+    example = ex(raw, "a@b.example")
+    log.append(fp(7), "spam", example, source=Source.ADMIN, actor="token:ci")
     (entry,) = log.read(0)
     assert entry == LogEntry(
-        1, fp(7), "spam", None, raw, b"", "admin", "token:ci", entry.created_at
-    )
+        1, fp(7), "spam", None, raw, b"", "admin", "token:ci", entry.created_at,
+        sender="a@b.example", features=example.features,
+        features_version=example.features_version,
+    )  # fmt: skip
+    assert decode_features(entry.features or b"").word_idx.size > 0
     assert before - 1 <= entry.created_at <= time.time() + 1
 
 
 def test_read_pages_in_order(log: TrainingLog) -> None:
     for n in range(1, 8):
-        log.append(fp(n), "ham" if n % 2 else "spam", b"m%d" % n, source=Source.ADMIN, actor="a")
+        log.append(
+            fp(n), "ham" if n % 2 else "spam", ex(b"m%d" % n), source=Source.ADMIN, actor="a"
+        )
     pages = [log.read(0, limit=3), log.read(3, limit=3), log.read(6, limit=3)]
     assert [[e.position for e in page] for page in pages] == [[1, 2, 3], [4, 5, 6], [7]]
     assert [e.raw for e in log.read(4, limit=2)] == [b"m5", b"m6"]
@@ -152,9 +160,9 @@ def test_read_pages_in_order(log: TrainingLog) -> None:
 
 def test_persists_across_reopen(backend: Backend) -> None:
     first = backend.open()
-    first.append(fp(1), "spam", b"one", source=Source.ADMIN, actor="u")
-    first.append(fp(2), "ham", b"two", source=Source.OUTBOUND, actor="mta")
-    first.append(fp(1), "ham", b"one", source=Source.ADMIN, actor="u")
+    first.append(fp(1), "spam", ex(b"one"), source=Source.ADMIN, actor="u")
+    first.append(fp(2), "ham", ex(b"two"), source=Source.OUTBOUND, actor="mta")
+    first.append(fp(1), "ham", ex(b"one"), source=Source.ADMIN, actor="u")
     written = first.read(0)
     first.close()
 
@@ -165,23 +173,23 @@ def test_persists_across_reopen(backend: Backend) -> None:
         assert second.label_of(fp(1)) == "ham"
         assert second.counts() == {"ham": 2, "spam": 0}
         assert (
-            second.append(fp(2), "ham", b"two", source=Source.ADMIN, actor="a").result
+            second.append(fp(2), "ham", ex(b"two"), source=Source.ADMIN, actor="a").result
             == "unchanged"
         )
-        assert second.append(fp(3), "spam", b"3", source=Source.ADMIN, actor="a").position == 4
+        assert second.append(fp(3), "spam", ex(b"3"), source=Source.ADMIN, actor="a").position == 4
     finally:
         second.close()
 
 
 def test_rejects_invalid_input(log: TrainingLog) -> None:
     with pytest.raises(ValueError):
-        log.append("not-hex", "spam", b"", source=Source.ADMIN, actor="a")
+        log.append("not-hex", "spam", ex(b""), source=Source.ADMIN, actor="a")
     with pytest.raises(ValueError):
-        log.append(fp(1), "eggs", b"", source=Source.ADMIN, actor="a")  # type: ignore[arg-type]
+        log.append(fp(1), "eggs", ex(b""), source=Source.ADMIN, actor="a")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        log.append(fp(1), "spam", b"", source="s" * 33, actor="a")  # type: ignore[arg-type]
+        log.append(fp(1), "spam", ex(b""), source="s" * 33, actor="a")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="report"):
-        log.append(fp(1), "spam", b"", source=Source.USER, actor="u@x")
+        log.append(fp(1), "spam", ex(b""), source=Source.USER, actor="u@x")
     with pytest.raises(ValueError):
         log.forget(fp(1), actor="a" * 321)
     with pytest.raises(ValueError):
@@ -191,14 +199,14 @@ def test_rejects_invalid_input(log: TrainingLog) -> None:
 
 def test_ping_and_close(log: TrainingLog) -> None:
     log.ping()
-    log.append(fp(1), "spam", b"x", source=Source.ADMIN, actor="a")
+    log.append(fp(1), "spam", ex(b"x"), source=Source.ADMIN, actor="a")
     log.ping()
     assert log.head() == 1  # the probe's write was rolled back
     log.close()
     with pytest.raises(TrainingLogError, match="closed"):
         log.ping()
     with pytest.raises(TrainingLogError, match="closed"):
-        log.append(fp(2), "spam", b"x", source=Source.ADMIN, actor="a")
+        log.append(fp(2), "spam", ex(b"x"), source=Source.ADMIN, actor="a")
 
 
 # --- concurrency -------------------------------------------------------------------------
@@ -221,7 +229,9 @@ def _mixed_writer(backend: Backend, worker: int, barrier: Barrier, out: Queue[li
         else:
             label: Label = rng.choice(["ham", "spam"])
             raw = f"worker {worker} op {i}".encode()
-            result = log.append(fingerprint, label, raw, source=Source.ADMIN, actor=f"w{worker}")
+            result = log.append(
+                fingerprint, label, ex(raw), source=Source.ADMIN, actor=f"w{worker}"
+            )
             acks.append((fingerprint, label, raw, result.result, result.position))
     log.close()
     out.put(acks)
@@ -235,7 +245,7 @@ def _same_label_writer(
     barrier.wait(timeout=DEADLINE_SECONDS)
     acks: list[Ack] = []
     for n in range(25):
-        result = log.append(fp(n), "spam", b"same", source=Source.ADMIN, actor=f"w{worker}")
+        result = log.append(fp(n), "spam", ex(b"same"), source=Source.ADMIN, actor=f"w{worker}")
         acks.append((fp(n), "spam", b"same", result.result, result.position))
     log.close()
     out.put(acks)
@@ -247,7 +257,7 @@ def _cold_start_writer(
     """Processes that open a log that does not exist yet, all at once."""
     barrier.wait(timeout=DEADLINE_SECONDS)
     log = backend.open()
-    result = log.append(fp(worker), "ham", b"cold", source=Source.ADMIN, actor=f"w{worker}")
+    result = log.append(fp(worker), "ham", ex(b"cold"), source=Source.ADMIN, actor=f"w{worker}")
     log.close()
     out.put([(fp(worker), "ham", b"cold", result.result, result.position)])
 
@@ -390,7 +400,7 @@ def test_threads_share_one_log(log: TrainingLog) -> None:
             fingerprint = fp(i % 10 + 1000 * (worker % 2))
             label: Label = "spam" if (i + worker) % 3 else "ham"
             raw = b"t%d-%d" % (worker, i)
-            result = log.append(fingerprint, label, raw, source=Source.ADMIN, actor="t")
+            result = log.append(fingerprint, label, ex(raw), source=Source.ADMIN, actor="t")
             with guard:
                 acks.append((fingerprint, label, raw, result.result, result.position))
 
@@ -410,7 +420,7 @@ def test_default_sqlite_file_in_data_dir(tmp_path: Path) -> None:
     data_dir = tmp_path / "a" / "b"
     for url in (None, ""):
         log = open_training_log(url, data_dir)
-        log.append(fp(1), "spam", b"x", source=Source.ADMIN, actor="a")
+        log.append(fp(1), "spam", ex(b"x"), source=Source.ADMIN, actor="a")
         log.close()
     db = data_dir / "mailsift.db"
     with sqlite3.connect(db) as conn:
@@ -473,16 +483,15 @@ def _report(
         user,
         fp(n),
         label,
-        b"m%d" % n,
-        sender="s@spam.test",
+        ex(b"m%d" % n, "s@spam.test"),
         needed=needed,
         per_user_per_day=per_day,
     )
 
 
 def test_a_lower_source_never_relabels_a_higher_one(log: TrainingLog) -> None:
-    log.append(fp(1), "spam", b"a", source=Source.ADMIN, actor="a")
-    kept = log.append(fp(1), "ham", b"a", source=Source.OUTBOUND, actor="bob@x")
+    log.append(fp(1), "spam", ex(b"a"), source=Source.ADMIN, actor="a")
+    kept = log.append(fp(1), "ham", ex(b"a"), source=Source.OUTBOUND, actor="bob@x")
     assert kept == AppendResult("kept", 1, Source.ADMIN)
     # Users in consensus do not outrank an administrator either.
     for user in ("u1@x", "u2@x", "u3@x"):
@@ -493,9 +502,11 @@ def test_a_lower_source_never_relabels_a_higher_one(log: TrainingLog) -> None:
     for user in ("u1@x", "u2@x", "u3@x"):
         _report(log, user, 2, "spam")
     assert log.holder_of(fp(2)) == ("spam", Source.USER)
-    assert log.append(fp(2), "ham", b"m2", source=Source.OUTBOUND, actor="o").result == "kept"
+    assert log.append(fp(2), "ham", ex(b"m2"), source=Source.OUTBOUND, actor="o").result == "kept"
     # An administrator outranks everyone, and takes over a label they agree with.
-    assert log.append(fp(2), "spam", b"m2", source=Source.ADMIN, actor="a").result == "unchanged"
+    assert (
+        log.append(fp(2), "spam", ex(b"m2"), source=Source.ADMIN, actor="a").result == "unchanged"
+    )
     assert log.holder_of(fp(2)) == ("spam", Source.ADMIN)
 
 
@@ -528,14 +539,12 @@ def test_one_report_is_personal_until_enough_users_agree(log: TrainingLog) -> No
 def test_a_users_allowance_bounds_what_counts_towards_consensus(log: TrainingLog) -> None:
     now = time.time()
     for n in range(1, 4):
-        result = log.report(
-            "bob@x", fp(n), "spam", b"x", sender=None, needed=1, per_user_per_day=2, now=now
-        )
+        result = log.report("bob@x", fp(n), "spam", ex(b"x"), needed=1, per_user_per_day=2, now=now)
         assert result.personal.result == "learned"  # every report acts for bob himself
     assert [log.label_of(fp(n)) for n in range(1, 4)] == ["spam", "spam", None]
     # The next day the allowance is back.
     later = log.report(
-        "bob@x", fp(4), "spam", b"x", sender=None, needed=1, per_user_per_day=2, now=now + DAY
+        "bob@x", fp(4), "spam", ex(b"x"), needed=1, per_user_per_day=2, now=now + DAY
     )
     assert later.shared.counted and later.shared.result == "learned"
 
@@ -560,7 +569,7 @@ def test_admin_confirms_a_report_with_the_reported_bytes(log: TrainingLog) -> No
 
 
 def test_entries_metadata_is_read_without_bytes(log: TrainingLog) -> None:
-    log.append(fp(1), "spam", b"shared", source=Source.ADMIN, actor="a")
+    log.append(fp(1), "spam", ex(b"shared"), source=Source.ADMIN, actor="a")
     _report(log, "bob@x", 2, "spam")
     _report(log, "bob@x", 2, "ham")
     entries = log.read_meta(0, log.head())

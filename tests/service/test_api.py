@@ -47,7 +47,7 @@ def test_score_response_has_the_contract_fields(client: httpx.Client) -> None:
     assert body["direction"] == "outbound"
     assert body["verdict"] in ("ham", "suspect", "spam")
     assert body["action"] in ("accept", "tag", "quarantine", "reject", "defer")
-    assert set(body["model"]) == {"version", "ham", "spam", "learning"}
+    assert set(body["model"]) == {"version", "ham", "spam", "learning", "logit"}
     assert set(body["tokens"]) == {"spam", "ham"}
     names = [r["name"] for r in body["reasons"]]
     assert "model" in names or "model_learning" in names

@@ -27,6 +27,7 @@ from rich.console import Console
 from sqlalchemy import Engine
 
 from mailsift.learning.learner import Learner
+from mailsift.learning.published import PublishedModels
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.service.audit import AuditRecord, AuditTrail
@@ -40,6 +41,7 @@ from mailsift.service.errors import install_error_handlers
 from mailsift.service.lists.store import ListEntry, ListStore
 from mailsift.service.routers import diagnostics as diagnostics_router
 from mailsift.service.settings import Settings
+from tests.learning.examples import ex
 
 # --- a small authoritative DNS server on loopback ------------------------------------------
 
@@ -510,11 +512,11 @@ def test_label_counts_since(
                 log.withdraw("u@x", fingerprint, needed=3)
             elif source is Source.USER:
                 log.report(
-                    "u@x", fingerprint, label, b"m%d" % n, sender=None, needed=3,
+                    "u@x", fingerprint, label, ex(b"m%d" % n), needed=3,
                     per_user_per_day=20, now=clock[0],
                 )  # fmt: skip
             else:
-                log.append(fingerprint, label, b"m%d" % n, source=source, actor="u")  # type: ignore[arg-type]
+                log.append(fingerprint, label, ex(b"m%d" % n), source=source, actor="u")  # type: ignore[arg-type]
         counts = log.label_counts_since(start, source=Source.USER, personal=True)
         assert {k: counts[k] - before[k] for k in counts} == {"ham": 2, "spam": 3}
         reports_since = log.label_counts_since(start + 3, source=Source.USER, personal=True)
@@ -602,16 +604,20 @@ def prepare_site(settings: Settings, *, feedback: int = 0) -> None:
     log = open_training_log(settings.database_url, settings.data_dir)
     try:
         for i in range(2):
-            log.append(f"{i + 1:032x}", "ham", HAM + b"%d" % i, source=Source.ADMIN, actor="admin")
             log.append(
-                f"{i + 11:032x}", "spam", SPAM + b"%d" % i, source=Source.ADMIN, actor="admin"
+                f"{i + 1:032x}", "ham", ex(HAM + b"%d" % i), source=Source.ADMIN, actor="admin"
+            )
+            log.append(
+                f"{i + 11:032x}", "spam", ex(SPAM + b"%d" % i), source=Source.ADMIN, actor="admin"
             )
         for i in range(feedback):
             log.report(
-                "u@x", f"{i + 101:032x}", "ham", HAM + b"fp%d" % i, sender=None, needed=3,
+                "u@x", f"{i + 101:032x}", "ham", ex(HAM + b"fp%d" % i), needed=3,
                 per_user_per_day=20,
             )  # fmt: skip
-        learner = Learner(log, settings.snapshot_path, settings.parse_limits)
+        learner = Learner(
+            log, PublishedModels(log.engine), settings.snapshot_path, settings.parse_limits
+        )
 
         async def snapshot() -> None:
             await learner.catch_up()
@@ -641,7 +647,9 @@ def prepare_site(settings: Settings, *, feedback: int = 0) -> None:
 def open_stores(settings: Settings) -> Stores:
     log = open_training_log(settings.database_url, settings.data_dir)
     engine = open_state_engine(settings.database_url, settings.data_dir)
-    learner = Learner(log, settings.snapshot_path, settings.parse_limits)
+    learner = Learner(
+        log, PublishedModels(log.engine), settings.snapshot_path, settings.parse_limits
+    )
     learner.load_initial()
     asyncio.run(learner.catch_up())
     return Stores(

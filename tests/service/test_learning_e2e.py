@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -115,12 +116,18 @@ def test_replicas_on_postgresql_agree_within_two_seconds(tmp_path: Path, pg_url:
         )
 
 
-def test_train_publishes_a_snapshot_the_running_service_picks_up(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus"
+def _corpus(root: Path, n: int) -> Path:
     for label in ("ham", "spam"):
-        (corpus / label).mkdir(parents=True)
-        for n in range(15):
-            (corpus / label / f"{n}.eml").write_bytes(message(500 + n, spammy=label == "spam"))
+        (root / label).mkdir(parents=True)
+        for i in range(n):
+            (root / label / f"{i}.eml").write_bytes(message(500 + i, spammy=label == "spam"))
+    return root
+
+
+def test_train_teaches_through_the_log_and_the_service_swaps_in_its_rebuild(
+    tmp_path: Path,
+) -> None:
+    corpus = _corpus(tmp_path / "corpus", 15)
     data = tmp_path / "data"
     with (
         Service(data, env={"MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600"}).start() as svc,
@@ -128,30 +135,41 @@ def test_train_publishes_a_snapshot_the_running_service_picks_up(tmp_path: Path)
     ):
         train(c, message(1, spammy=True), "spam")  # something learned through the log first
         assert c.get("/v1/model").json()["spam"] == 1
-        mailsift = Path(sys.executable).with_name("mailsift")
-        subprocess.run(
-            [str(mailsift), "train", str(corpus), "--model", str(data / "model.snapshot")],
+        done = subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", "train", str(corpus)],
+            env={**os.environ, "MAILSIFT_DATA_DIR": str(data)},
             check=True,
+            capture_output=True,
+            text=True,
         )
+        assert "appended 30 examples to the training log" in done.stdout
+        assert "published model 1" in done.stdout
         model = c.post("/v1/model/reload").json()
-        # The trained snapshot (15 + 15) plus the log's one example replayed on top.
         assert (model["ham"], model["spam"]) == (15, 16)
-        assert model["snapshot_position"] == 0 and model["log_position"] == 1
+        assert model["published_id"] == 1 and model["log_position"] == model["log_head"] == 31
+        # The same corpus again adds nothing: the log holds it.
+        again = subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", "train", str(corpus), "--no-rebuild"],
+            env={**os.environ, "MAILSIFT_DATA_DIR": str(data)},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        assert "appended 0 examples" in again.stdout and "30 already there" in again.stdout
 
 
-def test_service_notices_a_published_snapshot_by_itself(tmp_path: Path) -> None:
-    corpus = tmp_path / "corpus"
-    for label in ("ham", "spam"):
-        (corpus / label).mkdir(parents=True)
-        (corpus / label / "1.eml").write_bytes(message(1, spammy=label == "spam"))
+def test_service_swaps_in_a_published_model_by_itself(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path / "corpus", 1)
     data = tmp_path / "data"
     with Service(data).start() as svc, svc.client() as c:
-        mailsift = Path(sys.executable).with_name("mailsift")
         subprocess.run(
-            [str(mailsift), "train", str(corpus), "--model", str(data / "model.snapshot")],
+            [sys.executable, "-m", "mailsift.cli", "train", str(corpus)],
+            env={**os.environ, "MAILSIFT_DATA_DIR": str(data)},
             check=True,
+            capture_output=True,
         )
-        assert wait_for(lambda: c.get("/v1/model").json()["ham"] == 1, timeout=5)
+        assert wait_for(lambda: c.get("/v1/model").json()["published_id"] == 1, timeout=10)
+        assert c.get("/v1/model").json()["ham"] == 1
 
 
 @pytest.mark.parametrize("broken", [b"", b"not a snapshot at all"])

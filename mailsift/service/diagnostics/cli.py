@@ -18,6 +18,7 @@ from rich.text import Text
 from sqlalchemy import Engine
 
 from mailsift.learning.learner import Learner
+from mailsift.learning.published import PublishedModels
 from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.service.audit import AuditTrail
 from mailsift.service.db import open_state_engine
@@ -59,7 +60,9 @@ def _open(settings: Settings) -> _Stores:
     except BaseException:
         trainlog.close()
         raise
-    learner = Learner(trainlog, settings.snapshot_path, settings.parse_limits)
+    learner = Learner(
+        trainlog, PublishedModels(trainlog.engine), settings.snapshot_path, settings.parse_limits
+    )
     return _Stores(settings, trainlog, learner, lists, audit, engine)
 
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailsift.models.features import words
 from mailsift.models.parse import ParsedMessage
 from mailsift.service.dlp.config import SEVERITIES, DlpAction, DlpConfig
 from mailsift.service.dlp.detectors import Detector, Hit, Segment, Severity
@@ -88,6 +89,9 @@ class DlpReport:
     scanned_chars: int = 0
     truncated: bool = False
     """Whether text beyond ``dlp_max_scan_chars`` was left unscanned."""
+    words: frozenset[str] = frozenset()
+    """The words inside the findings' matched text, spelled as tokens spell them: kept in
+    memory only, never serialised, so a score's explanation can leave them out."""
 
     @property
     def severities(self) -> tuple[Severity, ...]:
@@ -200,16 +204,18 @@ def scan_segments(segments: Iterable[tuple[str, str]], config: DlpConfig) -> Dlp
         for order, detector in enumerate(config.detectors)
         for hit in detector.find(seg)
     ]
-    findings = _aggregate(raw, config)
+    findings, matched = _aggregate(raw, config)
     action = max(
         (config.action_for(f.severity) for f in findings),
         key=_ACTION_RANK.__getitem__,
         default=None,
     )
-    return DlpReport(findings, action, config.max_scan_chars - budget, truncated)
+    return DlpReport(findings, action, config.max_scan_chars - budget, truncated, matched)
 
 
-def _aggregate(raw: Sequence[tuple[int, Segment, Hit]], config: DlpConfig) -> tuple[Finding, ...]:
+def _aggregate(
+    raw: Sequence[tuple[int, Segment, Hit]], config: DlpConfig
+) -> tuple[tuple[Finding, ...], frozenset[str]]:
     # Several distinct validated values of one type are unlikely to be chance.
     candidates: dict[int, set[str]] = {}
     for order, _, hit in raw:
@@ -226,6 +232,7 @@ def _aggregate(raw: Sequence[tuple[int, Segment, Hit]], config: DlpConfig) -> tu
     accepted.sort(key=lambda item: item[0])
     claimed: dict[int, _Spans] = {}
     accs: dict[int, _Acc] = {}
+    matched: set[str] = set()
     current = -1
     for order, seg, hit, conf in accepted:
         if order != current:
@@ -238,6 +245,7 @@ def _aggregate(raw: Sequence[tuple[int, Segment, Hit]], config: DlpConfig) -> tu
         if acc is None:
             acc = accs[order] = _Acc(config.detectors[order], order)
         acc.values.setdefault(hit.value, hit.sample)
+        matched.update(words(seg.text[hit.start : hit.end]))
         acc.where[seg.where] = None
         acc.confidence = max(acc.confidence, conf)
     findings = []
@@ -255,4 +263,4 @@ def _aggregate(raw: Sequence[tuple[int, Segment, Hit]], config: DlpConfig) -> tu
             )
         )
     # Most severe first; within a severity, detector priority order (the sort is stable).
-    return tuple(sorted(findings, key=lambda f: -_RANK[f.severity]))
+    return tuple(sorted(findings, key=lambda f: -_RANK[f.severity])), frozenset(matched)

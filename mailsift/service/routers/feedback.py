@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import AppendResult, ReportResult, TrainingLogError
-from mailsift.service.analysis import analyse
+from mailsift.service.analysis import analyse, learning_example
 from mailsift.service.auth import AdminCaller, Principal, UserCaller
 from mailsift.service.body import read_message
 from mailsift.service.checks.personal import personal_key
@@ -123,13 +123,13 @@ async def feedback(
             f"trail's {settings.audit_retention_days} days): users report their own mail; "
             "MAILSIFT_FEEDBACK_REQUIRE_SCORED=false lets sites that import old mail report it"
         )
+    example = await learning_example(raw, analysed, state)
     result = await _write(
         lambda: state.trainlog.report(
             reporter,
             fingerprint,
             label,
-            raw,
-            sender=analysed.message.from_addr or None,
+            example,
             needed=settings.feedback_consensus,
             per_user_per_day=settings.feedback_consensus_per_user_per_day,
         )
@@ -173,14 +173,10 @@ async def train(
     """A trusted administrator's labelled example: it outranks every other source."""
     raw = await read_message(request, state.settings.max_message_bytes)
     analysed = await analyse(raw, state)
+    example = await learning_example(raw, analysed, state)
     result = await _write(
         lambda: state.trainlog.append(
-            analysed.fingerprint,
-            label,
-            raw,
-            source=Source.ADMIN,
-            actor=caller.name,
-            sender=analysed.message.from_addr or None,
+            analysed.fingerprint, label, example, source=Source.ADMIN, actor=caller.name
         )
     )
     await state.learner.catch_up(until=result.position)

@@ -11,7 +11,8 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.deps import State
 from mailsift.service.errors import ModelNotReady
-from mailsift.service.schemas import ERRORS, ModelOut
+from mailsift.service.rebuilds import RebuildFailed, run_rebuild
+from mailsift.service.schemas import ERRORS, ModelOut, RebuildOut
 
 router = APIRouter(prefix="/v1/model", tags=["model"])
 
@@ -32,6 +33,7 @@ async def describe(state: State) -> dict[str, Any]:
         "snapshot_position": status.snapshot_position,
         "snapshot_created_at": status.snapshot_created_at,
         "updated_at": status.updated_at,
+        "published_id": status.published_id,
         "worker": os.getpid(),
     }
 
@@ -44,7 +46,21 @@ async def get_model(state: State) -> dict[str, Any]:
 
 @router.post("/reload", response_model=ModelOut, responses=ERRORS)
 async def reload_model(state: State) -> dict[str, Any]:
-    """Load the published snapshot now (workers also notice one by themselves)."""
-    await state.learner.reload_if_changed()
+    """Swap in the newest published model now (workers also notice one by themselves)."""
+    await state.learner.reload_if_published()
     await state.learner.catch_up()
     return await describe(state)
+
+
+@router.post("/rebuild", response_model=RebuildOut, responses=ERRORS)
+async def rebuild_model(state: State) -> dict[str, Any]:
+    """Rebuild the shared model from the log's live examples; answers once this worker
+    serves it (other workers swap it in within MAILSIFT_SNAPSHOT_CHECK_SECONDS)."""
+    try:
+        summary = await run_rebuild(state.settings, wait=True)
+    except (OSError, RebuildFailed) as exc:
+        raise ModelNotReady(f"the rebuild failed: {exc}") from exc
+    assert summary is not None  # a waiting rebuild always runs
+    await state.learner.reload_if_published()
+    await state.learner.catch_up()
+    return {**await describe(state), "rebuild": summary}

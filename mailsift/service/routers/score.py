@@ -18,7 +18,7 @@ from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.accounts import AccountState
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
-from mailsift.service.analysis import Analysed, analyse
+from mailsift.service.analysis import Analysed, analyse, learning_example
 from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
 from mailsift.service.body import read_message
@@ -27,6 +27,7 @@ from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
 from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
+from mailsift.service.explanation import shown_tokens
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
 from mailsift.service.schemas import ERRORS, ScoreOut
@@ -118,7 +119,8 @@ async def score(request: Request) -> JSONResponse:
     )
     settings = state.settings
     msg = analysed.message
-    model_score = state.learner.model.score(analysed.features, explain=settings.explain_tokens)
+    # Spare tokens: the explanation leaves out any that show what a leak check redacts.
+    model_score = state.learner.model.score(analysed.features, explain=3 * settings.explain_tokens)
     sender = (user or mail_from or "").strip().lower() or None
     outbound = direction == "outbound"
 
@@ -144,6 +146,7 @@ async def score(request: Request) -> JSONResponse:
         state, envelope, analysed.fingerprint, msg.from_addr, reasons, verdict
     )
     status = state.learner.status()
+    hidden = dlp.words if dlp is not None else frozenset[str]()
     state.audit.record(
         audit_record(
             envelope,
@@ -163,14 +166,21 @@ async def score(request: Request) -> JSONResponse:
         "action": verdict.action,
         "reasons": [{"name": r.name, "weight": r.weight, "detail": r.detail} for r in reasons],
         "tokens": {
-            "spam": [{"token": t.token, "weight": t.weight} for t in model_score.spam_tokens],
-            "ham": [{"token": t.token, "weight": t.weight} for t in model_score.ham_tokens],
+            "spam": [
+                {"token": t.token, "weight": t.weight}
+                for t in shown_tokens(model_score.spam_tokens, hidden, settings.explain_tokens)
+            ],
+            "ham": [
+                {"token": t.token, "weight": t.weight}
+                for t in shown_tokens(model_score.ham_tokens, hidden, settings.explain_tokens)
+            ],
         },
         "model": {
             "version": status.version,
             "ham": status.ham,
             "spam": status.spam,
             "learning": not state.model_ready,
+            "logit": model_score.logit,
         },
         "fingerprint": analysed.fingerprint,
         "direction": direction,
@@ -257,11 +267,12 @@ async def _after_outbound(
         if (await settle(state, sender)).state != "ok":
             return
         # Outbound mail only ever adds: the log keeps any label someone set before.
+        example = await learning_example(raw, analysed, state)
         await run_in_threadpool(
             state.trainlog.append,
             analysed.fingerprint,
             "ham",
-            raw,
+            example,
             source=Source.OUTBOUND,
             actor=sender,
         )
