@@ -22,8 +22,8 @@ from mailsift.models.ensemble import SpamModel
 from mailsift.models.features import FeatureConfig, extract
 from mailsift.models.fingerprint import fingerprint
 from mailsift.models.parse import DEFAULT_LIMITS, ParseLimits, parse_message
-from mailsift.models.stored import encode_features, features_version
 from mailsift.models.snapshot import SnapshotInfo, load_snapshot, save_snapshot
+from mailsift.models.stored import encode_features, features_version
 from mailsift.training.corpus import CorpusError, LabelledMessage
 
 __all__ = ["LogTrainReport", "TrainReport", "train_log", "train_snapshot"]

@@ -19,7 +19,6 @@ from urllib.parse import quote
 import pytest
 
 from mailsift.learning.sources import Source
-from mailsift.models.stored import decode_features
 from mailsift.learning.trainlog import (
     DAY,
     AppendResult,
@@ -31,6 +30,7 @@ from mailsift.learning.trainlog import (
     TrainingLogError,
     open_training_log,
 )
+from mailsift.models.stored import decode_features
 from tests.conftest import PG_HOST, PG_PORT, pg_admin
 from tests.learning.examples import ex
 

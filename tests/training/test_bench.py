@@ -1,10 +1,12 @@
-"""``mailsift bench`` against a real server: every message counted once, none failed."""
+"""``mailsift bench`` against a real server: every message counted once, none failed;
+rebuilds overlap the measured requests when asked for."""
 
 from __future__ import annotations
 
 import pytest
 
 from mailsift.training.bench import run_bench
+from mailsift.training.corpus import LabelledMessage
 from tests.service.server import message
 
 
@@ -26,3 +28,25 @@ def test_bench_measures_every_message_once_after_the_warmup(direction: str) -> N
     assert result.msgs_per_s > 0 and result.rss_mb > 0
     assert result.server_cpu_ms_per_msg > 0 and result.client_cpu_ms_per_msg > 0
     assert set(result.as_dict()) >= {"msgs_per_s", "p50_ms", "p95_ms", "p99_ms", "rss_mb"}
+
+
+def test_bench_rebuilds_during_the_measured_phase_from_the_trained_log() -> None:
+    training = [
+        LabelledMessage("spam" if i % 3 == 0 else "ham", message(i, spammy=i % 3 == 0), f"m{i}")
+        for i in range(60)
+    ]
+    result = run_bench(
+        [m.raw for m in training],
+        workers=1,
+        concurrency=4,
+        training=training,
+        rounds=2,
+        baseline=False,
+        rebuild_during=True,
+    )
+    assert result.requests == 120 and result.errors == 0
+    assert result.rebuilds is not None and result.rebuilds >= 1
+    assert result.rebuild_errors == 0
+    assert result.rebuild_mean_s is not None and result.rebuild_mean_s > 0
+    assert result.rebuild_busy_share is not None and 0 < result.rebuild_busy_share <= 1
+    assert result.as_dict()["rebuilds"] == result.rebuilds
