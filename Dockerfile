@@ -35,8 +35,8 @@ ENV PATH=/opt/mailsift/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     MAILSIFT_DATA_DIR=/data
 
-# Training log and state (SQLite), model snapshots. From / , `mailsift train`'s default
-# --model data/model.joblib is /data/model.joblib: the snapshot the service serves.
+# Training log and state (SQLite), the model snapshot cache. `mailsift train CORPUS` in the
+# container appends to the log under /data (MAILSIFT_DATA_DIR) and publishes a rebuild.
 VOLUME /data
 WORKDIR /
 
