@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -173,3 +174,22 @@ def test_a_tiny_parse_budget_stores_the_same_features_as_an_idle_machine() -> No
     assert under_load.features == idle.features
     # What the cut parse saw differs: storing it would have made learning depend on load.
     assert encode_features(extract(cut, CONFIG)) != idle.features
+
+
+def test_raw_bytes_past_retention_go_and_a_rebuild_still_learns_everything(
+    logs: tuple[TrainingLog, TrainingLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, _ = logs
+    clock = [1_000_000.0]
+    monkeypatch.setattr("mailsift.learning.trainlog.time", SimpleNamespace(time=lambda: clock[0]))
+    _teach(log, BASE[:20])
+    clock[0] += 40 * 86_400
+    _teach(log, BASE[20:], first=20)
+    full = rebuild_model(log, DEFAULT_LIMITS).model
+    assert log.prune_raw(clock[0] - 30 * 86_400, batch=7) == 20
+    assert log.prune_raw(clock[0] - 30 * 86_400) == 0
+    entries = log.read(0)
+    assert [bool(e.raw) for e in entries] == [False] * 20 + [True] * 20
+    assert all(e.features for e in entries)
+    assert log.raw_at(1) == b"" and log.raw_at(21) == BASE[20][0]
+    _same(rebuild_model(log, DEFAULT_LIMITS).model, full)
