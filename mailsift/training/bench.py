@@ -1,5 +1,10 @@
 """Load benchmark: a real ``mailsift serve`` on a free port, driven over keep-alive HTTP.
 
+The server starts the way a service in use does: the corpus is on its training log as
+an administrator's examples and a rebuild has published the model it serves (or it
+serves a given snapshot file). ``rebuild_during`` asks for rebuilds back to back while
+the measured requests run, to show what a rebuild costs the requests it overlaps.
+
 The load generator is an asyncio client speaking raw HTTP/1.1 on persistent connections
 (no HTTP library per request), so on a 2-core machine it costs a few percent of a core
 and measures the server, not itself; ``baseline`` runs the same client against
@@ -20,12 +25,17 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mailsift.service.auth import TokenStore
+from mailsift.learning.rebuild import publish, rebuild_lock, rebuild_model
+from mailsift.learning.trainlog import open_training_log
+from mailsift.service.auth import Role, TokenStore
 from mailsift.service.db import open_state_engine
+from mailsift.service.settings import Settings
+from mailsift.training.corpus import LabelledMessage
+from mailsift.training.train import train_log
 
 __all__ = ["BenchResult", "run_bench"]
 
@@ -49,6 +59,14 @@ class BenchResult:
     messages/s, it hardly moves when other programs share the machine."""
     client_cpu_ms_per_msg: float = float("nan")
     """CPU time this load generator spent per message, to show it is not the bottleneck."""
+    rebuilds: int | None = None
+    """Rebuilds (``POST /v1/model/rebuild``) run back to back from the start of the
+    measured phase, the last finishing after it; None when none were asked for."""
+    rebuild_mean_s: float | None = None
+    """Mean seconds of one rebuild request: its process, training, publishing, swap-in."""
+    rebuild_busy_share: float | None = None
+    """Share of the measured phase during which a rebuild was running."""
+    rebuild_errors: int = 0
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -66,7 +84,15 @@ class BenchResult:
             else round(self.baseline_req_per_s, 1),
             "server_cpu_ms_per_msg": round(self.server_cpu_ms_per_msg, 3),
             "client_cpu_ms_per_msg": round(self.client_cpu_ms_per_msg, 3),
+            "rebuilds": self.rebuilds,
+            "rebuild_mean_s": _rounded(self.rebuild_mean_s, 2),
+            "rebuild_busy_share": _rounded(self.rebuild_busy_share, 3),
+            "rebuild_errors": self.rebuild_errors,
         }
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def run_bench(
@@ -75,27 +101,47 @@ def run_bench(
     workers: int = 2,
     concurrency: int = 16,
     model: Path | None = None,
+    training: Sequence[LabelledMessage] = (),
     rounds: int = 1,
     baseline: bool = True,
     direction: str = "inbound",
     warmup: int = 0,
+    rebuild_during: bool = False,
 ) -> BenchResult:
     """Start a server, send every message ``rounds`` times, stop it, report.
+
+    Before the server starts, ``training`` is appended to its training log as an
+    administrator's examples and a rebuild publishes the model it serves, as
+    ``mailsift train`` does; or, when ``model`` is given, that snapshot file is the
+    server's cached snapshot instead. The server reads the same ``MAILSIFT_*`` settings
+    as this process (``MAILSIFT_DATABASE_URL`` included: then it is that database's log
+    the corpus is appended to); its data dir is a fresh temporary one.
 
     ``warmup`` messages (the corpus's first) are scored before the measured run and not
     counted: a worker's first second (code paths run for the first time, empty caches)
     held about a third of a cold run's slowest 1 %, which a server in service never sees.
+
+    ``rebuild_during``: from the start of the measured run until its end, an administrator
+    asks for rebuilds back to back (``POST /v1/model/rebuild``); the last one is waited
+    for. Scheduled rebuilds are off in either case: the bench decides when they run.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="mailsift-bench-"))
     try:
+        settings = Settings(data_dir=data_dir)
         if model is not None:
-            shutil.copy(model, data_dir / "model.snapshot")
-        with _gateway_token(data_dir) as token:
+            shutil.copy(model, settings.snapshot_path)
+        elif training:
+            _publish_trained(settings, training)
+        with (
+            _stored_token(settings, "gateway") as token,
+            _stored_token(settings, "admin") if rebuild_during else nullcontext() as admin_token,
+        ):
             port = _free_port()
             env = {
                 **os.environ,
                 "MAILSIFT_DATA_DIR": str(data_dir),
-                "MAILSIFT_SNAPSHOT_CHECK_SECONDS": "3600",
+                "MAILSIFT_REBUILD_EVERY_ENTRIES": "0",
+                "MAILSIFT_REBUILD_EVERY_SECONDS": "0",
             }
             env.pop("MAILSIFT_ADMIN_TOKEN", None)
             server = subprocess.Popen(
@@ -131,8 +177,8 @@ def run_bench(
                 if warmup:
                     asyncio.run(_drive(port, "POST", payload[:warmup], concurrency, token))
                 server_cpu, client_cpu = _cpu_seconds(server.pid), _own_cpu_seconds()
-                latencies, seconds, errors = asyncio.run(
-                    _drive(port, "POST", payload, concurrency, token)
+                (latencies, seconds, errors), rebuilds = asyncio.run(
+                    _measure(port, payload, concurrency, token, admin_token)
                 )
                 server_cpu = _cpu_seconds(server.pid) - server_cpu
                 client_cpu = _own_cpu_seconds() - client_cpu
@@ -143,7 +189,7 @@ def run_bench(
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     ordered = sorted(latencies)
-    return BenchResult(
+    result = BenchResult(
         requests=len(latencies),
         errors=errors,
         seconds=seconds,
@@ -157,17 +203,30 @@ def run_bench(
         server_cpu_ms_per_msg=server_cpu * 1000 / max(1, len(latencies)),
         client_cpu_ms_per_msg=client_cpu * 1000 / max(1, len(latencies)),
     )
+    return result if rebuilds is None else rebuilds.onto(result)
+
+
+def _publish_trained(settings: Settings, training: Sequence[LabelledMessage]) -> None:
+    """What ``mailsift train`` does, before the server starts: the corpus onto the
+    training log as an administrator's examples, then a rebuild published from it."""
+    trainlog = open_training_log(settings.database_url, settings.data_dir)
+    try:
+        train_log(training, trainlog, actor="mailsift bench", limits=settings.parse_limits)
+        with rebuild_lock(trainlog, settings.data_dir, wait=True):
+            publish(trainlog, rebuild_model(trainlog, settings.parse_limits))
+    finally:
+        trainlog.close()
 
 
 @contextmanager
-def _gateway_token(data_dir: Path) -> Iterator[str]:
-    """A stored gateway token, as ``mailsift token create --role gateway`` makes, in the
-    database the server will use, revoked afterwards: the load generator authenticates
-    the way every MTA does, database lookup included."""
-    engine = open_state_engine(os.environ.get("MAILSIFT_DATABASE_URL") or None, data_dir)
+def _stored_token(settings: Settings, role: Role) -> Iterator[str]:
+    """A stored token, as ``mailsift token create --role ROLE`` makes, in the database
+    the server will use, revoked afterwards: the load generator authenticates the way
+    every MTA (or administrator) does, database lookup included."""
+    engine = open_state_engine(settings.database_url, settings.data_dir)
     try:
         tokens = TokenStore(engine)
-        info, secret = tokens.create("gateway", "mailsift-bench")
+        info, secret = tokens.create(role, "mailsift-bench")
         try:
             yield secret
         finally:
@@ -218,6 +277,76 @@ async def _drive(
     started = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     return latencies, time.perf_counter() - started, errors
+
+
+@dataclass(frozen=True, slots=True)
+class _Rebuilds:
+    spans: list[tuple[float, float]]
+    """(start, end) of each rebuild request, ``time.perf_counter()`` seconds."""
+    errors: int
+    window: tuple[float, float]
+    """(start, end) of the measured phase."""
+
+    def onto(self, result: BenchResult) -> BenchResult:
+        first, last = self.window
+        busy = sum(max(0.0, min(end, last) - max(start, first)) for start, end in self.spans)
+        return replace(
+            result,
+            rebuilds=len(self.spans) - self.errors,
+            rebuild_mean_s=statistics.fmean(end - start for start, end in self.spans)
+            if self.spans
+            else None,
+            rebuild_busy_share=busy / max(last - first, 1e-9),
+            rebuild_errors=self.errors,
+        )
+
+
+async def _measure(
+    port: int,
+    requests: Sequence[tuple[str, bytes]],
+    concurrency: int,
+    token: str,
+    admin_token: str | None,
+) -> tuple[tuple[list[float], float, int], _Rebuilds | None]:
+    """:func:`_drive` the scoring requests; with ``admin_token``, rebuilds meanwhile."""
+    if admin_token is None:
+        return await _drive(port, "POST", requests, concurrency, token), None
+    stop = asyncio.Event()
+    rebuilding = asyncio.create_task(_rebuild_until(stop, port, admin_token))
+    started = time.perf_counter()
+    try:
+        measured = await _drive(port, "POST", requests, concurrency, token)
+    finally:
+        stop.set()
+    ended = time.perf_counter()
+    spans, errors = await rebuilding
+    return measured, _Rebuilds(spans, errors, (started, ended))
+
+
+async def _rebuild_until(
+    stop: asyncio.Event, port: int, token: str
+) -> tuple[list[tuple[float, float]], int]:
+    """Rebuild after rebuild on one connection until ``stop`` is set (the one running
+    then is waited for); a failed one ends the series rather than repeat at once."""
+    spans: list[tuple[float, float]] = []
+    errors = 0
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        "POST /v1/model/rebuild HTTP/1.1\r\nHost: bench\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    try:
+        while not stop.is_set():
+            start = time.perf_counter()
+            writer.write(head)
+            status = await _read_response(reader)
+            spans.append((start, time.perf_counter()))
+            if status != 200:
+                errors += 1
+                break
+    finally:
+        writer.close()
+    return spans, errors
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:
