@@ -26,6 +26,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 err = Console(stderr=True)
 
 
+@app.callback()
+def _private_files() -> None:
+    # What any command creates (databases and their WAL, snapshots, locks, metrics
+    # files; the processes it starts inherit this) is for mailsift's user alone.
+    os.umask(0o077)
+
+
 def _progress(total: int | None, label: str) -> Progress:
     return Progress(
         TextColumn(label),
@@ -35,6 +42,14 @@ def _progress(total: int | None, label: str) -> Progress:
         console=err,
         transient=True,
     )
+
+
+def _private_data_dir(settings: Settings) -> None:
+    """The data dir holds the SQLite databases unless a database URL is set: 0700."""
+    from mailsift.service.db import private_dir
+
+    if settings.database_url is None:
+        private_dir(settings.data_dir)
 
 
 def _sources(specs: list[str]) -> tuple[Iterator[LabelledMessage], int | None]:
@@ -66,6 +81,7 @@ def serve(
     import uvicorn
     from pydantic import ValidationError
 
+    from mailsift.service.db import private_dir
     from mailsift.service.listeners import is_loopback
     from mailsift.service.listeners import serve as serve_listeners
     from mailsift.service.settings import Settings
@@ -88,6 +104,7 @@ def serve(
                 "MAILSIFT_TLS_KEYFILE, or MAILSIFT_ALLOW_PLAIN_HTTP=true behind a TLS proxy"
             )
             raise typer.Exit(2)
+    private_dir(settings.data_dir)
     if workers > 1:
         from mailsift.service.metrics import prepare_multiprocess_dir
 
@@ -248,6 +265,7 @@ def _token_store() -> TokenStore:
     from mailsift.service.settings import Settings
 
     settings = Settings()
+    _private_data_dir(settings)
     return TokenStore(open_state_engine(settings.database_url, settings.data_dir))
 
 
@@ -401,6 +419,7 @@ def train(
                 f"(ham {info.ham}, spam {info.spam}, version {info.model_version})"
             )
             return
+        _private_data_dir(settings)
         trainlog = open_training_log(settings.database_url, settings.data_dir)
         try:
             with _progress(total, "appending") as bar:
@@ -450,6 +469,7 @@ def _rebuild(settings: Settings, *, wait: bool, nice: bool, as_json: bool) -> No
 
     if nice:
         os.nice(10)
+    _private_data_dir(settings)
     try:
         trainlog = open_training_log(settings.database_url, settings.data_dir)
     except TrainingLogError as exc:

@@ -11,11 +11,12 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +44,8 @@ log = logging.getLogger("mailsift.db")
 
 SQLITE_FILENAME = "mailsift.db"
 STATE_FILENAME = "state.db"
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 # How long a writer waits for another writer before giving up with an error: a wedged
 # writer must surface as a failed request (and a failed /readyz), not as a hang.
 LOCK_WAIT_SECONDS = 30.0
@@ -462,9 +465,44 @@ def _local_writer(engine: Engine) -> AbstractContextManager[object]:
     return nullcontext() if sqlite_file is None else sqlite_file.lock
 
 
+def private_dir(path: Path) -> Path:
+    """Create the data dir ``path`` for mailsift's user alone (0700); an existing one open
+    to group or others is tightened, and the log says so."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    _tighten(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """``chmod`` ``path`` to ``mode`` if it grants group or others anything."""
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if not current & 0o077:
+        return
+    try:
+        path.chmod(mode)
+    except OSError as exc:
+        log.warning("%s is open to other users (%04o); cannot tighten it: %s", path, current, exc)
+        return
+    log.warning("%s was open to other users (%04o): now %04o", path, current, mode)
+
+
+def _private_sqlite_file(database: Path) -> None:
+    """Create the database file 0600 before SQLite does, whatever the umask: SQLite
+    creates its -wal and -shm files with the database file's mode. A new directory for
+    it is 0700; an existing file (or -wal, -shm) open to others is tightened."""
+    database.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    with suppress(FileExistsError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        _tighten(database.with_name(database.name + suffix), PRIVATE_FILE_MODE)
+
+
 def _sqlite_engine(url: URL, durable: bool = True) -> Engine:
     assert url.database is not None
-    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    _private_sqlite_file(Path(url.database))
     # sqlite3's timeout is SQLite's busy timeout: wait for the write lock, don't fail.
     engine = create_engine(url, connect_args={"timeout": LOCK_WAIT_SECONDS})
     # A batch INSERT as multi-row statements rather than a statement per row: each SQLite

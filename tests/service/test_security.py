@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.service.server import Service, free_port, message
+from tests.service.server import Service, free_port, message, train, wait_for
 
 RFC822 = {"content-type": "message/rfc822"}
 MAILSIFT = str(Path(sys.executable).with_name("mailsift"))
@@ -289,3 +290,57 @@ def test_tls_12_and_13_succeed_and_11_is_refused(
             _handshake(svc.port, ssl.TLSVersion.TLSv1_1)
         with svc.client() as c:
             assert c.get("/healthz").json() == {"status": "ok"}
+
+
+def _open_to_others(root: Path) -> dict[str, str]:
+    """Every path under ``root`` (itself included) that grants group or others anything,
+    with its mode; files that vanish meanwhile (temporary snapshots) are skipped."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        try:
+            mode = stat.S_IMODE(path.lstat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            found[str(path.relative_to(root))] = oct(mode)
+    return found
+
+
+def test_the_service_keeps_its_data_dir_and_files_private(tmp_path: Path) -> None:
+    """Directories 0700, files 0600: databases, their WAL, snapshots, locks, metrics.
+    A data dir and a database left open by an older install are tightened, and logged."""
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)
+    (data / "state.db").touch()
+    (data / "state.db").chmod(0o644)
+    env = {"MAILSIFT_SNAPSHOT_EVERY_ENTRIES": "1"}
+    with Service(data, workers=2, env=env) as svc, svc.client() as admin:
+        for i in range(4):
+            train(admin, message(i, spammy=i % 2 == 0), "spam" if i % 2 == 0 else "ham")
+        assert admin.post("/v1/model/rebuild").status_code == 200
+        for i in range(4, 8):
+            train(admin, message(i, spammy=i % 2 == 0), "spam" if i % 2 == 0 else "ham")
+        create_token(data, "--role", "gateway", "--name", "mx1")
+        assert wait_for(lambda: (data / "model.snapshot.prev").exists(), timeout=20)
+        names = {p.name for p in data.iterdir()}
+        assert {"mailsift.db", "mailsift.db-wal", "state.db", "state.db-wal"} <= names
+        assert {"model.snapshot", "rebuild.lock"} <= names
+        assert any(name.startswith("metrics-") for name in names)
+        assert _open_to_others(data) == {}
+    assert _open_to_others(data) == {}
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    log = svc.log_path.read_text()
+    assert f"{data} was open to other users (0755): now 0700" in log
+    assert f"{data / 'state.db'} was open to other users (0644): now 0600" in log
+
+
+def test_token_create_leaves_nothing_open_to_others(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    create_token(data, "--role", "gateway", "--name", "mx1")  # a data dir that was not there
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert {p.name for p in data.iterdir()} >= {"state.db"}
+    assert _open_to_others(data) == {}
+    data.chmod(0o755)
+    create_token(data, "--role", "admin", "--name", "ops")
+    assert _open_to_others(data) == {}
