@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailsift.learning.published import Published
@@ -69,6 +69,8 @@ class RebuildScheduler:
     """Whether a rebuild is due, and starting one (at most one at a time per worker)."""
 
     settings: Settings
+    started_at: float = field(default_factory=time.time)
+    """Before any rebuild was published, the time rule counts from here."""
     _task: asyncio.Task[Any] | None = None
     _not_before: float = 0.0
 
@@ -77,7 +79,7 @@ class RebuildScheduler:
         s = self.settings
         if s.rebuild_every_entries <= 0 and s.rebuild_every_seconds <= 0:
             return False
-        done_at, created = (newest.position, newest.created_at) if newest else (0, 0.0)
+        done_at, created = (newest.position, newest.created_at) if newest else (0, self.started_at)
         behind = head - done_at
         if behind <= 0:
             return False
