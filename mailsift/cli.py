@@ -199,6 +199,24 @@ def milter(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Gateway name reported to the service.")] = None,
     metrics_port: MetricsPort = None,
+    junk_marking: Annotated[
+        bool | None,
+        typer.Option(
+            "--junk-marking/--no-junk-marking",
+            help="Mark a recipient's copy for Junk when their own verdict is stricter "
+            "(bob@x -> bob+junk@x; needs the MTA's recipient_delimiter). Default: on.",
+            show_default=False,
+        ),
+    ] = None,
+    junk_detail: Annotated[
+        str | None, typer.Option(help="Address extension of the Junk mark (default: junk).")
+    ] = None,
+    recipient_delimiter: Annotated[
+        str | None,
+        typer.Option(
+            help="The MTA's recipient_delimiter; its first character joins the mark (default: +)."
+        ),
+    ] = None,
 ) -> None:
     """Run the milter for Postfix/Sendmail (smtpd_milters = inet:HOST:PORT)."""
     from mailsift.gateway.run import run_milter
@@ -215,6 +233,9 @@ def milter(
             subject_prefix=subject_prefix,
             name=name,
             metrics_port=metrics_port,
+            junk_marking=junk_marking,
+            junk_detail=junk_detail,
+            recipient_delimiter=recipient_delimiter,
         )
     )
 

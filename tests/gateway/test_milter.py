@@ -366,8 +366,7 @@ def test_with_marking_off_or_refused_by_the_mta_every_copy_is_left_alone(
 ) -> None:
     url = canned.url
     canned.answer.update(BOB_JUNKS)
-    off = {"MAILSIFT_GATEWAY_JUNK_MARKING": "false"}
-    with GatewayProcess("milter", tmp_path, "--service-url", url, env=off) as milter:
+    with GatewayProcess("milter", tmp_path, "--service-url", url, "--no-junk-marking") as milter:
         mta = Mta(milter.port)
         try:
             assert not connect(mta).action_flags & RECIPIENT_ACTIONS
