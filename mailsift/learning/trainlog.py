@@ -69,6 +69,7 @@ MAX_ACTOR = 320
 MAX_ADDRESS = 320
 MAX_VERSION = 32
 DAY = 86_400.0
+_PRUNED = "raw_pruned_through"
 MAX_READ = 10_000
 _FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
 _LABELS: frozenset[str] = frozenset(get_args(Label))
@@ -369,7 +370,8 @@ class TrainingLog:
             current = _report_of(conn, user, fingerprint)
             if current is not None and current[0] == label:
                 personal = AppendResult("unchanged", current[1])
-                return ReportResult(personal, _settle(conn, fingerprint, label, needed, False))
+                shared = _settle(conn, fingerprint, label, needed, current[2])
+                return ReportResult(personal, shared)
             counted = _within_allowance(conn, user, fingerprint, per_user_per_day, now)
             position = _insert_entry(
                 conn,
@@ -408,7 +410,7 @@ class TrainingLog:
                 return ReportResult(
                     AppendResult("unchanged", 0), SharedOutcome("unchanged", 0, needed, False)
                 )
-            label, at = current
+            label, at, _ = current
             position = _insert_entry(
                 conn, fingerprint, None, label, at, _NOTHING, Source.USER, user, layer=user
             )
@@ -551,26 +553,36 @@ class TrainingLog:
         return zlib.decompress(packed) if packed else b""
 
     def prune_raw(self, before: float, *, batch: int = 500) -> int:
-        """Drop the raw bytes of entries created before ``before`` whose features are
-        stored (they are all learning needs); returns how many were dropped. In batches,
-        each its own short write transaction."""
+        """Drop the raw bytes of entries created before ``before`` (their stored features
+        are all learning needs); returns how many were dropped.
+
+        Each call starts where the last one stopped (a marker in the log's meta table),
+        so an hourly prune reads only the entries that aged since, in short write
+        transactions of ``batch`` positions. Entries from before features were stored
+        keep their bytes: learning still needs them.
+        """
+        with self._reading("prune") as conn:
+            upto = _first_at_or_after(conn, before) - 1
+            done = conn.execute(select(_meta.c.value).where(_meta.c.key == _PRUNED)).scalar()
+        start, total = int(done or 0), 0
         e = _entries.c
-        total = 0
-        while True:
+        while start < upto:
+            end = min(start + batch, upto)
             with self._writing("prune") as conn:
-                positions = list(
-                    conn.execute(
-                        select(e.position)
-                        .where(e.created_at < before, e.raw != b"", e.features.is_not(None))
-                        .order_by(e.position)
-                        .limit(batch)
-                    ).scalars()
-                )
-                if positions:
-                    conn.execute(update(_entries).where(e.position.in_(positions)).values(raw=b""))
-            total += len(positions)
-            if len(positions) < batch:
-                return total
+                dropped = conn.execute(
+                    update(_entries)
+                    .where(
+                        e.position > start,
+                        e.position <= end,
+                        e.features.is_not(None),
+                        e.raw != b"",
+                    )
+                    .values(raw=b"")
+                ).rowcount
+                _set_meta(conn, _PRUNED, str(end))
+            total += dropped
+            start = end
+        return total
 
     def head(self) -> int:
         """Highest committed position; 0 when the log is empty."""
@@ -607,16 +619,7 @@ class TrainingLog:
         window's rows are read, never the whole log with its message bytes.
         """
         with self._reading("count") as conn:
-            lo, hi = 1, _head(conn) + 1  # the first position in the window lies in [lo, hi]
-            while lo < hi:
-                mid = (lo + hi) // 2
-                at = conn.execute(
-                    select(_entries.c.created_at).where(_entries.c.position == mid)
-                ).scalar()
-                if at is not None and at >= since:
-                    hi = mid
-                else:
-                    lo = mid + 1
+            lo = _first_at_or_after(conn, since)
             query = (
                 select(_entries.c.label, func.count())
                 .where(
@@ -754,6 +757,26 @@ def _insert_entry(
     return position
 
 
+def _first_at_or_after(conn: Connection, since: float) -> int:
+    """The first position created at or after ``since`` (head + 1 if none): positions and
+    creation times grow together (appends run one at a time), so a bisection on the
+    primary key finds it without reading the log."""
+    lo, hi = 1, _head(conn) + 1  # the position lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        at = conn.execute(select(_entries.c.created_at).where(_entries.c.position == mid)).scalar()
+        if at is not None and at >= since:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _set_meta(conn: Connection, key: str, value: str) -> None:
+    if conn.execute(update(_meta).where(_meta.c.key == key).values(value=value)).rowcount == 0:
+        conn.execute(insert(_meta).values(key=key, value=value))
+
+
 def _head(conn: Connection) -> int:
     return int(conn.execute(select(func.coalesce(func.max(_entries.c.position), 0))).scalar_one())
 
@@ -836,8 +859,11 @@ def _stored_at(conn: Connection, position: int) -> _Stored:
     return _Stored(row.raw, row.features, row.features_version, row.sender)
 
 
-def _report_of(conn: Connection, user: str, fingerprint: str) -> tuple[Label, int] | None:
-    query = select(_reports.c.label, _reports.c.position).where(
+def _report_of(
+    conn: Connection, user: str, fingerprint: str
+) -> tuple[Label, int, bool] | None:
+    """A user's current report of a message: (label, position, counts towards consensus)."""
+    query = select(_reports.c.label, _reports.c.position, _reports.c.counted).where(
         _reports.c.user == user, _reports.c.fingerprint == fingerprint
     )
     row = conn.execute(query).first()
@@ -845,7 +871,7 @@ def _report_of(conn: Connection, user: str, fingerprint: str) -> tuple[Label, in
         return None
     label = _as_label(row.label)
     assert label is not None
-    return label, int(row.position)
+    return label, int(row.position), bool(row.counted)
 
 
 def _within_allowance(

@@ -517,7 +517,7 @@ def test_one_report_is_personal_until_enough_users_agree(log: TrainingLog) -> No
     assert log.label_of(fp(1)) is None
     again = _report(log, "bob@x", 1, "spam")  # the same user twice is one voice
     assert again.personal.result == "unchanged"
-    assert again.shared.reports == 1
+    assert again.shared == SharedOutcome("pending", 1, 3, True, 0)
     assert _report(log, "carol@x", 1, "spam").shared.result == "pending"
     third = _report(log, "dave@x", 1, "spam")
     assert third.shared.result == "learned"
