@@ -859,9 +859,7 @@ def _stored_at(conn: Connection, position: int) -> _Stored:
     return _Stored(row.raw, row.features, row.features_version, row.sender)
 
 
-def _report_of(
-    conn: Connection, user: str, fingerprint: str
-) -> tuple[Label, int, bool] | None:
+def _report_of(conn: Connection, user: str, fingerprint: str) -> tuple[Label, int, bool] | None:
     """A user's current report of a message: (label, position, counts towards consensus)."""
     query = select(_reports.c.label, _reports.c.position, _reports.c.counted).where(
         _reports.c.user == user, _reports.c.fingerprint == fingerprint

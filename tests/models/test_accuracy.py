@@ -40,9 +40,7 @@ def test_online_floor(online: tuple[EvalResult, SpamModel]) -> None:
     assert summary["n"] == summary["ham"] + summary["spam"] == 6046
     assert summary["one_minus_roca_pct"] <= 0.10
     assert summary["hm_pct"] <= 0.5
-    # The per-message step cap (SpamModel's docstring) learns a new spam run more slowly:
-    # spam missed 1.7% -> 2.5% (LAM 0.90 -> 1.10) for ham missed and 1-ROCA held.
-    assert summary["lam_pct"] <= 1.15
+    assert summary["lam_pct"] <= 1.0
 
 
 def test_split_floor(corpus: str) -> None:
