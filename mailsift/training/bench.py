@@ -66,6 +66,10 @@ class BenchResult:
     """Mean seconds of one rebuild request: its process, training, publishing, swap-in."""
     rebuild_busy_share: float | None = None
     """Share of the measured phase during which a rebuild was running."""
+    rebuilds_in_phase: int | None = None
+    """Rebuilds that ended within the measured phase: their publishing, and the swap-in
+    by the worker that answered, were measured too (a rebuild at a lower CPU priority
+    may make little headway while the workers are saturated)."""
     rebuild_errors: int = 0
 
     def as_dict(self) -> dict[str, float | int | None]:
@@ -87,6 +91,7 @@ class BenchResult:
             "rebuilds": self.rebuilds,
             "rebuild_mean_s": _rounded(self.rebuild_mean_s, 2),
             "rebuild_busy_share": _rounded(self.rebuild_busy_share, 3),
+            "rebuilds_in_phase": self.rebuilds_in_phase,
             "rebuild_errors": self.rebuild_errors,
         }
 
@@ -282,7 +287,8 @@ async def _drive(
 @dataclass(frozen=True, slots=True)
 class _Rebuilds:
     spans: list[tuple[float, float]]
-    """(start, end) of each rebuild request, ``time.perf_counter()`` seconds."""
+    """(start, end) of each rebuild request, ``time.perf_counter()`` seconds; a failed
+    one is the last (it ends the series)."""
     errors: int
     window: tuple[float, float]
     """(start, end) of the measured phase."""
@@ -290,13 +296,13 @@ class _Rebuilds:
     def onto(self, result: BenchResult) -> BenchResult:
         first, last = self.window
         busy = sum(max(0.0, min(end, last) - max(start, first)) for start, end in self.spans)
+        done = self.spans[: len(self.spans) - self.errors]
         return replace(
             result,
-            rebuilds=len(self.spans) - self.errors,
-            rebuild_mean_s=statistics.fmean(end - start for start, end in self.spans)
-            if self.spans
-            else None,
+            rebuilds=len(done),
+            rebuild_mean_s=statistics.fmean(end - start for start, end in done) if done else None,
             rebuild_busy_share=busy / max(last - first, 1e-9),
+            rebuilds_in_phase=sum(1 for _, end in done if end <= last),
             rebuild_errors=self.errors,
         )
 

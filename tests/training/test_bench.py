@@ -49,4 +49,5 @@ def test_bench_rebuilds_during_the_measured_phase_from_the_trained_log() -> None
     assert result.rebuild_errors == 0
     assert result.rebuild_mean_s is not None and result.rebuild_mean_s > 0
     assert result.rebuild_busy_share is not None and 0 < result.rebuild_busy_share <= 1
+    assert result.rebuilds_in_phase is not None and result.rebuilds_in_phase <= result.rebuilds
     assert result.as_dict()["rebuilds"] == result.rebuilds
