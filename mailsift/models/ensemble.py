@@ -20,6 +20,7 @@ How far one learned message can move the model is bounded; see :class:`SpamModel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -172,15 +173,18 @@ class SpamModel:
             ]
         )
 
-    def score(self, f: Features, explain: int = 0) -> Score:
-        """Spam probability of one message, with the ``explain`` most telling tokens each way."""
+    def score(
+        self, f: Features, explain: int = 0, hide: Callable[[str], bool] | None = None
+    ) -> Score:
+        """Spam probability of one message, with the ``explain`` most telling tokens each
+        way, leaving out any token ``hide`` says must not be shown."""
         spam_tokens: list[TokenWeight] = []
         ham_tokens: list[TokenWeight] = []
         if explain:
             # Naive Bayes picks its telling tokens once, for the score and the explanation.
             telling = self.bayes.telling_tokens(f.word_idx)
             logits = self._member_logits(f, float(telling[1].sum()))
-            spam_tokens, ham_tokens = self._explain(f, explain, telling)
+            spam_tokens, ham_tokens = self._explain(f, explain, telling, hide)
         else:
             logits = self._member_logits(f)
         z = float(logits @ self.calibration_)
@@ -236,7 +240,11 @@ class SpamModel:
         self.calibration_ += self.calibration_rate * (y - p) * logits / norm
 
     def _explain(
-        self, f: Features, top: int, telling: tuple[IntArray, FloatVector]
+        self,
+        f: Features,
+        top: int,
+        telling: tuple[IntArray, FloatVector],
+        hide: Callable[[str], bool] | None,
     ) -> tuple[list[TokenWeight], list[TokenWeight]]:
         """Per-token share of the combined log-odds from the word-level members."""
         weights = self.calibration_
@@ -244,14 +252,26 @@ class SpamModel:
         pos, nb_logodds = telling
         contrib[pos] += nb_logodds * (weights[2] / self.bayes.max_tokens)
         order = np.argsort(contrib)
-        spam = [
-            TokenWeight(f.tokens[i], round(float(contrib[i]), 4))
-            for i in order[::-1][:top]
-            if contrib[i] > 0
-        ]
-        ham = [
-            TokenWeight(f.tokens[i], round(float(contrib[i]), 4))
-            for i in order[:top]
-            if contrib[i] < 0
-        ]
-        return spam, ham
+        values = contrib.tolist()
+        return (
+            _telling(f.tokens, values, order[::-1].tolist(), top, hide, 1.0),
+            _telling(f.tokens, values, order.tolist(), top, hide, -1.0),
+        )
+
+
+def _telling(
+    tokens: tuple[str, ...],
+    values: list[float],
+    order: list[int],
+    top: int,
+    hide: Callable[[str], bool] | None,
+    sign: float,
+) -> list[TokenWeight]:
+    """The first ``top`` tokens in ``order`` pushing towards ``sign`` and not hidden."""
+    out: list[TokenWeight] = []
+    for i in order:
+        if values[i] * sign <= 0 or len(out) == top:
+            break
+        if hide is None or not hide(tokens[i]):
+            out.append(TokenWeight(tokens[i], round(values[i], 4)))
+    return out

@@ -2,37 +2,35 @@
 
 The explanation must never become a side channel for what the leak check redacts: a
 token that carries four or more digits (card and account number groups, phone numbers)
-or a word inside a leak finding's matched text (``de89`` of an IBAN) is left out. Pure.
+or a word inside a leak finding's matched text (``de89`` of an IBAN) is left out. Pure;
+the model asks :func:`hider`'s predicate while it picks its telling tokens, so hidden ones
+are skipped without building more explanation than is shown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Callable
 
-from mailsift.models.ensemble import TokenWeight
-
-__all__ = ["MAX_DIGITS", "shown_tokens"]
+__all__ = ["MAX_DIGITS", "hider"]
 
 MAX_DIGITS = 3
 """A token whose words carry more digits than this is never shown."""
+_TOO_MANY_DIGITS = re.compile(rf"(?:\D*\d){{{MAX_DIGITS + 1}}}")
 
 
-def _hidden(token: str, hidden_words: frozenset[str]) -> bool:
-    value = token.rsplit(":", 1)[-1]
-    if sum(c.isdigit() for c in value) > MAX_DIGITS:
-        return True
-    return bool(hidden_words) and any(w in hidden_words for w in value.split(" "))
+def hider(hidden_words: frozenset[str]) -> Callable[[str], bool]:
+    """Whether a token (``prefix:word`` or ``prefix:word word``) must not be shown.
 
-
-def shown_tokens(
-    tokens: Iterable[TokenWeight], hidden_words: frozenset[str], limit: int
-) -> Sequence[TokenWeight]:
-    """The first ``limit`` of ``tokens`` that show nothing a leak check would redact.
-
-    >>> from mailsift.models.ensemble import TokenWeight as T
-    >>> found = [T("body:de89", 1.0), T("body:0044", 0.9), T("body:invoice", 0.5)]
-    >>> [t.token for t in shown_tokens(found, frozenset({"de89"}), 5)]
-    ['body:invoice']
+    >>> hide = hider(frozenset({"de89"}))
+    >>> [t for t in ("body:de89", "body:0044", "body:invoice", "hdr:x:q3") if not hide(t)]
+    ['body:invoice', 'hdr:x:q3']
     """
-    out = [t for t in tokens if not _hidden(t.token, hidden_words)]
-    return out[:limit]
+
+    def hide(token: str) -> bool:
+        value = token.rpartition(":")[2]
+        if _TOO_MANY_DIGITS.match(value):
+            return True
+        return bool(hidden_words) and any(w in hidden_words for w in value.split(" "))
+
+    return hide

@@ -4,27 +4,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mailsift.models.ensemble import TokenWeight
-from mailsift.service.explanation import shown_tokens
+from mailsift.models.ensemble import SpamModel
+from mailsift.models.parse import parse_message
+from mailsift.service.explanation import hider
 from tests.service.server import Service, score, train
 
 IBAN = "DE89 3704 0044 0532 0130 00"
 
 
-def test_tokens_with_four_digits_or_inside_a_finding_are_left_out() -> None:
-    tokens = [
-        TokenWeight("body:de89", 2.0),
-        TokenWeight("body:de89 3704", 1.9),
-        TokenWeight("body:0532", 1.8),
-        TokenWeight("subject:2024", 1.7),
-        TokenWeight("body:q3", 1.6),
-        TokenWeight("body:transfer", 1.5),
-        TokenWeight("hdr:content-type:text", 1.4),
-    ]
-    shown = [t.token for t in shown_tokens(tokens, frozenset({"de89", "3704"}), 3)]
-    assert shown == ["body:q3", "body:transfer", "hdr:content-type:text"]
+def test_tokens_with_four_digits_or_inside_a_finding_are_hidden() -> None:
+    hide = hider(frozenset({"de89", "3704"}))
+    shown = [
+        t
+        for t in (
+            "body:de89", "body:de89 3704", "body:0532", "subject:2024", "body:q3",
+            "body:transfer", "hdr:content-type:text", "body:a1b2c3",
+        )
+        if not hide(t)
+    ]  # fmt: skip
+    assert shown == ["body:q3", "body:transfer", "hdr:content-type:text", "body:a1b2c3"]
     # Without a finding, only the digit rule applies ("de89 3704" carries six).
-    assert [t.token for t in shown_tokens(tokens, frozenset(), 2)] == ["body:de89", "body:q3"]
+    assert not hider(frozenset())("body:de89") and hider(frozenset())("body:de89 3704")
+
+
+def test_the_model_skips_hidden_tokens_and_still_shows_as_many() -> None:
+    model = SpamModel()
+    spam = [model.features(parse_message(_transfer(n, spammy=True))) for n in range(8)]
+    ham = [model.features(parse_message(_transfer(n, spammy=False))) for n in range(8)]
+    for s, h in zip(spam, ham, strict=True):
+        model.learn(s, "spam").learn(h, "ham")
+    f = model.features(parse_message(_transfer(99, spammy=True)))
+    pieces = set(IBAN.lower().split())
+    plain = model.score(f, explain=30)
+    assert any(set(t.token.rpartition(":")[2].split()) & pieces for t in plain.spam_tokens)
+    hidden = model.score(f, explain=5, hide=hider(frozenset(pieces)))
+    assert hidden.probability == plain.probability
+    assert len(hidden.spam_tokens) == 5
+    assert not any(set(t.token.rpartition(":")[2].split()) & pieces for t in hidden.spam_tokens)
 
 
 def _transfer(n: int, spammy: bool) -> bytes:

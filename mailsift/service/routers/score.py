@@ -27,7 +27,7 @@ from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
 from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
-from mailsift.service.explanation import shown_tokens
+from mailsift.service.explanation import hider
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
 from mailsift.service.schemas import ERRORS, ScoreOut
@@ -119,8 +119,6 @@ async def score(request: Request) -> JSONResponse:
     )
     settings = state.settings
     msg = analysed.message
-    # Spare tokens: the explanation leaves out any that show what a leak check redacts.
-    model_score = state.learner.model.score(analysed.features, explain=3 * settings.explain_tokens)
     sender = (user or mail_from or "").strip().lower() or None
     outbound = direction == "outbound"
 
@@ -133,6 +131,9 @@ async def score(request: Request) -> JSONResponse:
     if outbound or settings.dlp_inbound:
         dlp = scan_message(msg, state.dlp)
         extra["dlp"] = dlp
+    # The explanation leaves out any token that shows what a leak check redacts.
+    hide = hider(dlp.words if dlp is not None else frozenset())
+    model_score = state.learner.model.score(analysed.features, settings.explain_tokens, hide)
     account: AccountState | None = None
     if outbound and sender:
         extra["sending"], account = await before_outbound(state, sender, list(rcpt))
@@ -146,7 +147,6 @@ async def score(request: Request) -> JSONResponse:
         state, envelope, analysed.fingerprint, msg.from_addr, reasons, verdict
     )
     status = state.learner.status()
-    hidden = dlp.words if dlp is not None else frozenset[str]()
     state.audit.record(
         audit_record(
             envelope,
@@ -166,14 +166,8 @@ async def score(request: Request) -> JSONResponse:
         "action": verdict.action,
         "reasons": [{"name": r.name, "weight": r.weight, "detail": r.detail} for r in reasons],
         "tokens": {
-            "spam": [
-                {"token": t.token, "weight": t.weight}
-                for t in shown_tokens(model_score.spam_tokens, hidden, settings.explain_tokens)
-            ],
-            "ham": [
-                {"token": t.token, "weight": t.weight}
-                for t in shown_tokens(model_score.ham_tokens, hidden, settings.explain_tokens)
-            ],
+            "spam": [{"token": t.token, "weight": t.weight} for t in model_score.spam_tokens],
+            "ham": [{"token": t.token, "weight": t.weight} for t in model_score.ham_tokens],
         },
         "model": {
             "version": status.version,
