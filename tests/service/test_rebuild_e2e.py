@@ -18,6 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsift.learning.examples import example_of
+from mailsift.learning.trainlog import open_training_log
+from mailsift.models.features import FeatureConfig
+from mailsift.models.parse import DEFAULT_LIMITS
+from mailsift.models.stored import features_version
 from mailsift.training.corpus import open_source
 from tests.service.server import Service, message, train, wait_for
 
@@ -158,3 +163,34 @@ def test_replicas_on_postgresql_serve_identical_scores(tmp_path: Path, pg_url: s
         with Service(tmp_path / "c", env=env) as c_svc, c_svc.client() as cc:
             assert wait_for(lambda: current(cc), timeout=60)
             assert logits(cc, probes) == first
+
+
+def _slow_to_parse() -> bytes:
+    parts = "".join(
+        f"--b\r\nContent-Type: text/plain\r\n\r\npart {i} " + "word " * 400 + "\r\n"
+        for i in range(250)
+    )
+    return (
+        "From: big@list.example\r\nSubject: a long digest\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + "--b--\r\n"
+    ).encode()
+
+
+def test_learning_stores_what_an_idle_machine_would_under_a_tiny_parse_budget(
+    tmp_path: Path,
+) -> None:
+    raw = _slow_to_parse()
+    env = {"MAILSIFT_PARSE_TIME_BUDGET_MS": "1"}
+    with Service(tmp_path / "data", env=env) as svc, svc.client() as admin:
+        scored = admin.post(
+            "/v1/score", params={"direction": "inbound"}, content=raw, headers=RFC822
+        ).json()
+        assert "mime_time_budget" in [r["name"] for r in scored["reasons"]]  # scoring was cut
+        taught = train(admin, raw, "spam")
+    log = open_training_log(None, tmp_path / "data")
+    try:
+        (entry,) = [e for e in log.read(0) if e.position == taught["log_position"]]
+    finally:
+        log.close()
+    idle = example_of(raw, FeatureConfig(), features_version(FeatureConfig()), DEFAULT_LIMITS)
+    assert entry.features == idle.features

@@ -14,6 +14,7 @@ _WEIGHTS = {
     "unparseable": 1.5,
     "mime_defects": 0.3,
     "truncated_message": 0.0,
+    "time_budget": 0.0,
 }
 
 _DETAILS = {
@@ -23,6 +24,8 @@ _DETAILS = {
     "unparseable": "the message could not be parsed as MIME",
     "mime_defects": "malformed MIME structure",
     "truncated_message": "message larger than the parse limit; only its start was examined",
+    "time_budget": "parsing stopped at MAILSIFT_PARSE_TIME_BUDGET_MS; the rest was not "
+    "examined (learning parses it whole)",
 }
 
 
