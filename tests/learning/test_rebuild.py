@@ -181,7 +181,7 @@ def test_raw_bytes_past_retention_go_and_a_rebuild_still_learns_everything(
 ) -> None:
     log, _ = logs
     clock = [1_000_000.0]
-    monkeypatch.setattr("mailsift.learning.trainlog.time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr("mailsift.learning.log_rows.time", SimpleNamespace(time=lambda: clock[0]))
     _teach(log, BASE[:20])
     clock[0] += 40 * 86_400
     _teach(log, BASE[20:], first=20)

@@ -491,7 +491,7 @@ def test_label_counts_since(
 ) -> None:
     log = open_training_log(database_url, tmp_path)
     clock = [2_000_000_000.0 + (0 if database_url is None else 1e6)]
-    monkeypatch.setattr("mailsift.learning.trainlog.time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr("mailsift.learning.log_rows.time", SimpleNamespace(time=lambda: clock[0]))
     start = clock[0]
     try:
         before = log.label_counts_since(start, source=Source.USER, personal=True)
