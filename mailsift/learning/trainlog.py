@@ -105,7 +105,7 @@ class TrainingLog:
 
         A source never replaces the label of a higher one (``kept``); outbound mail only
         ever adds, so it never relabels anything. The same label from a higher source
-        takes the label over (so a later forget by a lower one cannot undo it).
+        takes the label over (so a lower source can no longer change it).
         """
         (result,) = self.append_many([(fingerprint, label, example)], source=source, actor=actor)
         return result
