@@ -252,26 +252,34 @@ class SpamModel:
         pos, nb_logodds = telling
         contrib[pos] += nb_logodds * (weights[2] / self.bayes.max_tokens)
         order = np.argsort(contrib)
-        values = contrib.tolist()
         return (
-            _telling(f.tokens, values, order[::-1].tolist(), top, hide, 1.0),
-            _telling(f.tokens, values, order.tolist(), top, hide, -1.0),
+            _telling(f.tokens, contrib, order[::-1], top, hide, 1.0),
+            _telling(f.tokens, contrib, order, top, hide, -1.0),
         )
 
 
 def _telling(
     tokens: tuple[str, ...],
-    values: list[float],
-    order: list[int],
+    contrib: FloatVector,
+    order: IntArray,
     top: int,
     hide: Callable[[str], bool] | None,
     sign: float,
 ) -> list[TokenWeight]:
-    """The first ``top`` tokens in ``order`` pushing towards ``sign`` and not hidden."""
+    """The first ``top`` tokens in ``order`` pushing towards ``sign`` and not hidden.
+
+    Candidates are taken a few at a time: hidden tokens are rare, so the first chunk
+    nearly always suffices and no more of the arrays is converted than is looked at.
+    """
     out: list[TokenWeight] = []
-    for i in order:
-        if values[i] * sign <= 0 or len(out) == top:
-            break
-        if hide is None or not hide(tokens[i]):
-            out.append(TokenWeight(tokens[i], round(values[i], 4)))
+    chunk = max(2 * top, 8)
+    for start in range(0, order.size, chunk):
+        positions = order[start : start + chunk]
+        for i, value in zip(positions.tolist(), contrib[positions].tolist(), strict=True):
+            if value * sign <= 0:
+                return out
+            if hide is None or not hide(tokens[i]):
+                out.append(TokenWeight(tokens[i], round(value, 4)))
+                if len(out) == top:
+                    return out
     return out
