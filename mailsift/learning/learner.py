@@ -171,9 +171,11 @@ class Learner:
         log.info("loaded published model %d at log position %d", newest.id, info.log_position)
         return True
 
-    async def reload_if_published(self) -> bool:
-        """Swap in a model a rebuild published since ours, then replay the tail."""
-        newest = await run_in_threadpool(self.published.newest)
+    async def reload_if_published(self, newest: Published | None = None) -> bool:
+        """Swap in a model a rebuild published since ours (``newest``, looked up when not
+        given), then replay the tail."""
+        if newest is None:
+            newest = await run_in_threadpool(self.published.newest)
         if newest is None or newest.id <= self.base_id:
             return False
         data = await run_in_threadpool(self.published.data, newest.id)

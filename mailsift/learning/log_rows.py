@@ -101,9 +101,7 @@ def shared(conn: Connection, fingerprint: str) -> tuple[Label, int, Source] | No
     row = conn.execute(query).first()
     if row is None:
         return None
-    label = as_label(row.label)
-    assert label is not None
-    return label, int(row.position), as_source(row.source)
+    return held_label(row.label), int(row.position), as_source(row.source)
 
 
 def append(
@@ -184,9 +182,7 @@ def report_of(conn: Connection, user: str, fingerprint: str) -> tuple[Label, int
     row = conn.execute(query).first()
     if row is None:
         return None
-    label = as_label(row.label)
-    assert label is not None
-    return label, int(row.position), bool(row.counted)
+    return held_label(row.label), int(row.position), bool(row.counted)
 
 
 def within_allowance(
@@ -273,3 +269,11 @@ def as_label(value: str | None) -> Label | None:
     if value == "spam":
         return "spam"
     raise TrainingLogError(f"training log holds an unknown label {value!r}")
+
+
+def held_label(value: str) -> Label:
+    """A label from a column that always holds one (NOT NULL)."""
+    label = as_label(value)
+    if label is None:
+        raise TrainingLogError("training log holds an empty label")
+    return label

@@ -23,9 +23,9 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
@@ -284,27 +284,7 @@ class TrainingLog:
             .limit(limit)
         )
         with self._reading("read") as conn:
-            rows = conn.execute(query).all()
-        return [
-            LogEntry(
-                position=row.position,
-                fingerprint=row.fingerprint,
-                label=log_rows.as_label(row.label),
-                undo_label=log_rows.as_label(row.undo_label),
-                raw=zlib.decompress(row.raw) if row.raw else b"",
-                undo_raw=zlib.decompress(row.undo_raw) if row.undo_raw else b"",
-                source=row.source,
-                actor=row.actor,
-                created_at=row.created_at,
-                layer=row.layer,
-                sender=row.sender,
-                features=row.features,
-                features_version=row.features_version,
-                undo_features=row.undo_features,
-                undo_features_version=row.undo_features_version,
-            )
-            for row in rows
-        ]
+            return [_entry(row) for row in conn.execute(query).all()]
 
     def read_meta(self, after: int, until: int, limit: int = MAX_READ) -> list[LogEntry]:
         """Entries in (``after``, ``until``], ascending, without their message bytes:
@@ -330,23 +310,7 @@ class TrainingLog:
             .limit(limit)
         )
         with self._reading("read") as conn:
-            rows = conn.execute(query).all()
-        return [
-            LogEntry(
-                position=row.position,
-                fingerprint=row.fingerprint,
-                label=log_rows.as_label(row.label),
-                undo_label=log_rows.as_label(row.undo_label),
-                raw=b"",
-                undo_raw=b"",
-                source=row.source,
-                actor=row.actor,
-                created_at=row.created_at,
-                layer=row.layer,
-                sender=row.sender,
-            )
-            for row in rows
-        ]
+            return [_entry(row) for row in conn.execute(query).all()]
 
     @contextmanager
     def live_examples(self, batch: int = 1000) -> Iterator[tuple[int, Iterator[LiveExample]]]:
@@ -371,11 +335,9 @@ class TrainingLog:
                 def rows() -> Iterator[LiveExample]:
                     result = conn.execution_options(yield_per=batch).execute(query)
                     for row in result:
-                        label = log_rows.as_label(row.label)
-                        assert label is not None
                         yield LiveExample(
-                            int(row.position), row.fingerprint, label, row.features,
-                            row.features_version,
+                            int(row.position), row.fingerprint, log_rows.held_label(row.label),
+                            row.features, row.features_version,
                         )  # fmt: skip
 
                 yield head, rows()
@@ -543,6 +505,30 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
             f"this mailsift reads version {SCHEMA_VERSION}"
         )
     return TrainingLog(engine, url)
+
+
+def _entry(row: Row[Any, *tuple[Any, ...]]) -> LogEntry:
+    """A log entry from a row; the columns a query left out (message bytes, features)
+    come back empty."""
+    found = row._mapping
+    raw, undo_raw = found.get("raw"), found.get("undo_raw")
+    return LogEntry(
+        position=row.position,
+        fingerprint=row.fingerprint,
+        label=log_rows.as_label(row.label),
+        undo_label=log_rows.as_label(row.undo_label),
+        raw=zlib.decompress(raw) if raw else b"",
+        undo_raw=zlib.decompress(undo_raw) if undo_raw else b"",
+        source=row.source,
+        actor=row.actor,
+        created_at=row.created_at,
+        layer=row.layer,
+        sender=row.sender,
+        features=found.get("features"),
+        features_version=found.get("features_version"),
+        undo_features=found.get("undo_features"),
+        undo_features_version=found.get("undo_features_version"),
+    )
 
 
 def _check_address(value: str, what: str) -> None:

@@ -196,8 +196,8 @@ async def _follow(state: ServiceState) -> None:
             await learner.catch_up()
             if loop.time() >= next_check:
                 next_check = loop.time() + settings.snapshot_check_seconds
-                await learner.reload_if_published()
                 newest = await run_in_threadpool(learner.published.newest)
+                await learner.reload_if_published(newest)
                 state.rebuilds.start_if_due(learner.position, newest)
             if loop.time() >= next_prune:
                 next_prune = loop.time() + RAW_PRUNE_SECONDS

@@ -18,3 +18,15 @@ def ex(raw: bytes, sender: str | None = None) -> Example:
     """``raw`` as the log stores it; ``sender`` stands for its From address when given."""
     example = example_of(raw, CONFIG, VERSION, DEFAULT_LIMITS)
     return dataclasses.replace(example, sender=sender) if sender else example
+
+
+def slow_to_parse() -> bytes:
+    """250 text parts: several milliseconds of MIME parsing, past a 1 ms parse budget."""
+    parts = "".join(
+        f"--b\r\nContent-Type: text/plain\r\n\r\npart {i} " + "word " * 400 + "\r\n"
+        for i in range(250)
+    )
+    return (
+        "From: big@list.example\r\nSubject: a long digest\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + "--b--\r\n"
+    ).encode()

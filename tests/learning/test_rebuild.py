@@ -19,7 +19,7 @@ from mailsift.models.features import extract
 from mailsift.models.parse import DEFAULT_LIMITS, ParseLimits, parse_message
 from mailsift.models.snapshot import snapshot_from_bytes
 from mailsift.models.stored import encode_features
-from tests.learning.examples import CONFIG, VERSION, ex
+from tests.learning.examples import CONFIG, VERSION, ex, slow_to_parse
 from tests.service.server import message
 
 ADMIN = Source.ADMIN
@@ -153,19 +153,8 @@ def test_one_rebuild_at_a_time_across_replicas(pg_url: str, tmp_path: Path) -> N
         second.close()
 
 
-def _slow_to_parse() -> bytes:
-    parts = "".join(
-        f"--b\r\nContent-Type: text/plain\r\n\r\npart {i} " + "word " * 400 + "\r\n"
-        for i in range(250)
-    )
-    return (
-        "From: big@list.example\r\nSubject: a long digest\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + "--b--\r\n"
-    ).encode()
-
-
 def test_a_tiny_parse_budget_stores_the_same_features_as_an_idle_machine() -> None:
-    raw = _slow_to_parse()
+    raw = slow_to_parse()
     tiny = ParseLimits(time_budget_ms=1)
     cut = parse_message(raw, tiny)
     assert "time_budget" in cut.defects  # scoring's parse really was cut short

@@ -24,6 +24,7 @@ from mailsift.models.features import FeatureConfig
 from mailsift.models.parse import DEFAULT_LIMITS
 from mailsift.models.stored import features_version
 from mailsift.training.corpus import open_source
+from tests.learning.examples import slow_to_parse
 from tests.service.server import Service, message, train, wait_for
 
 RFC822 = {"content-type": "message/rfc822"}
@@ -165,21 +166,10 @@ def test_replicas_on_postgresql_serve_identical_scores(tmp_path: Path, pg_url: s
             assert logits(cc, probes) == first
 
 
-def _slow_to_parse() -> bytes:
-    parts = "".join(
-        f"--b\r\nContent-Type: text/plain\r\n\r\npart {i} " + "word " * 400 + "\r\n"
-        for i in range(250)
-    )
-    return (
-        "From: big@list.example\r\nSubject: a long digest\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n' + parts + "--b--\r\n"
-    ).encode()
-
-
 def test_learning_stores_what_an_idle_machine_would_under_a_tiny_parse_budget(
     tmp_path: Path,
 ) -> None:
-    raw = _slow_to_parse()
+    raw = slow_to_parse()
     env = {"MAILSIFT_PARSE_TIME_BUDGET_MS": "1"}
     with Service(tmp_path / "data", env=env) as svc, svc.client() as admin:
         scored = admin.post(
