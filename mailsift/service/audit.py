@@ -50,6 +50,7 @@ from sqlalchemy import (
     select,
 )
 
+from mailsift.service.checks.personal import personal_key
 from mailsift.service.db import (
     PRUNE_BATCH_ROWS,
     Busy,
@@ -415,7 +416,7 @@ class AuditTrail:
         Looks at this process's rows still waiting to be written too."""
         with self._lock:
             for row in self._buffer:
-                if row.fingerprint == fingerprint and address in map(_rcpt_key, row.recipients):
+                if row.fingerprint == fingerprint and address in map(personal_key, row.recipients):
                     return True
         query = (
             select(_events.c.recipients)
@@ -425,7 +426,7 @@ class AuditTrail:
         )
         with self._engine.connect() as conn:
             for (recipients,) in conn.execute(query):
-                if address in map(_rcpt_key, _json_list(recipients)):
+                if address in (personal_key(str(r)) for r in _json_list(recipients)):
                     return True
         return False
 
@@ -535,10 +536,6 @@ def _cap(value: str | None, n: int) -> str | None:
 
 def _addr(value: str | None) -> str | None:
     return _cap(value.lower() if value else None, 320)
-
-
-def _rcpt_key(value: object) -> str:
-    return str(value).strip().strip("<>").strip().lower()
 
 
 def _message_id(value: str) -> str:
