@@ -17,6 +17,7 @@ __all__ = ["MAX_DIGITS", "hider"]
 MAX_DIGITS = 3
 """A token whose words carry more digits than this is never shown."""
 _TOO_MANY_DIGITS = re.compile(rf"(?:\D*\d){{{MAX_DIGITS + 1}}}")
+_DIGIT = re.compile(r"\d")
 
 
 def hider(hidden_words: frozenset[str]) -> Callable[[str], bool]:
@@ -28,6 +29,8 @@ def hider(hidden_words: frozenset[str]) -> Callable[[str], bool]:
     """
 
     def hide(token: str) -> bool:
+        if not hidden_words and _DIGIT.search(token) is None:  # most tokens: one C call
+            return False
         value = token.rpartition(":")[2]
         if _TOO_MANY_DIGITS.match(value):
             return True
