@@ -73,6 +73,7 @@ class PersonalLayers:
         layer = self._users.get(user)
         if undo_label is not None and layer is not None:
             self._drop(user, layer, fingerprint)
+            layer = self._users.get(user)  # gone when that was the user's only report
         if label is None:
             return
         if layer is None:
