@@ -9,7 +9,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 from rich.console import Console
@@ -276,6 +276,58 @@ def policy(
     )
 
 
+@app.command()
+def report(
+    label: Annotated[Literal["spam", "ham"], typer.Argument(help="What the message really is.")],
+    user: Annotated[
+        str, typer.Option(help="Whose report it is: the address of the mailbox it came from.")
+    ],
+    url: Annotated[
+        str, typer.Option(envvar="MAILSIFT_URL", help="The service (its gateway listener).")
+    ] = "http://127.0.0.1:8470",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding a reporter (or user) token; default: the file "
+            "MAILSIFT_TOKEN_FILE names."
+        ),
+    ] = None,
+    via: Annotated[
+        Literal["api", "imap"],
+        typer.Option(
+            help="How the user reported it (logged): imap for a move into or out of Junk."
+        ),
+    ] = "api",
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=300, help="Seconds to wait for the service.")
+    ] = 8.0,
+) -> None:
+    """Send the message on standard input as one user's report (for Dovecot's Junk folder).
+
+    Exits 0 once the service has acknowledged it; otherwise prints one line and exits 1
+    (refused: sending it again will not help), 2 (nothing sent: token, URL or input) or
+    75 (the service did not answer usably: try later).
+    """
+    import sys
+
+    from mailsift.gateway.report import (
+        ReportFailed,
+        ReportTarget,
+        read_message,
+        read_token,
+        send_report,
+    )
+
+    try:
+        target = ReportTarget(url, read_token(token_file), timeout)
+        raw = read_message(sys.stdin.buffer)
+        done = send_report(raw, label, user, target, via=via)
+    except ReportFailed as exc:
+        typer.echo(f"mailsift report: {exc}", err=True)
+        raise typer.Exit(exc.status) from None
+    typer.echo(done.line(label, user))
+
+
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (service accounts of mailsift).")
 app.add_typer(token_app, name="token")
 
@@ -292,10 +344,11 @@ def _token_store() -> TokenStore:
 
 @token_app.command("create")
 def token_create(
-    role: Annotated[str, typer.Option(help="gateway, user or admin.")],
+    role: Annotated[str, typer.Option(help="gateway, user, reporter or admin.")],
     name: Annotated[str, typer.Option(help="Who or what holds it.")] = "",
     address: Annotated[
-        list[str], typer.Option(help="User tokens: an address (or @domain) it speaks for.")
+        list[str],
+        typer.Option(help="User and reporter tokens: an address (or @domain) it speaks for."),
     ] = [],  # noqa: B006 - typer copies defaults
 ) -> None:
     """Create a token; it is printed once, as the last word of the output."""

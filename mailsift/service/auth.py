@@ -6,6 +6,9 @@ the row and the digest is compared in constant time. Roles:
 * ``gateway`` — an MTA or MX host: score messages, report events, scan for leaks;
 * ``user``    — a mailbox owner: feedback and their own lists, only for the addresses
   the token was created for;
+* ``reporter`` — a site's mail store (Dovecot's Junk folder, ``mailsift report``): the
+  reports of any of its users, for the addresses or ``@domains`` it was created for,
+  and nothing else (not their lists);
 * ``admin``   — everything.
 
 Revocation is read on every request (no cache), so a revoked token fails at once in
@@ -56,6 +59,7 @@ from mailsift.service.settings import Settings
 
 __all__ = [
     "Principal",
+    "ReporterCaller",
     "Role",
     "TokenInfo",
     "TokenStore",
@@ -64,8 +68,10 @@ __all__ = [
     "stored_principal",
 ]
 
-Role = Literal["gateway", "user", "admin"]
-ROLES: tuple[Role, ...] = ("gateway", "user", "admin")
+Role = Literal["gateway", "user", "reporter", "admin"]
+ROLES: tuple[Role, ...] = ("gateway", "user", "reporter", "admin")
+SCOPED_ROLES: frozenset[Role] = frozenset({"user", "reporter"})
+"""Roles that speak only for the addresses (or ``@domains``) their token lists."""
 _ROLE_OF: dict[str, Role] = {role: role for role in ROLES}
 _TOKEN = re.compile(r"^msk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})$")
 
@@ -79,7 +85,7 @@ class Principal:
     addresses: frozenset[str] = frozenset()
 
     def may_speak_for(self, address: str) -> bool:
-        """Admins speak for anyone; a user token for its own addresses or domains."""
+        """Admins speak for anyone; user and reporter tokens for their addresses or domains."""
         if self.role == "admin":
             return True
         address = address.strip().lower()
@@ -136,8 +142,8 @@ class TokenStore:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
         cleaned = tuple(sorted({a.strip().lower() for a in addresses if a.strip()}))
-        if role == "user" and not cleaned:
-            raise ValueError("a user token needs at least one --address (or @domain)")
+        if role in SCOPED_ROLES and not cleaned:
+            raise ValueError(f"a {role} token needs at least one --address (or @domain)")
         for address in cleaned:
             if "@" not in address or len(address) > 320:
                 raise ValueError(f"{address!r} is not an address or @domain")
@@ -287,4 +293,5 @@ def require(*roles: Role) -> Any:
 
 GatewayCaller = Annotated[Principal, require("gateway")]
 UserCaller = Annotated[Principal, require("user")]
+ReporterCaller = Annotated[Principal, require("user", "reporter")]
 AdminCaller = Annotated[Principal, require("admin")]

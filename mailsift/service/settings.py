@@ -274,7 +274,10 @@ class Settings(BaseSettings):
         description="Bind address of the admin listener (set by `mailsift serve --admin-host`).",
     )
     feedback_per_token_per_minute: int = Field(
-        60, ge=1, description="Feedback reports one token may send per minute (per worker)."
+        60,
+        ge=1,
+        description="Feedback reports one token may send per minute (per worker); a "
+        "reporter token (a whole site's) may send this many for each of its users.",
     )
     feedback_consensus: int = Field(
         3,

@@ -10,6 +10,7 @@ a score right after a report already reflects it here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
@@ -20,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import AppendResult, ReportResult, TrainingLogError
 from mailsift.service.analysis import analyse, learning_example
-from mailsift.service.auth import AdminCaller, Principal, UserCaller
+from mailsift.service.auth import AdminCaller, Principal, ReporterCaller
 from mailsift.service.body import read_message
 from mailsift.service.checks.personal import personal_key
 from mailsift.service.deps import State
@@ -36,12 +37,21 @@ from mailsift.service.schemas import ERRORS, LearnOut, ReportOut
 from mailsift.service.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["learning"])
+log = logging.getLogger("mailsift.feedback")
 
 T = TypeVar("T")
 Label = Literal["spam", "ham"]
 LabelQuery = Annotated[Label, Query(description="What the message really is.")]
 UserQuery = Annotated[
     str, Query(min_length=1, max_length=320, description="Whose report it is (an address).")
+]
+Via = Literal["api", "imap"]
+ViaQuery = Annotated[
+    Via,
+    Query(
+        description="How the user reported it: `imap` when they moved it into or out of "
+        "Junk (`mailsift report --via imap`). Logged with the report."
+    ),
 ]
 FingerprintPath = Annotated[
     str, Path(description="The fingerprint a score or feedback answer returned.")
@@ -102,17 +112,40 @@ def _report_body(result: ReportResult, fingerprint: str) -> dict[str, object]:
     }
 
 
+def _limit_key(caller: Principal, user: str) -> str:
+    """Whose reports one rate window counts: a user token's own; a reporter token (one
+    for a whole site) per user, so one user's burst does not silence the others."""
+    return f"{caller.name}\n{user}" if caller.role == "reporter" else caller.name
+
+
+def _log_report(user: str, fingerprint: str, label: str, via: Via, result: str) -> None:
+    """One line per report: who, which message, what, how; never content."""
+    log.info(
+        "report user=%s fingerprint=%s label=%s source=%s result=%s",
+        user,
+        fingerprint,
+        label,
+        via,
+        result,
+    )
+
+
 @router.post("/feedback", response_model=ReportOut, responses=ERRORS, openapi_extra=_BODY)
 async def feedback(
-    request: Request, caller: UserCaller, state: State, label: LabelQuery, user: UserQuery
+    request: Request,
+    caller: ReporterCaller,
+    state: State,
+    label: LabelQuery,
+    user: UserQuery,
+    via: ViaQuery = "api",
 ) -> dict[str, object]:
     """A user's report that a message is spam or not spam: theirs at once, shared by consensus."""
     reporter = _reporter(caller, user)
     settings = state.settings
-    if caller.role != "admin" and not state.feedback_limiter.allow(caller.name):
+    if caller.role != "admin" and not state.feedback_limiter.allow(_limit_key(caller, reporter)):
         raise RateLimited(
             f"more than {settings.feedback_per_token_per_minute} reports a minute "
-            "from this token; try again shortly"
+            f"from this token for {reporter}; try again shortly"
         )
     raw = await read_message(request, settings.max_message_bytes)
     analysed = await analyse(raw, state)
@@ -135,13 +168,18 @@ async def feedback(
         )
     )
     body = _report_body(result, fingerprint)
+    _log_report(reporter, fingerprint, label, via, result.personal.result)
     await state.learner.catch_up(until=int(str(body["log_position"])))
     return body
 
 
 @router.delete("/feedback/{fingerprint}", response_model=ReportOut, responses=ERRORS)
 async def withdraw(
-    caller: UserCaller, state: State, fingerprint: FingerprintPath, user: UserQuery
+    caller: ReporterCaller,
+    state: State,
+    fingerprint: FingerprintPath,
+    user: UserQuery,
+    via: ViaQuery = "api",
 ) -> dict[str, object]:
     """A user takes their own report back; consensus is counted again without it."""
     reporter = _reporter(caller, user)
@@ -150,6 +188,7 @@ async def withdraw(
         lambda: state.trainlog.withdraw(reporter, fp, needed=state.settings.feedback_consensus)
     )
     body = _report_body(result, fp)
+    _log_report(reporter, fp, "withdrawn", via, result.personal.result)
     await state.learner.catch_up(until=int(str(body["log_position"])))
     return body
 
