@@ -328,6 +328,38 @@ def report(
     typer.echo(done.line(label, user))
 
 
+@app.command()
+def label(
+    fingerprint: Annotated[str, typer.Argument(help="The fingerprint a score answer gave.")],
+    what: Annotated[Literal["spam", "ham"], typer.Argument(help="What the message really is.")],
+    url: Annotated[
+        str, typer.Option(envvar="MAILSIFT_ADMIN_URL", help="The service's admin listener.")
+    ] = "http://127.0.0.1:8471",
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding an admin token; default: the file MAILSIFT_TOKEN_FILE names."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=300, help="Seconds to wait for the service.")
+    ] = 30.0,
+) -> None:
+    """Label a recently scored message by its fingerprint, as an administrator.
+
+    The service keeps each scored message MAILSIFT_HISTORY_RETENTION_HOURS (72); past
+    that the answer says it is gone. Exit statuses as for `report`.
+    """
+    from mailsift.gateway.report import ReportFailed, ReportTarget, label_from_history, read_token
+
+    try:
+        target = ReportTarget(url, read_token(token_file), timeout)
+        typer.echo(label_from_history(fingerprint, what, target))
+    except ReportFailed as exc:
+        typer.echo(f"mailsift label: {exc}", err=True)
+        raise typer.Exit(exc.status) from None
+
+
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (service accounts of mailsift).")
 app.add_typer(token_app, name="token")
 

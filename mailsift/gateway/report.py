@@ -1,10 +1,15 @@
-"""``mailsift report``: one user's report from their mail store (Dovecot's Junk folder).
+"""``mailsift report`` and ``mailsift label``: teaching the service from the command line.
+
+``report``: one user's report from their mail store (Dovecot's Junk folder).
 
 Users report spam by moving mail into Junk, and mistakes by moving it out; Dovecot's
 IMAPSieve pipes the message to a program and kills it after about ten seconds. This
 sends it to ``POST /v1/feedback`` as that user's report and succeeds only once the
 service has acknowledged it (durably on the training log). Every failure is one line
 and an exit status a script can act on (:class:`ReportFailed`), never a traceback.
+
+``label``: an administrator labels a recently scored message by its fingerprint alone
+(``POST /v1/history/{fingerprint}/label`` on the admin listener).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import httpx
 
 __all__ = [
+    "DEFAULT_ADMIN_URL",
     "DEFAULT_URL",
     "EXIT_REFUSED",
     "EXIT_TEMPFAIL",
@@ -25,6 +31,7 @@ __all__ = [
     "ReportFailed",
     "ReportTarget",
     "Reported",
+    "label_from_history",
     "read_message",
     "read_token",
     "send_report",
@@ -34,6 +41,7 @@ Label = Literal["spam", "ham"]
 Via = Literal["api", "imap"]
 
 DEFAULT_URL = "http://127.0.0.1:8470"
+DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Read no more than this from standard input; the service refuses more anyway."""
 
@@ -115,48 +123,61 @@ def send_report(
     raw: bytes, label: Label, user: str, target: ReportTarget, *, via: Via = "api"
 ) -> Reported:
     """Send ``raw`` as ``user``'s report; return once the service has acknowledged it."""
+    body = _post(
+        target,
+        "/v1/feedback",
+        {"label": label, "user": user, "via": via},
+        raw,
+        what="the report",
+    )
+    shared = body.get("shared") or {}
+    return Reported(
+        result=str(body.get("result")),
+        fingerprint=str(body.get("fingerprint")),
+        shared=str(shared.get("result")),
+        reports=int(shared.get("reports") or 0),
+        needed=int(shared.get("needed") or 0),
+    )
+
+
+def label_from_history(fingerprint: str, label: Label, target: ReportTarget) -> str:
+    """Label a recently scored message by fingerprint; what the log did with it."""
+    body = _post(
+        target, f"/v1/history/{fingerprint}/label", {"label": label}, None, what="the label"
+    )
+    held = f", held by {body['held_by']}" if body.get("held_by") else ""
+    return f"labelled {fingerprint} {label}: {body.get('result')}{held}"
+
+
+def _post(
+    target: ReportTarget, path: str, params: dict[str, str], raw: bytes | None, *, what: str
+) -> dict[str, Any]:
     url = target.url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ReportFailed(f"--url must start with http:// or https://, not {url!r}", EXIT_USAGE)
+    headers = {"Authorization": f"Bearer {target.token}"}
+    if raw is not None:
+        headers["Content-Type"] = "message/rfc822"
     try:
         with httpx.Client(timeout=target.timeout_seconds) as client:
-            answer = client.post(
-                f"{url}/v1/feedback",
-                params={"label": label, "user": user, "via": via},
-                content=raw,
-                headers={
-                    "Authorization": f"Bearer {target.token}",
-                    "Content-Type": "message/rfc822",
-                },
-            )
+            answer = client.post(f"{url}{path}", params=params, content=raw, headers=headers)
     except httpx.HTTPError as exc:
         raise ReportFailed(
             f"the service at {url} did not answer: {_reason(exc)}", EXIT_TEMPFAIL
         ) from None
-    return _acknowledged(answer)
-
-
-def _acknowledged(answer: httpx.Response) -> Reported:
     try:
         body = answer.json()
     except ValueError:
         body = None
     if answer.status_code == 200 and isinstance(body, dict):
-        shared = body.get("shared") or {}
-        return Reported(
-            result=str(body.get("result")),
-            fingerprint=str(body.get("fingerprint")),
-            shared=str(shared.get("result")),
-            reports=int(shared.get("reports") or 0),
-            needed=int(shared.get("needed") or 0),
-        )
+        return body
     detail = body.get("detail") if isinstance(body, dict) else None
     error = body.get("error") if isinstance(body, dict) else None
-    what = f"{error}: {detail}" if error and detail else f"HTTP {answer.status_code}"
+    reason = f"{error}: {detail}" if error and detail else f"HTTP {answer.status_code}"
     status = EXIT_REFUSED if 400 <= answer.status_code < 500 else EXIT_TEMPFAIL
     if answer.status_code == 429:
-        status = EXIT_TEMPFAIL  # rate-limited: the same report later is welcome
-    line = f"the service refused the report ({answer.status_code} {what})"
+        status = EXIT_TEMPFAIL  # rate-limited: the same request later is welcome
+    line = f"the service refused {what} ({answer.status_code} {reason})"
     raise ReportFailed(" ".join(line.split()), status)
 
 

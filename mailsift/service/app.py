@@ -29,6 +29,7 @@ from mailsift.service.auth import FeedbackLimiter, TokenStore, require
 from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
+from mailsift.service.history import MessageHistory
 from mailsift.service.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await run_in_threadpool(state.audit.flush)
             except Exception as exc:  # the audit store may be what is failing
                 log.error("audit flush at shutdown failed: %s", type(exc).__name__)
+            await run_in_threadpool(state.history.close)
             await state.rebuilds.aclose()
             await state.gateway_seen.aclose()
             await state.alerts.aclose()
@@ -180,6 +182,11 @@ async def _open_state(settings: Settings) -> ServiceState:
             feedback_limiter=FeedbackLimiter(settings.feedback_per_token_per_minute),
             gateway_seen=GatewaySeen(engine),
             rebuilds=RebuildScheduler(settings),
+            history=MessageHistory(
+                settings.history_dir,
+                settings.history_retention_hours,
+                settings.history_max_mb * 1024 * 1024,
+            ),
         )
 
     return await run_in_threadpool(build)

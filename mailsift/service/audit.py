@@ -410,6 +410,15 @@ class AuditTrail:
         with self._engine.connect() as conn:
             return [_from_row(row._mapping) for row in conn.execute(query)]
 
+    def scored(self, fingerprint: str) -> bool:
+        """Whether a message with ``fingerprint`` is on the trail (or waiting to be)."""
+        with self._lock:
+            if any(row.fingerprint == fingerprint for row in self._buffer):
+                return True
+        query = select(_events.c.id).where(_events.c.fingerprint == fingerprint).limit(1)
+        with self._engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def scored_for(self, fingerprint: str, address: str) -> bool:
         """Whether a message with ``fingerprint`` was scored with ``address`` (lower-case,
         no brackets) among its recipients: what lets a user report only their own mail.

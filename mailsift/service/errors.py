@@ -18,6 +18,7 @@ __all__ = [
     "ApiError",
     "BadRequest",
     "Forbidden",
+    "Gone",
     "MessageTooLarge",
     "ModelNotReady",
     "NotFound",
@@ -68,6 +69,13 @@ class NotScoredForUser(ApiError):
 
     status = 403
     code = "not_scored_for_user"
+
+
+class Gone(ApiError):
+    """It existed, and is no longer kept (a message past the history's retention)."""
+
+    status = 410
+    code = "gone"
 
 
 class MessageTooLarge(ApiError):

@@ -124,6 +124,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
         400: "bad or missing parameters",
         403: "the token may not do this (or the message was not scored for the user)",
         404: "no such item",
+        410: "no longer kept (a message past the history's retention)",
         413: "message over the size limit",
         415: "wrong Content-Type",
         422: "unusable message",

@@ -308,6 +308,20 @@ class Settings(BaseSettings):
         ge=0,
         description="Rebuild at least this often when anything was learned (0 = not by time).",
     )
+    history_retention_hours: int = Field(
+        72,
+        ge=0,
+        le=24 * 90,
+        description="Hours each scored message is kept whole (files in DATA_DIR/history, "
+        "0600), so an administrator can label it by fingerprint "
+        "(`POST /v1/history/{fingerprint}/label`, `mailsift label`); 0 keeps none.",
+    )
+    history_max_mb: int = Field(
+        2048,
+        ge=1,
+        description="Most megabytes the kept messages may take; past it, the oldest hours "
+        "go first.",
+    )
     raw_retention_days: float = Field(
         30.0,
         gt=0,
@@ -356,6 +370,10 @@ class Settings(BaseSettings):
     @cached_property
     def outbound_ip_list(self) -> tuple[str, ...]:
         return tuple(ip.strip() for ip in self.outbound_ips.split(",") if ip.strip())
+
+    @cached_property
+    def history_dir(self) -> Path:
+        return self.data_dir / "history"
 
     @cached_property
     def snapshot_path(self) -> Path:

@@ -14,6 +14,7 @@ from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
+from mailsift.service.history import MessageHistory
 from mailsift.service.lists.store import ListStore
 from mailsift.service.monitor import GatewaySeen
 from mailsift.service.rebuilds import RebuildScheduler
@@ -36,6 +37,7 @@ class ServiceState:
     gateway_seen: GatewaySeen
     feedback_limiter: FeedbackLimiter
     rebuilds: RebuildScheduler
+    history: MessageHistory
 
     @property
     def model_ready(self) -> bool:

@@ -28,6 +28,7 @@ from mailsift.service.deps import State
 from mailsift.service.errors import (
     BadRequest,
     Forbidden,
+    Gone,
     ModelNotReady,
     NotFound,
     NotScoredForUser,
@@ -211,12 +212,52 @@ async def train(
 ) -> dict[str, object]:
     """A trusted administrator's labelled example: it outranks every other source."""
     raw = await read_message(request, state.settings.max_message_bytes)
+    return await _learn_as_admin(raw, label, caller, state)
+
+
+@router.post("/history/{fingerprint}/label", response_model=LearnOut, responses=ERRORS)
+async def label_from_history(
+    caller: AdminCaller, state: State, fingerprint: FingerprintPath, label: LabelQuery
+) -> dict[str, object]:
+    """An administrator labels a recently scored message by its fingerprint alone.
+
+    As ``/v1/train`` with the message itself, which the service kept for
+    MAILSIFT_HISTORY_RETENTION_HOURS after scoring it; 410 once it is no longer kept."""
+    fp = _fingerprint(fingerprint)
+    history = state.history
+    raw = await run_in_threadpool(history.find, fp)
+    if raw is None:
+        hours = state.settings.history_retention_hours
+        if not await run_in_threadpool(state.audit.scored, fp):
+            raise NotFound(f"no message {fp} was scored here (or the audit trail dropped it)")
+        if not history.enabled:
+            raise Gone(
+                f"message {fp} was scored, but scored messages are not kept "
+                "(MAILSIFT_HISTORY_RETENTION_HOURS=0): label it with POST /v1/train"
+            )
+        raise Gone(
+            f"message {fp} is no longer kept (scored messages are kept {hours} hours, "
+            "MAILSIFT_HISTORY_RETENTION_HOURS): label it with POST /v1/train"
+        )
+    return await _learn_as_admin(raw, label, caller, state)
+
+
+async def _learn_as_admin(
+    raw: bytes, label: Label, caller: Principal, state: ServiceState
+) -> dict[str, object]:
     analysed = await analyse(raw, state)
     example = await learning_example(raw, analysed, state)
     result = await _write(
         lambda: state.trainlog.append(
             analysed.fingerprint, label, example, source=Source.ADMIN, actor=caller.name
         )
+    )
+    log.info(
+        "label by=%s fingerprint=%s label=%s source=admin result=%s",
+        caller.name,
+        analysed.fingerprint,
+        label,
+        result.result,
     )
     await state.learner.catch_up(until=result.position)
     return _learn_body(result, analysed.fingerprint)

@@ -160,6 +160,7 @@ async def score(request: Request) -> JSONResponse:
             dlp=dlp.findings if dlp else (),
         )
     )
+    state.history.keep(analysed.fingerprint, raw)
     body: dict[str, Any] = {
         "score": verdict.score,
         "verdict": verdict.verdict,
