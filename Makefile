@@ -14,10 +14,10 @@ WORKERS ?= 1
 CORPUS  ?= ../shared/corpora/spamassassin
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run test lint bench eval clean
+.PHONY: help venv run test lint bench bench-report eval clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 venv: $(STAMP)  ## create .venv and install mailsift with its dev tools
 
@@ -42,6 +42,9 @@ lint: venv  ## ruff check, ruff format --check, mypy (runs all three, fails if a
 
 bench: venv  ## load benchmark on CORPUS, JSON on stdout
 	$(BIN)/mailsift bench $(CORPUS) --workers 2 --concurrency 16 --json
+
+bench-report: venv  ## wall time of `mailsift report` (one process per report, as Dovecot runs it)
+	$(BIN)/python -m benchmarks.report_latency 200
 
 eval: venv  ## online (TREC immediate-feedback) evaluation on CORPUS, JSON on stdout
 	$(BIN)/mailsift eval $(CORPUS) --mode online --json
