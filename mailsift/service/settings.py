@@ -312,8 +312,8 @@ class Settings(BaseSettings):
         72,
         ge=0,
         le=24 * 90,
-        description="Hours each scored message is kept whole (files in DATA_DIR/history, "
-        "0600), so an administrator can label it by fingerprint "
+        description="Hours each scored message is kept whole (DATA_DIR/history, 0600), "
+        "so an administrator can label it by fingerprint "
         "(`POST /v1/history/{fingerprint}/label`, `mailsift label`); 0 keeps none.",
     )
     history_max_mb: int = Field(

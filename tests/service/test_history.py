@@ -55,10 +55,10 @@ def test_an_admin_labels_a_scored_message_by_its_fingerprint(svc: Service) -> No
         fp = first["fingerprint"]
         before = admin.get("/v1/model").json()
         kept = svc.data_dir / "history"
-        assert wait_for(lambda: any(kept.glob(f"*/{fp}")), timeout=5)
-        (path,) = kept.glob(f"*/{fp}")
-        assert path.read_bytes() == raw
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert wait_for(lambda: any(raw in p.read_bytes() for p in kept.glob("*.msgs")), 5)
+        files = list(kept.iterdir())
+        assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o600}
+        assert {p.suffix for p in files} == {".msgs", ".idx"}
 
         r = admin.post(f"/v1/history/{fp}/label", params={"label": "spam"})
         assert r.status_code == 200, r.text
@@ -106,11 +106,12 @@ def test_past_retention_the_answer_is_410(tmp_path: Path) -> None:
         raw = offer(2)
         fp = score(admin, raw)["fingerprint"]
         kept = service.data_dir / "history"
-        assert wait_for(lambda: any(kept.glob(f"*/{fp}")), timeout=5)
+        assert wait_for(lambda: any(kept.glob("*.idx")) and any(kept.glob("*.msgs")), 5)
+        assert wait_for(lambda: fp.encode() in next(kept.glob("*.idx")).read_bytes(), 5)
         # Age the kept copy's hour two hours back, as the clock would.
-        (hour,) = [p for p in kept.iterdir() if p.is_dir()]
         old = time.strftime("%Y%m%d%H", time.gmtime(time.time() - 2 * HOUR))
-        hour.rename(kept / old)
+        for path in list(kept.iterdir()):
+            path.rename(kept / (old + path.name[10:]))
         gone = admin.post(f"/v1/history/{fp}/label", params={"label": "spam"})
         assert gone.status_code == 410, gone.text
         assert gone.json()["error"] == "gone"
@@ -149,11 +150,15 @@ def test_prune_drops_hours_past_retention_and_the_oldest_over_the_size_bound(
     history.flush()
     assert history.find("a" * 32, now) is None  # past retention already
     assert history.find("b" * 32, now) == b"x" * 1000
-    history.prune(now)
-    hours = sorted(p.name for p in tmp_path.iterdir())
-    assert len(hours) == 2  # 5 h old: past retention; 2 h old: over 2,500 bytes, oldest
+    assert history.prune(now) == 2  # 5 h old: past retention; 2 h old: over 2,500 bytes
+    hours = {p.name[:10] for p in tmp_path.iterdir()}
+    assert len(hours) == 2
     assert history.find("b" * 32, now) is None
     assert history.find("c" * 32, now) == history.find("d" * 32, now) == b"x" * 1000
+    # The same content scored again in the hour is kept once.
+    history.keep("d" * 32, b"x" * 1000, at=now)
+    history.flush()
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.msgs")) == 2000
     history.close()
 
 
