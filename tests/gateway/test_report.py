@@ -116,6 +116,20 @@ def test_a_site_token_speaks_only_for_its_domains_and_only_reports(site: Site) -
         assert scored.status_code == 403
 
 
+def test_a_user_that_is_no_address_is_refused_before_anything_is_logged(site: Site) -> None:
+    token = site.token_file.read_text().strip()
+    with site.svc.client(token) as reporter:
+        for user in (f"x\nreport user=bob@{DOMAIN}", f"bob @{DOMAIN}", f"bob\x00@{DOMAIN}"):
+            r = reporter.post(
+                "/v1/feedback",
+                params={"label": "spam", "user": user},
+                content=letter(5),
+                headers=RFC822,
+            )
+            assert r.status_code == 400, (user, r.text)
+            assert "no spaces or control characters" in r.json()["detail"]
+
+
 def test_mail_the_user_never_received_is_refused_with_the_reason(site: Site) -> None:
     done = report(letter(3), "spam", f"dave@{DOMAIN}", *site.args)
     assert done.returncode == 1

@@ -58,6 +58,7 @@ FingerprintPath = Annotated[
     str, Path(description="The fingerprint a score or feedback answer returned.")
 ]
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
+_NOT_IN_ADDRESS = re.compile(r"[\s\x00-\x1f\x7f]")
 _BODY = {
     "requestBody": {
         "required": True,
@@ -75,8 +76,11 @@ async def _write(op: Callable[[], T]) -> T:
 
 def _reporter(caller: Principal, user: str) -> str:
     key = personal_key(user)
-    if key is None or "@" not in key:
-        raise BadRequest("user must be the reporter's address, at most 320 characters")
+    if key is None or "@" not in key or _NOT_IN_ADDRESS.search(key):
+        raise BadRequest(
+            "user must be the reporter's address: at most 320 characters, "
+            "no spaces or control characters"
+        )
     if not caller.may_speak_for(key):
         raise Forbidden(f"this token does not speak for {key}")
     return key
