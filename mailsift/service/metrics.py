@@ -21,6 +21,7 @@ and user names are never labels.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import os
@@ -277,6 +278,12 @@ class MetricsMiddleware:
 
 _share: dict[str, tuple[float, int]] = {}
 
+# The children every scored message touches, looked up once: labels() validates and
+# locks on each call, a few microseconds a message. Few label values: direction x verdict.
+_verdicts = functools.cache(VERDICTS.labels)
+_actions = functools.cache(ACTIONS.labels)
+_spam_share = functools.cache(SPAM_SHARE.labels)
+
 
 def observe_verdict(
     direction: str,
@@ -286,13 +293,13 @@ def observe_verdict(
     dlp_report: DlpReport | None,
 ) -> None:
     """Count one scored message: verdict, action, leak findings and limit hits."""
-    VERDICTS.labels(direction, verdict).inc()
-    ACTIONS.labels(direction, action).inc()
+    _verdicts(direction, verdict).inc()
+    _actions(direction, action).inc()
     share, seen = _share.get(direction, (0.0, 0))
     seen = min(seen + 1, SHARE_WINDOW)
     share += ((verdict == "spam") - share) / seen
     _share[direction] = (share, seen)
-    SPAM_SHARE.labels(direction).set(share)
+    _spam_share(direction).set(share)
     if dlp_report is not None:
         for finding in dlp_report.findings:
             DLP_FINDINGS.labels(direction, finding.type, finding.severity).inc()

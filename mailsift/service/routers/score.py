@@ -6,9 +6,10 @@ import ipaddress
 import time
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -98,7 +99,7 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     responses=ERRORS,
     openapi_extra={**_BODY, "parameters": _query_parameters(ScoreQuery)},
 )
-async def score(request: Request) -> JSONResponse:
+async def score(request: Request) -> Response:
     """Score one raw message and return the verdict, the action and its reasons."""
     # No FastAPI dependencies here: each costs a pass of its machinery, per message.
     state: ServiceState = request.app.state.mailsift
@@ -191,7 +192,8 @@ async def score(request: Request) -> JSONResponse:
         after = BackgroundTask(
             _after_outbound, state, sender, account, raw, analysed, verdict, reasons, dlp
         )
-    return JSONResponse(body, background=after)
+    # orjson: the standard library's encoder took 17 us of the ~2 ms a message costs.
+    return Response(orjson.dumps(body), media_type="application/json", background=after)
 
 
 def _per_recipient(
