@@ -15,6 +15,7 @@ and an exit status a script can act on (:class:`ReportFailed`), never a tracebac
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -44,6 +45,8 @@ DEFAULT_URL = "http://127.0.0.1:8470"
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Read no more than this from standard input; the service refuses more anyway."""
+
+_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 
 EXIT_REFUSED = 1
 """The service answered and refused the report (4xx): sending it again will not help."""
@@ -106,6 +109,8 @@ def read_token(path: Path | None) -> str:
         raise ReportFailed(f"cannot read the token file {path}: {reason}", EXIT_USAGE) from None
     if not token:
         raise ReportFailed(f"the token file {path} is empty", EXIT_USAGE)
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ReportFailed(f"the token file {path} does not hold one token", EXIT_USAGE)
     return token
 
 
@@ -142,6 +147,10 @@ def send_report(
 
 def label_from_history(fingerprint: str, label: Label, target: ReportTarget) -> str:
     """Label a recently scored message by fingerprint; what the log did with it."""
+    if not _FINGERPRINT.match(fingerprint):
+        raise ReportFailed(
+            "the fingerprint must be the 32 hex characters a score answer gave", EXIT_USAGE
+        )
     body = _post(
         target, f"/v1/history/{fingerprint}/label", {"label": label}, None, what="the label"
     )

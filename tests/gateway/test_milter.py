@@ -419,6 +419,9 @@ def test_marking_turns_off_where_postfix_would_bounce_the_marked_copy(
     assert checked_marking(off, "+").junk_marking is False
 
 
-@pytest.mark.skipif(postfix_recipient_delimiter() is None, reason="no postconf on this host")
+@pytest.mark.skipif(
+    postfix_recipient_delimiter() is None,
+    reason="no Postfix configuration here to ask (postconf missing or no main.cf)",
+)
 def test_this_hosts_postfix_delimiter_is_read() -> None:
     assert isinstance(postfix_recipient_delimiter(), str)

@@ -172,3 +172,9 @@ def test_each_failure_is_one_line_and_its_own_exit_status(tmp_path: Path) -> Non
 
     bad = report(raw, "maybe", "b@x.example", "--token-file", str(token))
     assert bad.returncode == 2
+
+    for content in ("msk_a b", "msk_\u00e9t\u00e9", "two\nlines"):
+        token.write_text(content)
+        garbled = report(raw, "spam", "b@x.example", "--token-file", str(token))
+        assert (garbled.returncode, garbled.stderr.count("\n")) == (2, 1), garbled.stderr
+        assert "does not hold one token" in garbled.stderr

@@ -98,6 +98,9 @@ def test_unknown_and_malformed_fingerprints_are_clear_4xx(svc: Service) -> None:
         assert no_label.status_code == 422 or no_label.status_code == 400
     done = label(svc, FP, "spam")
     assert done.returncode == 1 and "404 not_found" in done.stderr
+    for not_one in ("../../v1/train", FP.upper(), FP[:-1]):
+        refused = label(svc, not_one, "spam")
+        assert refused.returncode == 2 and "32 hex characters" in refused.stderr
 
 
 def test_past_retention_the_answer_is_410(tmp_path: Path) -> None:
