@@ -226,16 +226,18 @@ class MessageHistory:
         at = index.rfind(needle)
         while at > 0 and index[at - 1 : at] != b"\n":  # not at a line's start
             at = index.rfind(needle, 0, at)
-        if at < 0:
-            return None
-        _, offset, length = index[at : index.index(b"\n", at)].split()
+        end = index.find(b"\n", at)
+        fields = index[at:end].split() if at >= 0 and end > at else []
+        if len(fields) != 3 or not (fields[1].isdigit() and fields[2].isdigit()):
+            return None  # absent, or a line still being written
+        offset, length = int(fields[1]), int(fields[2])
         try:
             with (self.root / index_name.replace(".idx", ".msgs")).open("rb") as data:
-                data.seek(int(offset))
-                raw = data.read(int(length))
+                data.seek(offset)
+                raw = data.read(length)
         except FileNotFoundError:
             return None
-        return raw if len(raw) == int(length) else None
+        return raw if len(raw) == length else None
 
     def _files(self, suffix: str) -> list[str]:
         try:

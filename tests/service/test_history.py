@@ -165,6 +165,21 @@ def test_prune_drops_hours_past_retention_and_the_oldest_over_the_size_bound(
     history.close()
 
 
+def test_a_line_still_being_written_is_not_found_and_breaks_nothing(tmp_path: Path) -> None:
+    history = MessageHistory(tmp_path, retention_hours=1, max_bytes=10**9)
+    history.keep("e" * 32, b"kept")
+    history.flush()
+    (index,) = tmp_path.glob("*.idx")
+    with index.open("ab") as out:
+        out.write(b"f" * 32 + b" 4")  # the writer's next line, half on disk
+    assert history.find("f" * 32) is None
+    with index.open("ab") as out:
+        out.write(b" x9\n")  # and a damaged one
+    assert history.find("f" * 32) is None
+    assert history.find("e" * 32) == b"kept"
+    history.close()
+
+
 def test_keeping_is_bounded_when_writing_falls_behind(tmp_path: Path) -> None:
     history = MessageHistory(tmp_path, retention_hours=1, max_bytes=10**9)
     history._stop.set()  # no writer: everything stays queued
