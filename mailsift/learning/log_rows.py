@@ -94,6 +94,26 @@ def head(conn: Connection) -> int:
     )
 
 
+def newest_entry(conn: Connection, fingerprint: str, layer: str | None = None) -> int:
+    """The position of the newest entry about ``fingerprint`` on ``layer`` (None: on any
+    layer); 0 when there is none. The state an answer that changes nothing confirms
+    became true there (an index on fingerprint and layer finds it)."""
+    e = schema.entries.c
+    query = select(func.coalesce(func.max(e.position), 0)).where(e.fingerprint == fingerprint)
+    if layer is not None:
+        query = query.where(e.layer == layer)
+    return int(conn.execute(query).scalar_one())
+
+
+def shared_position(
+    conn: Connection, fingerprint: str, held: tuple[Label, int, Source] | None
+) -> int:
+    """The newest shared entry about ``fingerprint``: the one that set the label it
+    ``held`` (every shared entry sets or removes that row), else the one that took it
+    back, else 0."""
+    return held[1] if held is not None else newest_entry(conn, fingerprint, SHARED)
+
+
 def shared(conn: Connection, fingerprint: str) -> tuple[Label, int, Source] | None:
     query = select(schema.labels.c.label, schema.labels.c.position, schema.labels.c.source).where(
         schema.labels.c.fingerprint == fingerprint
@@ -222,8 +242,10 @@ def settle(
     agreed = agreed_label(counts, needed)
     held = shared(conn, fingerprint)
 
-    def outcome(result: SharedResult, position: int = 0) -> SharedOutcome:
-        return SharedOutcome(result, counts.of(reported), needed, counted, position)
+    def outcome(result: SharedResult, position: int | None = None) -> SharedOutcome:
+        # Nothing written: the shared state the answer reports dates from its newest entry.
+        at = shared_position(conn, fingerprint, held) if position is None else position
+        return SharedOutcome(result, counts.of(reported), needed, counted, at)
 
     def standing() -> SharedOutcome:
         if held is None:

@@ -49,6 +49,9 @@ entries = Table(
     CheckConstraint("label IN ('ham', 'spam')", name="trainlog_entries_label"),
     CheckConstraint("undo_label IN ('ham', 'spam')", name="trainlog_entries_undo_label"),
     CheckConstraint("label IS NOT NULL OR undo_label IS NOT NULL", name="trainlog_entries_op"),
+    # The newest entry about a message, for an answer that changes nothing (a repeated
+    # forget or withdrawal): the position at which what it confirms became true.
+    Index("trainlog_entries_fingerprint", "fingerprint", "layer"),
 )
 
 # The label each fingerprint holds now, and the entry that gave it: lets an append

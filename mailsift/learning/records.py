@@ -88,8 +88,13 @@ class LiveExample:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """What an append or forget did, and the position of the entry that holds the label.
+    """What an append or forget did, and at which log position its outcome is true.
 
+    ``position`` is the newest entry about the message on the layer concerned: the
+    entry written, or for ``unchanged`` and ``kept`` the earlier entry that made the
+    state true (the label's, or a forget's; 0 when nothing was ever logged). So a
+    repeated request answers the position the first one did, and a worker that has
+    applied the log up to it reflects the answer.
     ``kept``: a higher source holds another label (``held_by``), which stays.
     """
 
@@ -113,7 +118,8 @@ class SharedOutcome:
     counted: bool
     """Whether this report counts towards consensus (the user's daily allowance)."""
     position: int = 0
-    """The shared entry written, when one was."""
+    """The newest shared entry about the message: the one written, or the earlier one
+    that made the state ``result`` reports true (0: no shared entry was ever logged)."""
 
 
 @dataclass(frozen=True, slots=True)

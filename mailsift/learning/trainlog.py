@@ -132,7 +132,8 @@ class TrainingLog:
 
     def forget(self, fingerprint: str, *, actor: str) -> AppendResult:
         """An administrator takes a message back entirely: its shared example and every
-        user's report of it. Unknown -> unchanged, 0."""
+        user's report of it. Nothing left to take back -> unchanged, at the newest entry
+        about the message (the one that took it back; 0 if it was never logged)."""
         _check_entry(fingerprint, Source.ADMIN, actor)
         with self._writing("forget") as conn:
             held = log_rows.shared(conn, fingerprint)
@@ -152,7 +153,7 @@ class TrainingLog:
                 )  # fmt: skip
             conn.execute(delete(schema.reports).where(schema.reports.c.fingerprint == fingerprint))
             if position == 0:
-                return AppendResult("unchanged", 0)
+                return AppendResult("unchanged", log_rows.newest_entry(conn, fingerprint))
             return AppendResult("forgotten", position)
 
     def confirm(self, fingerprint: str, label: Label, *, actor: str) -> AppendResult | None:
@@ -243,8 +244,13 @@ class TrainingLog:
         with self._writing("withdraw") as conn:
             current = log_rows.report_of(conn, user, fingerprint)
             if current is None:
+                # Nothing to take back: the positions at which that was already so.
+                mine = log_rows.newest_entry(conn, fingerprint, user)
+                held = log_rows.shared(conn, fingerprint)
+                shared_at = log_rows.shared_position(conn, fingerprint, held)
                 return ReportResult(
-                    AppendResult("unchanged", 0), SharedOutcome("unchanged", 0, needed, False)
+                    AppendResult("unchanged", mine),
+                    SharedOutcome("unchanged", 0, needed, False, shared_at),
                 )
             label, at, _ = current
             position = log_rows.insert_entry(
@@ -495,6 +501,11 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
             elif version == "1":
                 schema.upgrade_from_1(conn)
                 version = SCHEMA_VERSION
+            if version in (None, SCHEMA_VERSION):
+                # create_all makes a table's indexes only with the table: a log from
+                # before an index was added gets it here, once.
+                for index in schema.entries.indexes:
+                    index.create(conn, checkfirst=True)
     except SQLAlchemyError as exc:
         engine.dispose()
         raise _error("cannot open training log", exc, url) from exc

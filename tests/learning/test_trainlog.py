@@ -97,8 +97,9 @@ def test_learn_unchanged_relabel_forget(log: TrainingLog) -> None:
     )
     assert log.counts() == {"ham": 2, "spam": 0}
     assert log.forget(fp(1), actor="a") == AppendResult("forgotten", 4)
-    assert log.forget(fp(1), actor="a") == AppendResult("unchanged", 0)
-    assert log.forget(fp(9), actor="a") == AppendResult("unchanged", 0)
+    # Nothing left: unchanged, at the position where it already was so (the forget's).
+    assert log.forget(fp(1), actor="a") == AppendResult("unchanged", 4)
+    assert log.forget(fp(9), actor="a") == AppendResult("unchanged", 0)  # never logged
     assert log.label_of(fp(1)) is None
     assert log.label_of(fp(2)) == "ham"
     assert log.counts() == {"ham": 1, "spam": 0}
@@ -321,7 +322,11 @@ def _check_log_against_acks(log: TrainingLog, acks: list[Ack]) -> list[LogEntry]
     by_position = {e.position: e for e in entries}
     for fingerprint, label, raw, result, position in acks:
         if result == "unchanged" and label is None:
-            assert position == 0
+            # A forget with nothing left: the entry that took it back, or 0 for never.
+            assert position == 0 or (
+                by_position[position].fingerprint == fingerprint
+                and by_position[position].label is None
+            )
             continue
         entry = by_position[position]
         assert (entry.fingerprint, entry.label) == (fingerprint, label)
@@ -489,6 +494,39 @@ def _report(
     )
 
 
+def _at(result: ReportResult) -> tuple[str, int]:
+    """A report's answer as the API gives it: result and log position."""
+    return result.personal.result, max(result.personal.position, result.shared.position)
+
+
+def test_an_answer_that_changes_nothing_dates_from_the_entry_that_made_it_so(
+    log: TrainingLog,
+) -> None:
+    assert _at(_report(log, "bob@x", 1, "spam")) == ("learned", 1)
+    assert _at(_report(log, "bob@x", 1, "spam")) == ("unchanged", 1)
+    _report(log, "carol@x", 1, "spam")  # 2
+    third = _report(log, "dave@x", 1, "spam")  # 3, and the consensus example at 4
+    assert (third.shared.result, third.shared.position) == ("learned", 4)
+    # Bob's report stands since 1, the shared label it now also confirms since 4.
+    again = _report(log, "bob@x", 1, "spam")
+    assert (again.shared.result, _at(again)) == ("unchanged", ("unchanged", 4))
+    withdrawn = log.withdraw("dave@x", fp(1), needed=3)  # 5, consensus withdrawn at 6
+    assert (_at(withdrawn), withdrawn.shared.position) == (("forgotten", 6), 6)
+    assert _at(log.withdraw("dave@x", fp(1), needed=3)) == ("unchanged", 6)
+    assert log.forget(fp(1), actor="a") == AppendResult("forgotten", 8)  # bob's, carol's
+    assert log.forget(fp(1), actor="a") == AppendResult("unchanged", 8)
+    assert _at(log.withdraw("erin@x", fp(1), needed=3)) == ("unchanged", 6)
+    assert _at(log.withdraw("erin@x", fp(2), needed=3)) == ("unchanged", 0)
+    # An administrator's label, and a confirmation of what it already holds.
+    admin = Source.ADMIN
+    assert log.append(fp(3), "spam", ex(b"a"), source=admin, actor="a").position == 9
+    _report(log, "bob@x", 3, "spam")  # 10
+    assert log.append(fp(3), "spam", ex(b"a"), source=admin, actor="a").position == 9
+    assert log.confirm(fp(3), "spam", actor="a") == AppendResult("unchanged", 9, admin)
+    assert log.append(fp(3), "ham", ex(b"a"), source=Source.OUTBOUND, actor="o").position == 9
+    assert _at(_report(log, "bob@x", 3, "spam")) == ("unchanged", 10)
+
+
 def test_a_lower_source_never_relabels_a_higher_one(log: TrainingLog) -> None:
     log.append(fp(1), "spam", ex(b"a"), source=Source.ADMIN, actor="a")
     kept = log.append(fp(1), "ham", ex(b"a"), source=Source.OUTBOUND, actor="bob@x")
@@ -619,5 +657,11 @@ def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
         assert log.holder_of(fp(1)) == ("spam", Source.ADMIN)
         assert log.holder_of(fp(2)) == ("ham", Source.USER)
         assert _report(log, "bob@x", 3, "spam").personal.position == 3
+        assert log.forget(fp(1), actor="a") == AppendResult("forgotten", 4)
+        assert log.forget(fp(1), actor="a") == AppendResult("unchanged", 4)
     finally:
         log.close()
+    # An older log gets the index that finds a message's newest entry.
+    with sqlite3.connect(data / "mailsift.db") as db:
+        indexes = {row[1] for row in db.execute("PRAGMA index_list(trainlog_entries)")}
+    assert "trainlog_entries_fingerprint" in indexes

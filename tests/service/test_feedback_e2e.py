@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,48 @@ def test_an_administrator_confirms_a_single_report(site: Site) -> None:
     assert site.score(msg, "carol")["verdict"] == "spam"
     denied = site.users["bob"].post(f"/v1/examples/{fp}/confirm", params={"label": "spam"})
     assert denied.status_code == 403
+
+
+def test_an_answer_that_changes_nothing_gives_the_position_it_confirms(site: Site) -> None:
+    """One rule on every learning endpoint: ``log_position`` is the newest log entry about
+    the message; when nothing was written, the one that had already made it so. A repeat
+    answers what the first request did, and the worker has applied it."""
+    msg = newsletter(60, "digest@lists.example")
+    fp = site.score(msg, "bob", "carol")["fingerprint"]
+    admin, bob = site.admin, site.users["bob"]
+
+    def answer(r: httpx.Response) -> tuple[str, int]:
+        assert r.status_code == 200, r.text
+        body = r.json()
+        applied = site.admin.get("/v1/model").json()["log_position"]
+        assert applied >= body["log_position"]  # the answering worker reflects it
+        return body["result"], body["log_position"]
+
+    def twice(send: Callable[[], httpx.Response], first: str) -> int:
+        result, position = answer(send())
+        assert result == first
+        assert answer(send()) == ("unchanged", position)
+        return position
+
+    def teach() -> httpx.Response:
+        return admin.post("/v1/train", params={"label": "spam"}, content=msg, headers=RFC822)
+
+    trained = twice(teach, "learned")
+    labelled = admin.post(f"/v1/history/{fp}/label", params={"label": "spam"})
+    assert answer(labelled) == ("unchanged", trained)
+    reported = twice(lambda: site.report("bob", msg), "learned")
+    assert reported > trained
+    confirmed = admin.post(f"/v1/examples/{fp}/confirm", params={"label": "spam"})
+    assert answer(confirmed) == ("unchanged", trained)  # the administrator's label holds
+    withdrawn = twice(
+        lambda: bob.delete(f"/v1/feedback/{fp}", params={"user": addr("bob")}), "forgotten"
+    )
+    assert withdrawn > reported
+    # The forget takes back the shared example; asked again it answers the same position,
+    # not 0: the state it confirms (nothing of the message left) dates from it.
+    forgotten = twice(lambda: admin.delete(f"/v1/examples/{fp}"), "forgotten")
+    assert forgotten > withdrawn
+    assert answer(admin.delete(f"/v1/examples/{'0' * 32}")) == ("unchanged", 0)  # never logged
 
 
 def test_sites_that_import_old_mail_may_report_it_unscored(tmp_path: Path) -> None:

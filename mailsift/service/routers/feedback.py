@@ -5,6 +5,13 @@ shared model only by consensus; an administrator's example teaches the shared mo
 outranks every other source (see :mod:`mailsift.learning`). Each call returns only once
 the entries are durably on the training log, and after this worker has applied them, so
 a score right after a report already reflects it here.
+
+Every answer's ``log_position`` follows one rule: the newest log entry about the message
+on the layers the answer reports on (the shared one; for a report or withdrawal also the
+user's own). That is the entry written, or, when nothing was written (``unchanged``,
+``kept``), the earlier entry that made the confirmed state true (0 if none ever was), so
+a repeated request answers what the first did. A worker whose model has applied the log
+up to it reflects the answer; this one has before it answers.
 """
 
 from __future__ import annotations
@@ -287,6 +294,7 @@ async def forget(
     """Take a message back entirely: its shared example and every user's report of it."""
     fp = _fingerprint(fingerprint)
     result = await _write(lambda: state.trainlog.forget(fp, actor=caller.name))
-    if result.result == "forgotten":
-        await state.learner.catch_up(until=result.position)
+    # Also when nothing was left to forget: another worker's forget, which this answer
+    # confirms, may not be applied here yet.
+    await state.learner.catch_up(until=result.position)
     return _learn_body(result, fp)
