@@ -60,7 +60,13 @@ from kilter.protocol.messages import (
     ReplyCode,
 )
 
-from mailsift.gateway.client import ScoreRequest, ServiceClient, ServiceUnavailable
+from mailsift.gateway.client import (
+    Direction,
+    ScoreAnswer,
+    ScoreRequest,
+    ServiceClient,
+    ServiceUnavailable,
+)
 from mailsift.gateway.decisions import (
     HEADER_PREFIX,
     JunkMark,
@@ -71,11 +77,13 @@ from mailsift.gateway.decisions import (
     unavailable_outcome,
 )
 from mailsift.gateway.metrics import DECISIONS, JUNK_MARKS, SERVICE_FAILURES
+from mailsift.gateway.policy import log_value
 from mailsift.gateway.settings import GatewaySettings
 
 __all__ = [
     "RECIPIENT_ACTIONS",
     "MilterConnection",
+    "decided_by",
     "edits_for",
     "negotiate",
     "serve_milter",
@@ -123,6 +131,66 @@ def strip_brackets(address: str) -> str:
     if address.startswith("<") and address.endswith(">"):
         address = address[1:-1]
     return address
+
+
+# What can demand an action whatever the score, by action (the service's checks: a leak
+# acts by its severity, a sender over a limit is deferred, a suspended account gets the
+# suspend action); and what makes a message spam whatever the score.
+_DEMANDS: dict[str, tuple[str, ...]] = {
+    "tag": ("account_suspended",),
+    "quarantine": ("dlp_", "account_suspended"),
+    "reject": ("dlp_", "account_suspended"),
+    "defer": ("limit_", "account_suspended"),
+}
+_MAKES_SPAM = ("blocklisted", "labelled_spam")
+
+
+def decided_by(answer: ScoreAnswer) -> list[str]:
+    """The names of what decided the answer's action, for the log line: the reasons that
+    can demand that action (a leak, a limit, a suspension), the reason that made the
+    message spam (the block list, a labelled message), else ``score`` (the score against
+    the thresholds). Nothing for ``accept``.
+
+    The answer says which reasons came up, not which of them demanded an action, so a
+    leak the settings only flag is named beside the score that really decided.
+    """
+    if answer.action == "accept":
+        return []
+    names = [_name(n) for n in answer.reasons]
+    why = [n for n in names if n.startswith(_DEMANDS[answer.action])]
+    if answer.verdict == "spam" and any(n in _MAKES_SPAM for n in names):
+        why += [n for n in names if n in _MAKES_SPAM and n not in why]
+    elif answer.verdict in ("suspect", "spam"):
+        why.append("score")
+    # A ham message acted on for a reason this gateway does not know: name them all.
+    return why or [n for n in names if not n.startswith("model")] or ["score"]
+
+
+def _name(reason: str) -> str:
+    """A reason name as the log shows it: what a name may hold, anything else as ``?``."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_-.:") else "?" for c in reason)
+
+
+def _sender(
+    direction: Direction,
+    address: IPv4Address | IPv6Address | Path | None,
+    sasl_user: str | None,
+    user: str | None,
+) -> str:
+    """`` user=… via=sasl|network|local`` for outbound mail: whose limits it counts
+    against and why it is outbound (``network`` with the client's address); nothing for
+    inbound."""
+    if direction != "outbound":
+        return ""
+    if sasl_user:
+        via = "sasl"
+    elif isinstance(address, IPv4Address | IPv6Address):
+        # In --internal-networks. Postfix presents its own sendmail command and pickup
+        # as a client at 127.0.0.1, so local submissions are outbound this way too.
+        via = f"network client={address}"
+    else:
+        via = "local"  # a connection without an address: a unix socket, Sendmail's stdin
+    return f" user={log_value(user)} via={via}"
 
 
 @dataclass
@@ -282,13 +350,16 @@ class MilterConnection:
             )
             outcome = unavailable_outcome(mode)
         else:
+            why = decided_by(answer)
             log.info(
-                "%s: %s %s score=%.4f action=%s",
+                "%s: %s %s score=%.4f action=%s%s%s",
                 queue_id,
                 direction,
                 answer.verdict,
                 answer.score,
                 answer.action,
+                f" ({', '.join(why)})" if why else "",
+                _sender(direction, self.address, user, request.user),
             )
             junk = junk_marks(answer, direction, txn.rcpts, self.mark)
             outcome = outcome_of(answer, self.settings.subject_prefix, junk)

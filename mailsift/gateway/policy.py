@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,22 @@ from mailsift.gateway.settings import FailMode, GatewaySettings, Network
 
 __all__ = [
     "DUNNO",
+    "MAX_LOGGED",
     "PolicyServer",
     "RecipientList",
     "decide_recipient",
+    "log_value",
     "outbound_sender",
     "parse_request",
+    "refusal_line",
     "serve_policy",
 ]
 
 log = logging.getLogger("mailsift.gateway.policy")
+
+MAX_LOGGED = 320
+"""Characters of one value a log line keeps (an address is at most 320)."""
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp"})  # controls, bidi overrides, line breaks
 
 DUNNO = "DUNNO"
 MAX_ATTRIBUTES = 200
@@ -104,6 +112,52 @@ def decide_recipient(recipients: RecipientList, recipient: str) -> str | None:
     return None
 
 
+def log_value(value: str | None) -> str:
+    """``value`` as one ``name=value`` field of a log line, whatever a client sent.
+
+    Control and format characters (a newline that would forge a second line, an escape
+    sequence, a bidi override) become ``\\xNN``/``\\uNNNN``, a backslash or quote is
+    escaped, a value with a space or ``=`` is quoted, a long one is cut at
+    :data:`MAX_LOGGED` characters (``…``), and an empty one is ``-``.
+    """
+    if not value:
+        return "-"
+    out: list[str] = []
+    for ch in value[:MAX_LOGGED]:
+        code = ord(ch)
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif unicodedata.category(ch) in _UNPRINTABLE:
+            out.append(
+                f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                else f"\\U{code:08x}"
+            )  # fmt: skip
+        else:
+            out.append(ch)
+    text = "".join(out) + ("…" if len(value) > MAX_LOGGED else "")
+    if any(ch.isspace() or ch in '="' for ch in text):
+        return f'"{text}"'
+    return text
+
+
+def refusal_line(attributes: dict[str, str], user: str | None, answer: str, reason: str) -> str:
+    """The log line of one refused recipient: who, to whom, why; never message content.
+
+    ``queue_id`` is ``-`` until Postfix has assigned one (after the first recipient it
+    accepts), so the client and the sender are there to match its own NOQUEUE line.
+    """
+    fields = {
+        "queue_id": attributes.get("queue_id"),
+        "client": attributes.get("client_address"),
+        "user": user or attributes.get("sasl_username"),
+        "sender": attributes.get("sender"),
+        "recipient": attributes.get("recipient"),
+        "reason": reason,
+        "answer": answer,
+    }
+    return "refused " + " ".join(f"{name}={log_value(v)}" for name, v in fields.items())
+
+
 def outbound_sender(attributes: dict[str, str], networks: Iterable[Network]) -> str | None:
     """The user whose limits apply: the SASL login, or the envelope sender of a client in
     an internal network; None for inbound mail (nobody's limit)."""
@@ -154,6 +208,7 @@ class PolicyServer:
         refusal = decide_recipient(self.recipients, recipient) if recipient else None
         if refusal is not None:
             DECISIONS.labels("policy", "unknown_recipient").inc()
+            log.info("%s", refusal_line(attributes, None, refusal, "unknown recipient"))
             return refusal
         user = outbound_sender(attributes, self.settings.networks)
         if user is None:
@@ -161,18 +216,33 @@ class PolicyServer:
         try:
             admission = await self.client.admission(user)
         except ServiceUnavailable as exc:
-            return self._unavailable(str(exc), self.settings.fail_mode)
+            return self._unavailable(attributes, user, str(exc), self.settings.fail_mode)
         if admission.decision == "defer":
             DECISIONS.labels("policy", "defer").inc()
-            return f"DEFER 4.7.1 {admission.reason or 'not now'}, try again later"
+            reason = admission.reason or "not now"
+            answer = f"DEFER 4.7.1 {reason}, try again later"
+            log.info("%s", refusal_line(attributes, user, answer, f"{reason} ({admission.state})"))
+            return answer
         return DUNNO
 
-    def _unavailable(self, cause: str, mode: FailMode) -> str:
+    def _unavailable(
+        self, attributes: dict[str, str], user: str, cause: str, mode: FailMode
+    ) -> str:
+        """Fail open (DUNNO) or closed (a 4xx); either way one WARNING line, no content."""
         SERVICE_FAILURES.labels("policy", mode).inc()
-        log.warning("service unavailable (%s): failing %s", cause, mode)
+        why = f"service unavailable ({cause}): failing {mode}"
         if mode == "open":
+            log.warning(
+                "%s for queue_id=%s user=%s recipient=%s",
+                why,
+                log_value(attributes.get("queue_id")),
+                log_value(user),
+                log_value(attributes.get("recipient")),
+            )
             return DUNNO
-        return "DEFER 4.3.0 policy service temporarily unavailable, try again later"
+        answer = "DEFER 4.3.0 policy service temporarily unavailable, try again later"
+        log.warning("%s", refusal_line(attributes, user, answer, why))
+        return answer
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One Postfix connection: requests one after another until it hangs up."""

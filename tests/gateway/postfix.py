@@ -25,6 +25,8 @@ from tests.service.server import free_port
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
+POSTSUPER = shutil.which("postsuper") or "/usr/sbin/postsuper"
+SENDMAIL = shutil.which("sendmail", path="/usr/sbin:/usr/lib") or "/usr/sbin/sendmail"
 DOMAIN = "example.test"
 
 _MASTER_CF = """\
@@ -77,9 +79,11 @@ class Postfix:
         policy_port: int | None,
         internal_network: str,
         mailboxes: tuple[str, ...] = ("alice", "bob", "carol"),
+        main: dict[str, str] | None = None,
     ) -> None:
         """``listeners``: name -> main.cf overrides of one SMTP server (each on its own
-        port, ``self.ports[name]``), e.g. ``{"smtpd_milters": "inet:127.0.0.1:8472"}``."""
+        port, ``self.ports[name]``), e.g. ``{"smtpd_milters": "inet:127.0.0.1:8472"}``;
+        ``main``: settings of main.cf on top of the generated ones (``non_smtpd_milters``)."""
         self.root = Path(tempfile.mkdtemp(prefix="mailsift-postfix-", dir="/tmp"))
         self.root.chmod(0o755)
         self.config = self.root / "conf"
@@ -91,6 +95,7 @@ class Postfix:
         self.policy_port = policy_port
         self.internal_network = internal_network
         self.mailboxes = mailboxes
+        self.main = main or {}
         self.running = False
 
     def _write_config(self) -> None:
@@ -146,6 +151,7 @@ class Postfix:
             "smtpd_policy_service_timeout": "10s",
             "delay_warning_time": "0",
             "smtpd_banner": "$myhostname ESMTP",
+            **self.main,
         }
         (self.config / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in main.items()))
         smtpd = "\n".join(
@@ -197,6 +203,32 @@ class Postfix:
             check=True,
         )
         return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+    def admin(self, program: str, *args: str) -> str:
+        """An administrator's ``postsuper``/``postqueue`` command on this instance
+        (``admin(POSTSUPER, "-H", queue_id)``); its output, or an error with it."""
+        done = subprocess.run(
+            [program, "-c", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} {' '.join(args)}: {done.stderr}")
+        return done.stdout + done.stderr
+
+    def submit(self, sender: str, recipient: str, raw: bytes) -> None:
+        """A local submission: Postfix's own ``sendmail`` command (postdrop, pickup)."""
+        done = subprocess.run(
+            [SENDMAIL, "-C", str(self.config), "-f", sender, recipient],
+            input=raw,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"sendmail: {done.stderr.decode(errors='replace')}")
 
     def delivered(self, mailbox: str) -> list[bytes]:
         """The messages in ``mailbox``'s Maildir ``new/``, oldest first."""

@@ -5,6 +5,7 @@ covers the same through a real MTA)."""
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -38,10 +39,12 @@ from kilter.protocol.messages import (
     ReplyCode,
 )
 
+from mailsift.gateway.client import ScoreAnswer
 from mailsift.gateway.decisions import JunkRecipient, Outcome, Reply
 from mailsift.gateway.milter import (
     RECIPIENT_ACTIONS,
     checked_marking,
+    decided_by,
     edits_for,
     negotiate,
     postfix_recipient_delimiter,
@@ -149,6 +152,33 @@ def test_a_recipient_marked_for_junk_is_deleted_and_added_back_marked() -> None:
 def test_reject_and_defer_are_one_reply_code_and_no_edits() -> None:
     edits = edits_for(HEADERS, Outcome("reject", reply=Reply(550, "5.7.1", "looks like spam")))
     assert shape(edits) == shape([ReplyCode(b"550 5.7.1 looks like spam\0")])
+
+
+@pytest.mark.parametrize(
+    ("verdict", "action", "reasons", "why"),
+    [
+        ("ham", "accept", ("model",), []),
+        # Issue #13: "outbound ham score=0.0035 action=quarantine" said nothing of the leak.
+        ("ham", "quarantine", ("model", "dlp_card"), ["dlp_card"]),
+        ("ham", "reject", ("model", "dlp_jwt", "dlp_card"), ["dlp_jwt", "dlp_card"]),
+        ("spam", "quarantine", ("model", "authres_fail"), ["score"]),
+        ("spam", "reject", ("model",), ["score"]),
+        ("suspect", "tag", ("model",), ["score"]),
+        ("spam", "quarantine", ("model", "blocklisted"), ["blocklisted"]),
+        ("spam", "quarantine", ("model", "labelled_spam"), ["labelled_spam"]),
+        ("ham", "defer", ("model", "limit_messages_per_hour"), ["limit_messages_per_hour"]),
+        ("ham", "defer", ("model", "account_suspended"), ["account_suspended"]),
+        # A flagged leak beside a spam score: both named, the answer cannot tell them apart.
+        ("spam", "quarantine", ("model", "dlp_iban"), ["dlp_iban", "score"]),
+        ("ham", "quarantine", ("model", "something_new"), ["something_new"]),
+        ("ham", "quarantine", ("model", "dlp_x\nforged line"), ["dlp_x?forged?line"]),
+    ],
+)  # fmt: skip
+def test_the_log_names_what_decided_the_action(
+    verdict: str, action: str, reasons: tuple[str, ...], why: list[str]
+) -> None:
+    answer = ScoreAnswer(score=0.5, verdict=verdict, action=action, reasons=reasons)  # type: ignore[arg-type]
+    assert decided_by(answer) == why
 
 
 # -- the real process ----------------------------------------------------------------
@@ -266,8 +296,22 @@ def test_the_milter_marks_ham_and_rejects_spam_on_one_connection(
             assert shape(spam) == shape([ReplyCode(b"550 5.7.1 message looks like spam\0")])
             sent = transaction(mta, message(5, spammy=False), user="carol@corp.test")
             assert isinstance(sent[-1], Accept)  # the SASL user makes it outbound, below
+            card = b"From: carol@corp.test\r\nSubject: payment\r\n\r\ncard 4111 1111 1111 1111\r\n"
+            held = transaction(mta, card, user="carol@corp.test")
+            assert any(isinstance(r, Quarantine) for r in held)
         finally:
             mta.close()
+        # One line a message, naming what decided the action.
+        lines = [line for line in milter.log().splitlines() if "4F2A1C: " in line]
+        assert "4F2A1C: inbound ham score=" in lines[0] and lines[0].endswith("action=accept")
+        assert lines[1].endswith("action=reject (score)") and "inbound spam" in lines[1]
+        assert "4F2A1C: outbound " in lines[2]
+        assert lines[2].endswith(" user=carol@corp.test via=sasl")
+        assert re.search(
+            r"4F2A1C: outbound \w+ score=[0-9.]+ action=quarantine \(dlp_card(, score)?\) "
+            r"user=carol@corp\.test via=sasl$",
+            lines[3],
+        ), lines[3]
         with service.client() as admin:  # the envelope reached the service
 
             def audit() -> str:
@@ -280,7 +324,7 @@ def test_the_milter_marks_ham_and_rejects_spam_on_one_connection(
                 sent = admin.get("/v1/audit", params={"user": "carol@corp.test"}).json()
                 return [e["direction"] for e in sent["events"]]
 
-            assert wait_for(lambda: directions() == ["outbound"], 10), directions()
+            assert wait_for(lambda: directions() == ["outbound"] * 2, 10), directions()
 
 
 UNAVAILABLE = ReplyCode(b"451 4.3.0 filter temporarily unavailable, try again later\0")
@@ -383,6 +427,47 @@ def test_with_marking_off_or_refused_by_the_mta_every_copy_is_left_alone(
             mta.close()
         assert "does not allow changing recipients" in milter.log()
     assert _recipient_edits(replies) == [] and isinstance(replies[-1], Accept)
+
+
+LEAK_HOLD = {
+    "score": 0.0035,
+    "verdict": "ham",
+    "action": "quarantine",
+    "reasons": [
+        {"name": "model", "weight": -5.65, "detail": "..."},
+        {"name": "dlp_card", "weight": 0.5, "detail": "..."},
+    ],
+}
+HELD = "4F2A1C: outbound ham score=0.0035 action=quarantine (dlp_card) user="
+
+
+def test_the_log_says_why_a_message_is_held_and_why_it_is_outbound(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    canned.answer.update(LEAK_HOLD)
+    args = ("--service-url", canned.url, "--internal-networks", "192.0.2.0/24")
+    with GatewayProcess("milter", tmp_path, *args) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)  # from 192.0.2.7, an internal network
+            transaction(mta, message(12, spammy=False))
+            transaction(mta, message(13, spammy=False), user="carol@corp.test")
+        finally:
+            mta.close()
+        local = Mta(milter.port)  # a connection without an address (Sendmail's stdin)
+        try:
+            local.send(Negotiate(6, ActionFlags.ALL, EVERYTHING))
+            assert isinstance(local.receive(), Negotiate)
+            local.send(Connect("localhost"), Helo("localhost"))
+            transaction(local, message(14, spammy=False))
+        finally:
+            local.close()
+        log = milter.log()
+    # Whose limits count (the envelope sender's, or the SASL login's) and why outbound.
+    assert f"{HELD}sender@remote.test via=network client=192.0.2.7\n" in log
+    assert f"{HELD}carol@corp.test via=sasl\n" in log
+    assert f"{HELD}sender@remote.test via=local\n" in log
+    assert [call["direction"] for call in canned.calls] == [["outbound"]] * 3
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""The pure part of the policy server: requests, recipients, whose limit applies."""
+"""The pure part of the policy server: requests, recipients, whose limit applies, and
+the log line of a refusal."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from mailsift.gateway.policy import (
+    MAX_LOGGED,
     BadRequest,
     RecipientList,
     decide_recipient,
+    log_value,
     outbound_sender,
     parse_request,
+    refusal_line,
 )
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"),)
@@ -70,3 +74,49 @@ def test_the_limit_is_the_sasl_users_or_an_internal_senders(
     attrs: dict[str, str], expected: str | None
 ) -> None:
     assert outbound_sender(attrs, NETS) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "logged"),
+    [
+        ("carol@corp.example", "carol@corp.example"),
+        ("", "-"),
+        (None, "-"),
+        ("over the limit: messages_per_hour", '"over the limit: messages_per_hour"'),
+        ("550 5.1.1 no such user here", '"550 5.1.1 no such user here"'),
+        # A newline would forge a second log line; ESC starts a terminal sequence; U+202E
+        # turns the rest of the line around on screen.
+        ("x@a.example\nrefused queue_id=FAKE", '"x@a.example\\x0arefused queue_id=FAKE"'),
+        ("\x1b[31mred@a.example", "\\x1b[31mred@a.example"),
+        ("gnp.exe\u202e@a.example", "gnp.exe\\u202e@a.example"),
+        ('a"b\\c', '"a\\"b\\\\c"'),
+        ("a=b", '"a=b"'),
+        ("é@exämple.org", "é@exämple.org"),  # printable non-ASCII stays readable
+    ],
+)
+def test_a_logged_value_is_one_field_whatever_it_holds(value: str | None, logged: str) -> None:
+    assert log_value(value) == logged
+
+
+def test_a_long_value_is_cut() -> None:
+    logged = log_value("a" * 5000)
+    assert logged == "a" * MAX_LOGGED + "…"
+
+
+def test_a_refusal_is_one_line_with_who_whom_and_why() -> None:
+    attrs = {
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "queue_id": "",
+        "client_address": "192.0.2.9",
+        "sender": "x@remote.example",
+        "recipient": "no\nbody@example.org",
+        "sasl_username": "",
+    }
+    line = refusal_line(attrs, None, "550 5.1.1 no such user here", "unknown recipient")
+    assert line == (
+        "refused queue_id=- client=192.0.2.9 user=- sender=x@remote.example "
+        'recipient=no\\x0abody@example.org reason="unknown recipient" '
+        'answer="550 5.1.1 no such user here"'
+    )
+    assert "\n" not in line

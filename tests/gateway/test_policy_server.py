@@ -77,12 +77,30 @@ def test_policy_answers_recipients_and_limits_from_the_service(
                         headers={"content-type": "message/rfc822"},
                     )
                     assert r.status_code == 200, r.text
-            deferred = client.ask(**outbound())
+            deferred = client.ask(**outbound(queue_id="4F2A1C"))
             assert deferred.startswith("DEFER 4.7.1 ") and "messages_per_hour" in deferred
             assert client.ask(**outbound(sasl_username="dave")) == "DUNNO"  # another user
             assert client.ask(**outbound(client_address="192.0.2.9")) == "DUNNO"  # inbound
+            hostile = "no\x1b[2Jbody\u202e@example.org"  # clears a terminal; flips the line
+            assert client.ask(**inbound, recipient=hostile).startswith("550 5.1.1 ")
         finally:
             client.close()
+        # One line per refusal, none for the rest: who, to whom, why; no message content.
+        refusals = [line for line in policy.log().splitlines() if " refused " in line]
+        assert len(refusals) == 3, policy.log()
+        assert refusals[0].endswith(
+            "refused queue_id=- client=192.0.2.9 user=- sender=x@remote.example "
+            'recipient=nobody@example.org reason="unknown recipient" '
+            'answer="550 5.1.1 no such user here"'
+        )
+        assert refusals[1].endswith(
+            f"refused queue_id=4F2A1C client=10.0.0.5 user={USER} sender={USER} "
+            'recipient=x@partner.example reason="over the limit: messages_per_hour (ok)" '
+            f'answer="{deferred}"'
+        )
+        assert "INFO mailsift.gateway.policy: refused" in refusals[1]
+        assert "recipient=no\\x1b[2Jbody\\u202e@example.org " in refusals[2]
+        assert "\x1b" not in policy.log() and "\u202e" not in policy.log()
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("open", "DUNNO"), ("closed", "DEFER 4.3.0")])
@@ -98,7 +116,11 @@ def test_a_dead_service_fails_open_or_closed(tmp_path: Path, mode: str, expected
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         line = f'mailsift_gateway_service_failures_total{{component="policy",mode="{mode}"}} 1.0'
         assert line in metrics
-        assert "service unavailable" in p.log()
+        (warning,) = [line for line in p.log().splitlines() if "service unavailable" in line]
+        assert " WARNING " in warning and f"failing {mode}" in warning
+        assert f"user={USER}" in warning and "recipient=x@partner.example" in warning
+        # Failing closed refuses the recipient: that is the refusal's one line.
+        assert (" refused queue_id=- " in warning) == (mode == "closed")
 
 
 def test_garbage_is_dropped_and_the_server_keeps_serving(tmp_path: Path) -> None:

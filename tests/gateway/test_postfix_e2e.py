@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import smtplib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pytest
 
 from mailsift.gateway.client import ScoreAnswer
 from mailsift.gateway.decisions import stricter
-from tests.gateway.postfix import DOMAIN, Postfix, postfix_missing
+from tests.gateway.postfix import DOMAIN, POSTQUEUE, POSTSUPER, Postfix, postfix_missing
 from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
 from tests.service.server import Service, message, train, wait_for
 
@@ -45,6 +46,13 @@ class Stack:
     open_port: int
     closed_port: int
     data: Path
+    milter: GatewayProcess  # behind open_port
+    policy: GatewayProcess
+
+    def log_lines(self, process: GatewayProcess, fragment: str) -> list[str]:
+        """The lines of a gateway process's whole log that hold ``fragment``."""
+        text = process.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if fragment in line]
 
 
 def _teach(client: httpx.Client, n: int = 12) -> None:
@@ -113,7 +121,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ) as postfix,
         ):
             try:
-                yield Stack(service, postfix, postfix.ports["open"], postfix.ports["closed"], data)
+                ports = postfix.ports
+                yield Stack(
+                    service, postfix, ports["open"], ports["closed"], data, fail_open, policy
+                )
             finally:
                 print(postfix.maillog()[-5000:])
                 print(fail_open.log(), fail_closed.log(), policy.log())
@@ -191,6 +202,13 @@ def test_the_21st_message_of_a_user_limited_to_20_is_deferred_at_rcpt(stack: Sta
             s.sendmail(LIMITED, ["partner@partner.test"], message(121, spammy=False))
     code, text = refused.value.recipients["partner@partner.test"]
     assert code == 450 and b"4.7.1" in text, (code, text)
+    # The policy server's log has the refusal, with what Postfix's own NOQUEUE line has.
+    (line,) = stack.log_lines(stack.policy, f"refused queue_id=- client={INTERNAL} user={LIMITED}")
+    assert 'reason="over the limit: messages_per_hour (ok)"' in line
+    assert "recipient=partner@partner.test" in line and 'answer="DEFER 4.7.1 ' in line
+    noqueue = rf"NOQUEUE: reject: RCPT from \S*\[{re.escape(INTERNAL)}\]: 450 4\.7\.1 "
+    # postlogd writes the maillog a moment later.
+    assert wait_for(lambda: re.search(noqueue, stack.postfix.maillog()) is not None, 10)
 
 
 def test_a_nonexistent_local_recipient_is_rejected_at_rcpt(stack: Stack) -> None:
@@ -198,6 +216,47 @@ def test_a_nonexistent_local_recipient_is_rejected_at_rcpt(stack: Stack) -> None
         s.sendmail("someone@remote.test", [f"nobody@{DOMAIN}"], message(4, spammy=False))
     code, text = refused.value.recipients[f"nobody@{DOMAIN}"]
     assert code == 550 and b"5.1.1" in text, (code, text)
+    (line,) = stack.log_lines(stack.policy, f"recipient=nobody@{DOMAIN} ")
+    assert line.endswith('reason="unknown recipient" answer="550 5.1.1 no such user here"')
+    assert "sender=someone@remote.test" in line and "client=127.0.0.1" in line
+
+
+def test_a_held_message_is_released_and_delivered_at_once(stack: Stack) -> None:
+    """README, "Release from quarantine": ``postsuper -H`` moves a held message to the
+    deferred queue (where the queue manager looks every ``queue_run_delay``, 300 s);
+    ``postqueue -i`` delivers it now. The milter's log names why it was held."""
+    raw = (
+        b"From: dave@corp.test\r\nTo: alice@example.test\r\nSubject: refund\r\n"
+        b"Message-ID: <release-7@corp.test>\r\n\r\n"
+        + f"The card to refund: {CARD}, expiry 12/29.\r\n".encode()
+    )
+    with smtp(stack.open_port, internal=True) as s:
+        s.sendmail("dave@corp.test", [f"alice@{DOMAIN}"], raw)
+
+    def queued() -> dict[str, str]:
+        return {
+            str(e["queue_id"]): str(e["queue_name"])
+            for e in stack.postfix.queue_entries()
+            if e.get("sender") == "dave@corp.test"
+        }
+
+    assert wait_for(lambda: "hold" in queued().values(), 30), queued()
+    (queue_id,) = queued()
+    (line,) = stack.log_lines(stack.milter, f"{queue_id}: outbound ")
+    assert re.search(
+        r" action=quarantine \(dlp_card(, score)?\) user=dave@corp\.test via=network "
+        rf"client={re.escape(INTERNAL)}$",
+        line,
+    ), line
+    hold = f"{queue_id}: milter-hold: END-OF-MESSAGE"
+    assert wait_for(lambda: hold in stack.postfix.maillog(), 10), stack.postfix.maillog()[-2000:]
+
+    stack.postfix.admin(POSTSUPER, "-H", queue_id)
+    assert queued() == {queue_id: "deferred"}
+    assert _delivered(stack.postfix, "alice", "release-7@") is None
+    stack.postfix.admin(POSTQUEUE, "-i", queue_id)
+    assert wait_for(lambda: _delivered(stack.postfix, "alice", "release-7@") is not None, 30)
+    assert wait_for(lambda: queued() == {}, 10), queued()  # removed once delivered
 
 
 def _from(sender: str, n: int, message_id: str) -> bytes:
@@ -320,6 +379,45 @@ def test_postfix_delivers_the_marked_copy_into_the_users_maildir(tmp_path: Path)
     assert copies["alice"]["Delivered-To"] == f"Alice+junk@{DOMAIN}"
     for copy in copies.values():  # the shared outcome, in every copy
         assert copy is not None and copy["Subject"].startswith("[SPAM?] ")
+
+
+@pytest.mark.parametrize(
+    ("internal", "direction"),
+    [("127.0.0.0/8,::1/128,192.0.2.0/24", "outbound"), ("192.0.2.0/24", "inbound")],
+)
+def test_a_local_submission_is_outbound_when_loopback_is_internal(
+    tmp_path: Path, internal: str, direction: str
+) -> None:
+    """README, "Which mail is outbound": Postfix hands mail of its own ``sendmail``
+    command (``non_smtpd_milters``) to the milter as a client at 127.0.0.1, so it is
+    outbound, counted against its envelope sender, only when ``--internal-networks``
+    holds the loopback network (as Postfix's default ``mynetworks`` does)."""
+    with (
+        CannedService() as canned,
+        GatewayProcess(
+            "milter", tmp_path, "--service-url", canned.url, "--internal-networks", internal,
+            "--no-junk-marking",
+        ) as milter,
+        Postfix(
+            listeners={"in": {"smtpd_milters": f"inet:127.0.0.1:{milter.port}"}},
+            policy_port=None,
+            internal_network=f"{INTERNAL}/32",
+            main={"non_smtpd_milters": f"inet:127.0.0.1:{milter.port}"},
+        ) as postfix,
+    ):  # fmt: skip
+        canned.answer.update(score=0.01, verdict="ham", action="accept", reasons=[])
+        postfix.submit("app@corp.test", f"alice@{DOMAIN}", b"Subject: nightly report\n\nok\n")
+        assert wait_for(lambda: bool(canned.calls), 30), postfix.maillog()[-3000:]
+        assert wait_for(lambda: " ham score=" in milter.log(), 10), milter.log()
+        log = milter.log()
+    (call,) = canned.calls
+    assert call["direction"] == [direction] and call["client_ip"] == ["127.0.0.1"]
+    if direction == "outbound":
+        assert call["user"] == ["app@corp.test"]
+        assert " outbound ham score=0.0100 action=accept user=app@corp.test via=network " in log
+        assert log.rstrip().endswith("client=127.0.0.1")
+    else:
+        assert "user" not in call and " inbound ham score=0.0100 action=accept" in log
 
 
 def test_with_the_service_stopped_fail_open_delivers_and_fail_closed_tempfails(

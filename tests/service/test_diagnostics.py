@@ -1,12 +1,18 @@
 """Diagnostics: the DNS audit against a DNS server on loopback, the service checks, the
-report over HTTP and ``mailsift diagnose``'s exit codes."""
+report over HTTP and ``mailsift diagnose``'s exit codes; that diagnosing creates no
+database, and that every command a remedy suggests is one the real ``mailsift`` has."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -280,6 +286,15 @@ def allow(entry: str, scope: str = "global", user: str | None = None) -> ListEnt
     return ListEntry("allow", scope, user, entry, NOW, "test")  # type: ignore[arg-type]
 
 
+PG = "postgresql+psycopg://u:***@db/m"
+
+
+def stores(
+    log_exists: bool, state_exists: bool, log: str = "/d/mailsift.db", state: str = "/d/state.db"
+) -> DiagResult:
+    return checks.check_stores(log, state, log_exists=log_exists, state_exists=state_exists)
+
+
 CASES: list[tuple[str, Callable[[], DiagResult], str, str]] = [
     ("classes ok", lambda: checks.check_model_classes(300, 250, want=200, ready=10), "pass", ""),
     (
@@ -289,11 +304,60 @@ CASES: list[tuple[str, Callable[[], DiagResult], str, str]] = [
         "spam",
     ),
     ("classes none", lambda: checks.check_model_classes(3, 0, want=200, ready=10), "fail", "ham"),
-    ("fp quiet", lambda: checks.check_false_positives(4, 0), "pass", "4 false-positive"),
-    ("fp rare", lambda: checks.check_false_positives(9, 10_000), "pass", "0.09%"),
-    ("fp many", lambda: checks.check_false_positives(11, 10_000), "warn", "0.11%"),
-    ("fn rare", lambda: checks.check_false_negatives(90, 10_000), "pass", "90 false-negative"),
-    ("fn many", lambda: checks.check_false_negatives(101, 10_000), "warn", "1.01%"),
+    (
+        "fp quiet",
+        lambda: checks.check_false_positives(4, 0),
+        "pass",
+        '4 "not spam" reports from users in the last 30 days, 0 inbound messages scored: '
+        "too few to judge",
+    ),
+    (
+        "fp one of one",  # the line issue #13 quoted: "100.00% of 1 inbound messages"
+        lambda: checks.check_false_positives(1, 1),
+        "pass",
+        '1 "not spam" report from users in the last 30 days, 1 inbound message scored: '
+        "too few to judge (warns from 5 reports above 0.1% of inbound)",
+    ),
+    (
+        "fp rare",
+        lambda: checks.check_false_positives(9, 10_000),
+        "pass",
+        "10,000 inbound messages scored: 0.09% of inbound (warns above 0.1%)",
+    ),
+    (
+        "fp many",
+        lambda: checks.check_false_positives(11, 10_000),
+        "warn",
+        "0.11% of inbound, above 0.1%",
+    ),
+    (
+        "fp nothing inbound",
+        lambda: checks.check_false_positives(6, 0),
+        "warn",
+        "nothing inbound to weigh them against",
+    ),
+    (
+        "fp short audit window",
+        lambda: checks.check_false_positives(2, 50, days=7),
+        "pass",
+        "in the last 7 days",
+    ),
+    ("fn rare", lambda: checks.check_false_negatives(90, 10_000), "pass", '90 "spam" reports'),
+    ("fn many", lambda: checks.check_false_negatives(101, 10_000), "warn", "1.0% of inbound"),
+    ("stores there", lambda: stores(True, True), "pass", "read /d/mailsift.db and /d/state.db"),
+    (
+        "no data yet",
+        lambda: stores(False, False),
+        "fail",
+        "no data yet: no training log at /d/mailsift.db (nor /d/state.db); nothing was created",
+    ),
+    (
+        "no state yet",
+        lambda: stores(True, False),
+        "warn",
+        "no state yet: no state database at /d/state.db",
+    ),
+    ("one database", lambda: stores(True, True, PG, PG), "pass", f"read {PG}"),
     (
         "snapshot fresh",
         lambda: checks.check_snapshot(NOW - 7200, 90, 100, max_age_hours=24, now=NOW),
@@ -678,8 +742,8 @@ def test_report_reads_the_stores(tmp_path: Path, nameserver: str) -> None:
     # One user's six reports act for that user alone: the shared model has the admin's four.
     assert "learned 2 ham and 2 spam" in results["model_classes"].detail
     fp = results["false_positives"]
-    assert fp.status == "warn" and "6 false-positive reports" in fp.detail
-    assert "1 inbound messages scored" in fp.detail
+    assert fp.status == "warn" and '6 "not spam" reports from users' in fp.detail
+    assert "1 inbound message scored: 600% of inbound, above 0.1%" in fp.detail
     assert results["false_negatives"].status == "pass"
     assert results["snapshot_fresh"].status == "pass"
     assert results["allow_entries"].status == "fail"
@@ -768,7 +832,10 @@ def test_cli_exit_codes_and_remedies(tmp_path: Path, nameserver: str) -> None:
 
     code, out = run_cli(good)
     assert code == 0, out
-    assert "overall: PASS (16 pass, 0 warn, 0 fail)" in out
+    # The API's 16 results, led by the databases the command read.
+    data = good.data_dir.absolute()
+    assert f"read {data / 'mailsift.db'} and {data / 'state.db'}" in out
+    assert "overall: PASS (17 pass, 0 warn, 0 fail)" in out
 
     code, out = run_cli(site_settings(tmp_path, nameserver))  # no certificate
     assert code == 1, out
@@ -806,4 +873,169 @@ def test_cli_without_usable_stores_fails(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     code, out = run_cli(Settings(data_dir=blocker / "data"))
+    assert code == 2 and "no data yet" in out
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "mailsift.db").write_bytes(b"not a SQLite database" * 100)
+    code, out = run_cli(Settings(data_dir=damaged))
     assert code == 2 and "cannot open" in out
+
+
+# --- diagnosing creates nothing; the commands it suggests exist ----------------------------
+
+MAILSIFT = Path(sys.executable).with_name("mailsift")
+
+
+def mailsift(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed command, with only ``env``'s MAILSIFT_* settings, output unwrapped."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILSIFT_")}
+    return subprocess.run(
+        [str(MAILSIFT), *args],
+        cwd=cwd,
+        env={**clean, "COLUMNS": "1000", "NO_COLOR": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_diagnosing_a_fresh_data_dir_creates_nothing(tmp_path: Path) -> None:
+    # The default data dir (./data) of a directory that is not the service's.
+    done = mailsift("diagnose", cwd=tmp_path, env={})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"no data yet: no training log at {tmp_path / 'data' / 'mailsift.db'}" in done.stdout
+    assert "disk_space" in done.stdout and "tls" in done.stdout  # what needs no database
+    assert tree(tmp_path) == set()
+    # An empty data dir, named by the setting; JSON output.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = mailsift("diagnose", "--json", cwd=tmp_path, env={"MAILSIFT_DATA_DIR": str(empty)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    body = json.loads(done.stdout)
+    assert body["results"][0]["name"] == "data" and body["results"][0]["status"] == "fail"
+    assert "model_classes" not in {r["name"] for r in body["results"]}
+    assert tree(tmp_path) == {"empty"}
+
+
+def test_a_training_log_without_state_is_read_and_no_state_is_made(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    log = open_training_log(None, data)  # what `mailsift train` leaves before any serve
+    log.close()
+    before = tree(data)
+    done = mailsift("diagnose", "--json", cwd=tmp_path, env={"MAILSIFT_DATA_DIR": str(data)})
+    body = json.loads(done.stdout)
+    results = {r["name"]: r for r in body["results"]}
+    assert results["data"]["status"] == "warn"
+    assert f"no state database at {data / 'state.db'}" in results["data"]["detail"]
+    assert results["model_classes"]["status"] == "fail"  # read from the log: nothing learned
+    assert not {"false_positives", "allow_entries", "gateways_seen"} & set(results)
+    assert tree(data) == before and "state.db" not in before
+
+
+_SUGGESTED = re.compile(r"`(mailsift [^`]+)`")
+
+
+def _strings(path: Path) -> list[str]:
+    """The string literals of a module (implicit concatenations whole), docstrings left out."""
+    module = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(module)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        node.value
+        for node in ast.walk(module)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]  # fmt: skip
+
+
+def _help(*words: str) -> subprocess.CompletedProcess[str]:
+    return mailsift(*words, "--help", cwd=Path.cwd(), env={})
+
+
+def _commands() -> set[str]:
+    """The subcommands ``mailsift --help`` lists."""
+    listing = _help().stdout
+    found = set(re.findall(r"^[│|]?\s+([a-z][a-z_-]*)\s{2,}\S", listing, re.M))
+    assert {"serve", "diagnose", "train", "token"} <= found, listing
+    return found
+
+
+def _check_command(command: str, commands: set[str]) -> None:
+    """``command`` (``mailsift train spam:PATH``) names a real subcommand, each option is
+    one its ``--help`` lists, and it passes arguments only to a command that takes some."""
+    words = command.split()
+    assert words[0] == "mailsift" and words[1] in commands, f"{command}: no such command"
+    path, rest = [words[1]], words[2:]
+    shown = _help(*path)
+    if re.search(r"^\s*Usage:.* COMMAND", shown.stdout, re.M):  # a group: the next word
+        assert rest, f"{command}: {words[1]} needs a subcommand"
+        path.append(rest.pop(0))
+        shown = _help(*path)
+    assert shown.returncode == 0, f"{command}: {shown.stderr}"
+    usage = next(line for line in shown.stdout.splitlines() if "Usage:" in line)
+    options = [w.split("=")[0] for w in rest if w.startswith("-")]
+    for option in options:
+        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", shown.stdout), (
+            f"{command}: `mailsift {' '.join(path)} --help` lists no {option}"
+        )
+    arguments = rest[: next((i for i, w in enumerate(rest) if w.startswith("-")), len(rest))]
+    if arguments:  # "Usage: mailsift train [OPTIONS] SOURCES..." names what it takes
+        assert usage.partition("[OPTIONS]")[2].strip(), (
+            f"{command}: `mailsift {' '.join(path)}` takes no arguments"
+        )
+
+
+def test_every_command_the_diagnostics_suggest_works() -> None:
+    sources = sorted(Path(checks.__file__).parent.glob("*.py"))
+    literals = [s for path in sources for s in _strings(path)]
+    suggested = {c for s in literals for c in _SUGGESTED.findall(s)}
+    commands = _commands()
+    # Every mention of a command is a whole literal command, never assembled at run time
+    # (which this test could not see).
+    mention = re.compile(rf"\bmailsift (?:{'|'.join(sorted(commands))})\b")
+    for literal in literals:
+        assert not mention.search(_SUGGESTED.sub("", literal)), (
+            f"a command outside backticks, or built at run time: {literal!r}"
+        )
+    # The remedies the checks actually give (every case above) are among them.
+    given = {c for _, check, _, _ in CASES for c in _SUGGESTED.findall(check().remedy)}
+    assert given <= suggested and "mailsift train spam:PATH ham:PATH" in given
+    for command in sorted(suggested):
+        _check_command(command, commands)
+
+
+def test_the_train_commands_the_diagnostics_suggest_run(tmp_path: Path) -> None:
+    """Beyond matching ``--help``: with PATH a message file, each one trains."""
+    sources = sorted(Path(checks.__file__).parent.glob("*.py"))
+    trains = sorted(
+        c for path in sources for s in _strings(path) for c in _SUGGESTED.findall(s)
+        if c.startswith("mailsift train ")
+    )  # fmt: skip
+    assert trains
+    (tmp_path / "ham.eml").write_bytes(HAM)
+    (tmp_path / "spam.eml").write_bytes(SPAM)
+    for i, command in enumerate(trains):
+        args = [w.replace(":PATH", f":{tmp_path / w.split(':')[0]}.eml") for w in command.split()]
+        data = {"MAILSIFT_DATA_DIR": str(tmp_path / f"data{i}")}
+        done = mailsift(*args[1:], cwd=tmp_path, env=data)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        assert "appended" in done.stdout and "published model" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["mailsift train --ham … --spam …", "mailsift trian spam:PATH", "mailsift rebuild x"],
+)
+def test_a_command_that_does_not_work_is_caught(command: str) -> None:
+    with pytest.raises(AssertionError):
+        _check_command(command, _commands())

@@ -44,6 +44,7 @@ __all__ = [
     "check_model_classes",
     "check_sending_limits",
     "check_snapshot",
+    "check_stores",
     "check_tls",
     "failed",
     "worst",
@@ -114,11 +115,13 @@ def check_model_classes(n_ham: int, n_spam: int, *, want: int, ready: int) -> Di
     """Both classes learned enough: ``ready`` is when the model counts at all, ``want`` the goal."""
     detail = f"model has learned {n_ham} ham and {n_spam} spam (want {want} of each)"
     fewest = min(n_ham, n_spam)
-    short = [label for label, n in (("ham", n_ham), ("spam", n_spam)) if n < want]
-    remedy = (
-        f"Train more {' and '.join(short)}: `mailsift train` on an archive, "
-        "or let users report messages"
-    )
+    # Commands are whole literals, so the test that runs each against `--help` finds them.
+    train = {
+        (True, True): "spam and ham: `mailsift train spam:PATH ham:PATH`",
+        (True, False): "spam: `mailsift train spam:PATH`",
+        (False, True): "ham: `mailsift train ham:PATH`",
+    }.get((n_spam < want, n_ham < want), "")
+    remedy = f"Train more {train} (PATH: an mbox, Maildir or folder), or let users report messages"
     if fewest < ready:
         return DiagResult(
             "model_classes",
@@ -131,36 +134,88 @@ def check_model_classes(n_ham: int, n_spam: int, *, want: int, ready: int) -> Di
     return DiagResult("model_classes", "pass", detail)
 
 
-def _rate(reports: int, scored: int) -> str:
-    share = f"{reports / scored:.2%} of " if scored else ""
-    return f"{share}{scored} inbound messages scored"
+def _count(n: int, noun: str) -> str:
+    """``1 report``, ``2 reports``, ``10,000 reports``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def check_false_positives(reports: int, inbound: int) -> DiagResult:
-    """Users' 'not spam' reports over the last :data:`FEEDBACK_DAYS` days."""
-    detail = f"{reports} false-positive reports in {FEEDBACK_DAYS} days ({_rate(reports, inbound)})"
-    if reports >= FP_MIN_REPORTS and reports > FP_WARN_RATE * inbound:
+def _percent(share: float) -> str:
+    """A share with the digits that matter: ``0.09%``, ``0.1%``, ``1.5%``, ``12%``."""
+    pct = share * 100
+    if pct >= 10:
+        return f"{pct:.0f}%"
+    if pct >= 1:
+        return f"{pct:.1f}%"
+    if pct >= 0.01:
+        return f"{pct:.2g}%"
+    return "<0.01%" if pct > 0 else "0%"
+
+
+def _judge_reports(
+    name: str,
+    label: str,
+    reports: int,
+    inbound: int,
+    *,
+    days: int,
+    min_reports: int,
+    warn_rate: float,
+    remedy: str,
+) -> DiagResult:
+    """Users' reports of one label against the inbound mail scored in the same window.
+
+    Reports are counted per user (three users reporting one message are three reports),
+    messages once each, so the share is reports per inbound message, not a share of
+    messages; a handful of reports is too few to judge at any volume.
+    """
+    detail = (
+        f"{_count(reports, f'{label} report')} from users in the last {days} days, "
+        f"{_count(inbound, 'inbound message')} scored"
+    )
+    limit = f"{_percent(warn_rate)} of inbound"
+    if reports < min_reports:
         return DiagResult(
-            "false_positives",
-            "warn",
-            detail + f"; above {FP_WARN_RATE:.1%}",
-            "Review the reported messages in the audit trail; raise "
-            "MAILSIFT_INBOUND_SPAM_THRESHOLD or train more ham from real mail",
+            name,
+            "pass",
+            f"{detail}: too few to judge (warns from {min_reports} reports above {limit})",
         )
-    return DiagResult("false_positives", "pass", detail)
+    if not inbound:
+        return DiagResult(name, "warn", f"{detail}: nothing inbound to weigh them against", remedy)
+    detail += f": {_percent(reports / inbound)} of inbound"
+    if reports > warn_rate * inbound:
+        return DiagResult(name, "warn", f"{detail}, above {_percent(warn_rate)}", remedy)
+    return DiagResult(name, "pass", f"{detail} (warns above {_percent(warn_rate)})")
 
 
-def check_false_negatives(reports: int, inbound: int) -> DiagResult:
-    """Users' 'spam' reports (spam that got through) over the last :data:`FEEDBACK_DAYS` days."""
-    detail = f"{reports} false-negative reports in {FEEDBACK_DAYS} days ({_rate(reports, inbound)})"
-    if reports >= FN_MIN_REPORTS and reports > FN_WARN_RATE * inbound:
-        return DiagResult(
-            "false_negatives",
-            "warn",
-            detail + f"; above {FN_WARN_RATE:.0%}",
-            "Train recent spam with `mailsift train`, or lower MAILSIFT_INBOUND_SPAM_THRESHOLD",
-        )
-    return DiagResult("false_negatives", "pass", detail)
+def check_false_positives(reports: int, inbound: int, *, days: int = FEEDBACK_DAYS) -> DiagResult:
+    """Users' "not spam" reports, against the inbound mail scored in the last ``days`` days."""
+    return _judge_reports(
+        "false_positives",
+        '"not spam"',
+        reports,
+        inbound,
+        days=days,
+        min_reports=FP_MIN_REPORTS,
+        warn_rate=FP_WARN_RATE,
+        remedy="See what users marked not spam (the service logs `report … label=ham` for "
+        "each); raise MAILSIFT_INBOUND_SPAM_THRESHOLD (README: Choosing thresholds), or "
+        "train ham from real mail: `mailsift train ham:PATH`",
+    )
+
+
+def check_false_negatives(reports: int, inbound: int, *, days: int = FEEDBACK_DAYS) -> DiagResult:
+    """Users' "spam" reports (spam that got through), against the inbound mail scored."""
+    return _judge_reports(
+        "false_negatives",
+        '"spam"',
+        reports,
+        inbound,
+        days=days,
+        min_reports=FN_MIN_REPORTS,
+        warn_rate=FN_WARN_RATE,
+        remedy="Train recent spam: `mailsift train spam:PATH`, or lower "
+        "MAILSIFT_INBOUND_SPAM_THRESHOLD (README: Choosing thresholds)",
+    )
 
 
 def check_snapshot(
@@ -179,7 +234,8 @@ def check_snapshot(
                 "snapshot_fresh",
                 "warn",
                 "no snapshot and an empty training log: nothing learned yet",
-                "Train a first model: `mailsift train --ham … --spam …`",
+                "Train a first model from an mbox, Maildir or folder of each: "
+                "`mailsift train spam:PATH ham:PATH`",
             )
         return DiagResult(
             "snapshot_fresh",
@@ -246,6 +302,39 @@ def check_sending_limits(settings: Settings) -> DiagResult:
             f"Set {' and '.join(off)} above 0 to cap a compromised account",
         )
     return DiagResult("sending_limits", "pass", detail)
+
+
+def check_stores(
+    training_log: str, state: str, *, log_exists: bool, state_exists: bool
+) -> DiagResult:
+    """The databases ``mailsift diagnose`` was pointed at exist (it never creates them).
+
+    ``training_log`` and ``state`` name them (a path, or a URL without its password; the
+    same name when one database holds both). Run in a directory that is not the
+    service's data dir, diagnose would otherwise make an empty database and judge that.
+    """
+    remedy = (
+        "Run diagnose with the service's MAILSIFT_DATA_DIR (or MAILSIFT_DATABASE_URL); "
+        "a new install has data once `mailsift serve` has run"
+    )
+    if not log_exists:
+        also = "" if state == training_log or state_exists else f" (nor {state})"
+        return DiagResult(
+            "data",
+            "fail",
+            f"no data yet: no training log at {training_log}{also}; nothing was created",
+            remedy,
+        )
+    if not state_exists:
+        return DiagResult(
+            "data",
+            "warn",
+            f"no state yet: no state database at {state} (nothing scored with this data dir); "
+            "user reports, allow entries and gateways not checked",
+            remedy,
+        )
+    where = training_log if state == training_log else f"{training_log} and {state}"
+    return DiagResult("data", "pass", f"read {where}")
 
 
 def check_tls(certfile: str | Path | None, *, exists: bool | None = None) -> DiagResult:

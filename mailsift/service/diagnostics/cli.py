@@ -2,8 +2,11 @@
 
 Opens the training log and the state database itself, loads the model the way a worker
 does (newest snapshot plus the log after it), runs the same report as the API and prints
-it. The exit code is 0 when everything passes, 1 with a warning, 2 with a failure, so
-cron or a monitoring system can run it monthly and act on the result.
+it, led by a ``data`` line naming the databases it read. It creates nothing: where a
+SQLite file is missing (a fresh install, or a data dir that is not the service's) the
+checks that need it are left out and ``data`` says so. The exit code is 0 when
+everything passes, 1 with a warning, 2 with a failure, so cron or a monitoring system
+can run it monthly and act on the result.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -21,43 +25,89 @@ from mailsift.learning.learner import Learner
 from mailsift.learning.published import PublishedModels
 from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.service.audit import AuditTrail
-from mailsift.service.db import open_state_engine
-from mailsift.service.diagnostics.report import EXIT_CODES, DiagReport, run_diagnostics
+from mailsift.service.db import STATE_FILENAME, describe, open_state_engine, resolve_url
+from mailsift.service.diagnostics.checks import DiagResult, check_stores
+from mailsift.service.diagnostics.report import (
+    EXIT_CODES,
+    DiagReport,
+    run_diagnostics,
+    run_settings_diagnostics,
+)
 from mailsift.service.lists.store import ListStore
 from mailsift.service.settings import Settings
 
-__all__ = ["diagnose_command", "print_report"]
+__all__ = ["StoreFiles", "diagnose_command", "locate_stores", "print_report"]
 
 _STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red"}
 
 
+@dataclass(frozen=True, slots=True)
+class StoreFiles:
+    """Where the training log and the state are, and whether they exist yet."""
+
+    training_log: str
+    """A file's absolute path, or a database URL without its password."""
+    state: str
+    log_exists: bool
+    state_exists: bool
+
+    def check(self) -> DiagResult:
+        return check_stores(
+            self.training_log,
+            self.state,
+            log_exists=self.log_exists,
+            state_exists=self.state_exists,
+        )
+
+
+def locate_stores(settings: Settings) -> StoreFiles:
+    """Where ``settings`` put the databases, found without opening (or creating) them.
+
+    A SQLite file exists or not; a server database (PostgreSQL) is taken to exist.
+    Raises ValueError for a database URL that cannot be used.
+    """
+    url = resolve_url(settings.database_url, settings.data_dir)
+    if url.get_backend_name() != "sqlite":
+        where = describe(url)
+        return StoreFiles(where, where, True, True)
+    assert url.database is not None
+    log = Path(url.database).absolute()
+    # Without a URL the state has a file of its own beside the log (open_state_engine).
+    state = log if settings.database_url else (settings.data_dir / STATE_FILENAME).absolute()
+    return StoreFiles(str(log), str(state), log.is_file(), state.is_file())
+
+
 @dataclass(slots=True)
 class _Stores:
-    """The part of the service state the report reads, opened for one run."""
+    """The part of the service state the report reads, opened for one run; ``lists`` and
+    ``audit`` are None when there is no state database to open."""
 
     settings: Settings
     trainlog: TrainingLog
     learner: Learner
-    lists: ListStore
-    audit: AuditTrail
-    engine: Engine
+    lists: ListStore | None
+    audit: AuditTrail | None
+    engine: Engine | None
 
     def close(self) -> None:
         self.trainlog.close()
-        self.engine.dispose()
+        if self.engine is not None:
+            self.engine.dispose()
 
 
-def _open(settings: Settings) -> _Stores:
+def _open(settings: Settings, *, with_state: bool) -> _Stores:
     trainlog = open_training_log(settings.database_url, settings.data_dir)
+    engine: Engine | None = None
+    lists: ListStore | None = None
+    audit: AuditTrail | None = None
     try:
-        engine = open_state_engine(settings.database_url, settings.data_dir)
-        try:
+        if with_state:
+            engine = open_state_engine(settings.database_url, settings.data_dir)
             lists = ListStore(engine, settings)
             audit = AuditTrail(engine, settings)
-        except BaseException:
-            engine.dispose()
-            raise
     except BaseException:
+        if engine is not None:
+            engine.dispose()
         trainlog.close()
         raise
     learner = Learner(
@@ -67,11 +117,14 @@ def _open(settings: Settings) -> _Stores:
 
 
 async def _diagnose(settings: Settings, admin_host: str | None) -> DiagReport:
-    stores = await asyncio.to_thread(_open, settings)
+    files = locate_stores(settings)
+    if not files.log_exists:
+        return await run_settings_diagnostics(settings, files.check(), admin_host=admin_host)
+    stores = await asyncio.to_thread(_open, settings, with_state=files.state_exists)
     try:
         await asyncio.to_thread(stores.learner.load_initial)
         await stores.learner.catch_up()
-        return await run_diagnostics(stores, admin_host=admin_host)
+        return await run_diagnostics(stores, admin_host=admin_host, data=files.check())
     finally:
         stores.close()
 
