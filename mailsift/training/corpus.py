@@ -39,6 +39,7 @@ class _Kind(Enum):
     TREC = "trec"
     FOLDER = "folder"
     MAILDIR = "maildir"
+    PLAIN = "plain"
     MBOX = "mbox"
     SINGLE = "single"
 
@@ -197,6 +198,43 @@ def read_labelled_folder(path: Path) -> Iterator[LabelledMessage]:
     return (LabelledMessage(label, _read_bytes(f), str(f)) for label, f in files)
 
 
+# --- a plain folder of message files ------------------------------------------------------
+
+
+def _natural(name: str) -> list[str | int]:
+    # MH folders and exports number their files: 2 comes before 10.
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _plain_files(path: Path) -> list[Path]:
+    """The non-hidden files directly inside ``path``, in natural name order."""
+    _require_exists(path)
+    try:
+        entries = list(os.scandir(path))
+    except OSError as exc:
+        raise CorpusError(f"cannot list {path}: {exc.strerror or exc}") from exc
+    files = [Path(e.path) for e in entries if not _is_hidden(e.name) and not e.is_dir()]
+    return sorted(files, key=lambda f: _natural(f.name))
+
+
+def read_plain_folder(path: Path, label: Label | None = None) -> Iterator[LabelledMessage]:
+    """Read a folder of message files (one message a file; a file that starts with
+    ``From `` is an mbox), the files directly inside it in natural name order; hidden
+    files and subfolders are skipped."""
+    files = _plain_files(path)
+    if not files:
+        raise CorpusError(f"{path}: no message files in it")
+
+    def messages() -> Iterator[LabelledMessage]:
+        for f in files:
+            if _starts_with_from(f):
+                yield from read_mbox(f, label)
+            else:
+                yield LabelledMessage(label, _read_bytes(f), str(f))
+
+    return messages()
+
+
 # --- auto-detection -------------------------------------------------------------------------
 
 
@@ -217,9 +255,11 @@ def _detect(path: Path) -> _Kind:
             return _Kind.FOLDER
         if (path / "cur").is_dir() or (path / "new").is_dir():
             return _Kind.MAILDIR
+        if _plain_files(path):
+            return _Kind.PLAIN
         raise CorpusError(
-            f"{path}: unrecognised corpus directory "
-            "(expected full/index, ham/ or spam/, or a Maildir's cur/ and new/)"
+            f"{path}: unrecognised corpus directory (expected full/index, ham/ or spam/, "
+            "a Maildir's cur/ and new/, or message files directly inside)"
         )
     if path.name == "index":
         return _Kind.TREC
@@ -250,6 +290,8 @@ def open_source(spec: str, label: Label | None = None) -> Iterator[LabelledMessa
             return read_labelled_folder(path)
         case _Kind.MAILDIR:
             return read_maildir(path, label)
+        case _Kind.PLAIN:
+            return read_plain_folder(path, label)
         case _Kind.MBOX:
             return read_mbox(path, label)
         case _Kind.SINGLE:
@@ -266,7 +308,23 @@ def count_messages(spec: str) -> int | None:
             return len(_folder_files(path))
         case _Kind.MAILDIR:
             return len(_maildir_files(path))
+        case _Kind.PLAIN:
+            files = _plain_files(path)
+            return None if any(_starts_with_from(f) for f in files) else len(files)
         case _Kind.MBOX:
             return None
         case _Kind.SINGLE:
             return 1
+
+
+def source_labels(spec: str) -> frozenset[Label]:
+    """The labels a source gives its messages, known without reading them (empty: none;
+    a source of one class gives one). TREC indexes and ham/spam folders are listed."""
+    path, label = _parse_spec(spec, None)
+    match _detect(path):
+        case _Kind.TREC:
+            return frozenset(found for _, found, _ in _trec_entries(_trec_index(path)))
+        case _Kind.FOLDER:
+            return frozenset(found for found, _ in _folder_files(path))
+        case _:
+            return frozenset() if label is None else frozenset({label})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -17,9 +18,10 @@ import numpy as np
 from mailsift.models.ensemble import SpamModel
 from mailsift.models.parse import DEFAULT_LIMITS, ParseLimits, parse_message
 from mailsift.training.corpus import CorpusError, LabelledMessage
-from mailsift.training.metrics import summary
+from mailsift.training.metrics import plot_roc, summary, undefined
+from mailsift.training.outputs import write_atomically
 
-__all__ = ["EvalResult", "Mode", "evaluate"]
+__all__ = ["EvalResult", "Mode", "Written", "evaluate", "write_outputs", "write_scores"]
 
 Mode = Literal["online", "split"]
 Progress = Callable[[int], None]
@@ -31,6 +33,8 @@ class EvalResult:
     scores: np.ndarray
     seconds: float
     summary: dict[str, float | int]
+    undefined: dict[str, str]
+    """Why each measure of ``summary`` that is NaN is undefined (e.g. one class only)."""
 
 
 def evaluate(
@@ -79,7 +83,58 @@ def evaluate(
         raise CorpusError("the corpus gave no messages to score")
     is_spam = np.array(labels)
     values = np.array(scores)
-    return EvalResult(is_spam, values, seconds, summary(is_spam, values, threshold, seconds))
+    context = ""
+    if mode == "split":
+        context = f" (split mode scores the last {len(labels)} of {len(stream)} messages)"
+    return EvalResult(
+        is_spam,
+        values,
+        seconds,
+        summary(is_spam, values, threshold, seconds),
+        undefined(is_spam, context),
+    )
+
+
+def write_scores(path: Path, result: EvalResult) -> None:
+    """One ``label score`` line per scored message, in stream order (written whole)."""
+    lines = "".join(
+        f"{'spam' if s else 'ham'} {v:.6f}\n"
+        for s, v in zip(result.is_spam, result.scores, strict=True)
+    )
+    write_atomically(path, lambda fh: fh.write(lines.encode()))
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What :func:`write_outputs` wrote (one line each), and what it could not."""
+
+    written: list[str]
+    failed: list[str]
+
+
+def write_outputs(
+    result: EvalResult, *, scores: Path | None, plot: Path | None, title: str = ""
+) -> Written:
+    """Write the requested files of a finished run; a failure is reported, not raised,
+    so the run's measures are never lost to it."""
+    done = Written([], [])
+    if scores is not None:
+        try:
+            write_scores(scores, result)
+            done.written.append(f"wrote --scores {scores} ({len(result.scores)} lines)")
+        except OSError as exc:
+            done.failed.append(f"--scores {scores} not written: {exc.strerror or exc}")
+    if plot is not None:
+        why = result.undefined.get("one_minus_roca_pct")
+        if why is not None:
+            done.failed.append(f"--plot {plot} not written: {why}")
+        else:
+            try:
+                plot_roc(result.is_spam, result.scores, plot, title=title)
+                done.written.append(f"wrote --plot {plot} (ROC curve, PNG)")
+            except OSError as exc:
+                done.failed.append(f"--plot {plot} not written: {exc.strerror or exc}")
+    return done
 
 
 def _gold(msg: LabelledMessage) -> Literal["ham", "spam"]:

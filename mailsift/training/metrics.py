@@ -18,6 +18,8 @@ import numpy as np
 import numpy.typing as npt
 from sklearn import metrics as skm
 
+from mailsift.training.outputs import write_atomically
+
 Labels = Sequence[bool] | npt.NDArray[Any]
 Scores = Sequence[float] | npt.NDArray[Any]
 
@@ -142,7 +144,7 @@ def plot_roc(is_spam: Labels, scores: Scores, path: Path, title: str = "") -> No
         ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
-    fig.savefig(path, format="png", dpi=100)
+    write_atomically(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
 
 
 def summary(
@@ -153,13 +155,21 @@ def summary(
     n = int(labels.size)
     half = n // 2
     hm_pct, sm_pct = misclassification_pct(labels, values, threshold)
-    return {
+    result: dict[str, float | int] = {
         "n": n,
         "ham": n - int(labels.sum()),
         "spam": int(labels.sum()),
         "one_minus_roca_pct": round(one_minus_roca_pct(labels, values), 4),
         "hm_pct": round(hm_pct, 4),
         "sm_pct": round(sm_pct, 4),
+    }
+    # One class alone has no ROC curve and no LAM: what its own rate says applies.
+    match only_class(labels):
+        case "spam":
+            result["spam_caught_pct"] = round(100.0 - sm_pct, 4)
+        case "ham":
+            result["ham_kept_pct"] = round(100.0 - hm_pct, 4)
+    result |= {
         "lam_pct": round(lam_pct(labels, values, threshold), 4),
         "second_half_one_minus_roca_pct": round(
             one_minus_roca_pct(labels[half:], values[half:]), 4
@@ -167,3 +177,41 @@ def summary(
         "seconds": round(seconds, 2),
         "msgs_per_s": round(n / seconds, 2) if seconds > 0 else math.nan,
     }
+    return result
+
+
+def only_class(is_spam: Labels) -> str | None:
+    """``"spam"`` or ``"ham"`` when every message is of that class; None for both (or none)."""
+    labels = np.asarray(is_spam, dtype=bool)
+    if labels.size == 0 or _both_classes(labels):
+        return None
+    return "spam" if bool(labels.all()) else "ham"
+
+
+def undefined(is_spam: Labels, context: str = "") -> dict[str, str]:
+    """Why each measure :func:`summary` cannot give (NaN) is undefined, by key.
+
+    ``context`` ends every reason (e.g. which part of the stream was scored).
+
+    >>> undefined([True, True])["one_minus_roca_pct"]
+    'ROC needs both ham and spam; all 2 messages scored are spam'
+    """
+    labels = np.asarray(is_spam, dtype=bool)
+    reasons: dict[str, str] = {}
+    only = only_class(labels)
+    if only is not None:
+        every = f"all {labels.size} messages scored are {only}{context}"
+        missing = "hm_pct" if only == "spam" else "sm_pct"
+        reasons["one_minus_roca_pct"] = f"ROC needs both ham and spam; {every}"
+        reasons[missing] = f"no {'ham' if only == 'spam' else 'spam'} to misclassify; {every}"
+        reasons["lam_pct"] = f"LAM needs both ham and spam; {every}"
+        reasons["second_half_one_minus_roca_pct"] = f"ROC needs both ham and spam; {every}"
+        return reasons
+    second = labels[labels.size // 2 :]
+    second_only = only_class(second)
+    if second_only is not None:
+        reasons["second_half_one_minus_roca_pct"] = (
+            f"ROC needs both ham and spam; the second half of the messages scored "
+            f"({second.size}) is all {second_only}{context}"
+        )
+    return reasons

@@ -12,7 +12,9 @@ from mailsift.training.corpus import (
     read_labelled_folder,
     read_maildir,
     read_mbox,
+    read_plain_folder,
     read_trec,
+    source_labels,
 )
 
 SPAMASSASSIN = Path(__file__).resolve().parents[3] / "shared/corpora/spamassassin"
@@ -192,6 +194,70 @@ def test_folder_unreadable_file_raises(folder: Path) -> None:
 def test_folder_without_ham_or_spam_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="not a labelled folder"):
         read_labelled_folder(tmp_path)
+
+
+# --- a plain folder of message files --------------------------------------------------------
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> Path:
+    root = tmp_path / "Junk"
+    write(root / "10", b"Subject: ten\n\nx\n")
+    write(root / "2", b"Subject: two\n\nx\n")
+    write(root / "1.eml", b"Subject: one\n\nx\n")
+    write(root / ".mh_sequences", b"unseen: 1-10\n")
+    write(root / ".git/objects", b"hidden dir")
+    write(root / "sub/3", b"Subject: in a subfolder, not read\n\nx\n")
+    return root
+
+
+def test_plain_folder_reads_the_files_directly_inside_in_natural_order(plain: Path) -> None:
+    messages = list(open_source(f"spam:{plain}"))
+    assert [(m.label, m.source) for m in messages] == [
+        ("spam", str(plain / "1.eml")),
+        ("spam", str(plain / "2")),
+        ("spam", str(plain / "10")),
+    ]
+    assert count_messages(f"spam:{plain}") == 3
+    assert source_labels(f"spam:{plain}") == {"spam"}
+    assert [m.label for m in read_plain_folder(plain)] == [None] * 3
+    assert source_labels(str(plain)) == frozenset()
+
+
+def test_plain_folder_reads_an_mbox_inside_as_an_mbox(plain: Path) -> None:
+    write(plain / "old.mbox", MBOX)
+    messages = list(open_source(f"ham:{plain}"))
+    mbox = plain / "old.mbox"
+    assert [m.source for m in messages][-2:] == [f"{mbox}#1", f"{mbox}#2"]
+    assert len(messages) == 5
+    assert count_messages(str(plain)) is None  # an mbox is counted only by reading it
+
+
+def test_other_layouts_win_over_a_plain_folder(tmp_path: Path, folder: Path) -> None:
+    write(folder / "stray.eml", b"beside ham/ and spam/")
+    assert [m.label for m in open_source(str(folder))] == ["ham", "ham", "spam", "spam"]
+    box = tmp_path / "Maildir"
+    write(box / "new/1", b"msg")
+    write(box / "dovecot-uidlist", b"3 V1 N2\n")
+    assert summary(list(open_source(f"ham:{box}"))) == [("ham", b"msg")]
+
+
+def test_a_folder_without_message_files_is_unrecognised(tmp_path: Path) -> None:
+    write(tmp_path / "only/sub/1", b"x")
+    write(tmp_path / "only/.hidden", b"x")
+    with pytest.raises(CorpusError, match="unrecognised corpus directory"):
+        open_source(f"ham:{tmp_path / 'only'}")
+    with pytest.raises(CorpusError, match="no message files"):
+        read_plain_folder(tmp_path / "only")
+
+
+def test_source_labels(trec: Path, folder: Path, tmp_path: Path) -> None:
+    assert source_labels(str(trec)) == {"ham", "spam"}
+    assert source_labels(f"ham:{trec}") == {"ham", "spam"}  # a TREC index keeps its own
+    assert source_labels(str(folder)) == {"ham", "spam"}
+    write(tmp_path / "only-spam/spam/1", b"x")
+    assert source_labels(str(tmp_path / "only-spam")) == {"spam"}
+    assert source_labels(f"spam:{write(tmp_path / 'x.mbox', MBOX)}") == {"spam"}
 
 
 # --- open_source and count_messages -------------------------------------------------------

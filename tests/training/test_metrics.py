@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +17,9 @@ from mailsift.training.metrics import (
     plot_roc,
     roc_curve,
     summary,
+    undefined,
 )
+from mailsift.training.outputs import OutputError, check_outputs, write_atomically
 
 LABELS = [False, False, True, True]
 
@@ -150,3 +153,49 @@ def test_summary_rounds() -> None:
     assert result["sm_pct"] == 33.3333
     assert result["one_minus_roca_pct"] == 11.1111
     assert result["msgs_per_s"] == 2.0
+
+
+def test_summary_of_one_class_gives_its_own_rate_and_says_why_the_rest_is_missing() -> None:
+    spam = summary([True] * 4, [0.9, 0.8, 0.2, 0.7], threshold=0.5, seconds=1.0)
+    assert spam["spam_caught_pct"] == 75.0 and spam["sm_pct"] == 25.0
+    assert "ham_kept_pct" not in spam
+    nan = {k for k, v in spam.items() if isinstance(v, float) and math.isnan(v)}
+    assert nan == {"one_minus_roca_pct", "hm_pct", "lam_pct", "second_half_one_minus_roca_pct"}
+    assert set(undefined([True] * 4)) == nan
+    ham = summary([False] * 2, [0.9, 0.1], threshold=0.5, seconds=1.0)
+    assert ham["ham_kept_pct"] == 50.0 and "spam_caught_pct" not in ham
+    assert undefined([False] * 2, " (here)")["sm_pct"] == (
+        "no spam to misclassify; all 2 messages scored are ham (here)"
+    )
+
+
+def test_undefined_names_a_second_half_of_one_class() -> None:
+    reasons = undefined([False, True, True, True])
+    assert reasons == {
+        "second_half_one_minus_roca_pct": "ROC needs both ham and spam; the second half of "
+        "the messages scored (2) is all spam"
+    }
+    assert undefined(LABELS * 2) == {}
+
+
+def test_outputs_are_checked_and_written_whole(tmp_path: Path) -> None:
+    check_outputs({"--scores": tmp_path / "s.txt", "--plot": None})
+    with pytest.raises(OutputError, match=r"^--plot .*: directory .*missing does not exist$"):
+        check_outputs({"--plot": tmp_path / "missing" / "x.png"})
+    with pytest.raises(OutputError, match="name the same file"):
+        check_outputs({"--scores": tmp_path / "a", "--plot": tmp_path / "." / "a"})
+
+    def fail(fh: BinaryIO) -> None:
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    target = write_text(tmp_path / "kept.txt", "before\n")
+    with pytest.raises(OSError, match="No space"):
+        write_atomically(target, fail)
+    assert target.read_text() == "before\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
