@@ -21,11 +21,13 @@ help:  ## list the targets
 
 venv: $(STAMP)  ## create .venv and install mailsift with its dev tools
 
+# Its output goes to stderr: `make eval > result.json` on a fresh checkout is JSON too.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
-	touch $@
+	@echo "installing mailsift and its dev tools into $(VENV)" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip >&2
+	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]' >&2
+	@touch $@
 
 run: venv  ## start the service on HOST:PORT (127.0.0.1:8470) with WORKERS workers
 	$(BIN)/mailsift serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
@@ -40,14 +42,15 @@ lint: venv  ## ruff check, ruff format --check, mypy (runs all three, fails if a
 	$(BIN)/mypy mailsift || status=1; \
 	exit $$status
 
+# The targets that print a result print only it (`@`: make does not echo the command).
 bench: venv  ## load benchmark on CORPUS, JSON on stdout
-	$(BIN)/mailsift bench $(CORPUS) --workers 2 --concurrency 16 --json
+	@$(BIN)/mailsift bench $(CORPUS) --workers 2 --concurrency 16 --json
 
-bench-report: venv  ## wall time of `mailsift report` (one process per report, as Dovecot runs it)
-	$(BIN)/python -m benchmarks.report_latency 200
+bench-report: venv  ## wall time of `mailsift report` (one process per report, as Dovecot runs it), JSON on stdout
+	@$(BIN)/python -m benchmarks.report_latency 200
 
 eval: venv  ## online (TREC immediate-feedback) evaluation on CORPUS, JSON on stdout
-	$(BIN)/mailsift eval $(CORPUS) --mode online --json
+	@$(BIN)/mailsift eval $(CORPUS) --mode online --json
 
 clean:  ## remove .venv, caches and build output (data/ is kept: it holds the training log)
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,4 +1,5 @@
-"""The ``mailsift`` command: a thin layer over library functions, no logic of its own."""
+"""The ``mailsift`` command: options, help, progress and one-line errors over library
+functions, which do the work."""
 
 from __future__ import annotations
 
@@ -7,23 +8,142 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar, cast, overload
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from typer.models import CommandFunctionType
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from pydantic_settings import BaseSettings, SettingsError
+
     from mailsift.gateway.settings import GatewaySettings
     from mailsift.service.auth import TokenStore
+    from mailsift.service.listeners import ListenError
     from mailsift.service.settings import Settings
 
+from mailsift.cli_help import Command, Group
 from mailsift.training.corpus import CorpusError, LabelledMessage, count_messages, open_source
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+T = TypeVar("T")
+
+HELP = """mailsift is a spam and data-leak filter that mail gateways call over HTTP for every
+message, inbound and outbound; these commands run it, connect mail servers to it, teach
+it, measure it and manage its API tokens.
+
+Settings are MAILSIFT_* environment variables (the README's Settings section lists them).
+"""
+
+
+class _App(typer.Typer):
+    """A typer app whose commands render their help through :class:`~mailsift.cli_help.Command`, and
+    which turns invalid settings met anywhere into one line each and exit status 2."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=Group, **kwargs)
+
+    def command(
+        self, *args: Any, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as exc:
+            lines = _settings_problem(exc)
+            if lines is None:
+                raise
+            for line in lines:
+                _error(line)
+            raise SystemExit(2) from None
+
+
+app = _App(no_args_is_help=True, add_completion=False, help=HELP)
 err = Console(stderr=True)
+
+
+def _error(line: str) -> None:
+    """``error: line`` on stderr, on one line whatever the terminal's width."""
+    err.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True, highlight=False)
+
+
+def _fail(line: str) -> NoReturn:
+    _error(line)
+    raise typer.Exit(2)
+
+
+# -- settings: every command loads them through these, so a bad value is one line each,
+# naming the variable (or the option), the value and the form expected; exit status 2.
+
+
+def _settings() -> Settings:
+    """The service's settings (``MAILSIFT_*``)."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from mailsift.service.settings import Settings
+
+    try:
+        return Settings()
+    except (ValidationError, SettingsError) as exc:
+        _invalid_settings(exc, Settings)
+
+
+def _invalid_settings(
+    exc: ValidationError | SettingsError,
+    settings: type[BaseSettings],
+    options: dict[str, str] | None = None,
+) -> NoReturn:
+    for line in _settings_lines(exc, settings, options):
+        _error(line)
+    raise typer.Exit(2)
+
+
+def _settings_lines(
+    exc: ValidationError | SettingsError,
+    settings: type[BaseSettings],
+    options: dict[str, str] | None = None,
+) -> list[str]:
+    from mailsift.service.setting_errors import settings_errors
+
+    return settings_errors(exc, settings, options)
+
+
+def _settings_problem(exc: BaseException) -> list[str] | None:
+    """``exc``'s lines if it is about invalid settings (as when a command builds them
+    itself, or a library function does for it), else None."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from mailsift.gateway.settings import GatewaySettings
+    from mailsift.service.settings import Settings
+
+    classes: tuple[type[BaseSettings], ...] = (Settings, GatewaySettings)
+    if isinstance(exc, SettingsError):  # a value that is not JSON, for a JSON setting
+        named = str(exc)
+        for settings in classes:
+            if any(f'field "{field}"' in named for field in settings.model_fields):
+                return _settings_lines(exc, settings)
+        return _settings_lines(exc, Settings)
+    if isinstance(exc, ValidationError):
+        for settings in classes:
+            if exc.title == settings.__name__:
+                return _settings_lines(exc, settings)
+    return None
 
 
 @app.callback()
@@ -33,7 +153,13 @@ def _private_files() -> None:
     os.umask(0o077)
 
 
-def _progress(total: int | None, label: str) -> Progress:
+def _progress(total: int | None, label: str, *, refresh_per_second: float = 10) -> Progress:
+    """A progress line on stderr while a long command runs, gone when it ends; nothing
+    at all unless stderr is an interactive terminal (logs, pipes and cron stay clean).
+
+    ``label`` may show the task's own description: ``"{task.description}"``. Commands
+    that measure time refresh it less often, so that drawing it costs them nothing.
+    """
     return Progress(
         TextColumn(label),
         BarColumn(),
@@ -41,7 +167,79 @@ def _progress(total: int | None, label: str) -> Progress:
         TimeElapsedColumn(),
         console=err,
         transient=True,
+        disable=not err.is_interactive,
+        refresh_per_second=refresh_per_second,
     )
+
+
+class _Phases:
+    """One progress line for a command that runs in phases: each phase replaces the one
+    before, with its own label, count (when known) and elapsed time."""
+
+    def __init__(self, bar: Progress, prefix: str) -> None:
+        self._bar = bar
+        self._prefix = prefix
+        self._task: TaskID | None = None
+
+    def start(self, label: str, total: int | None = None) -> None:
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        self._task = self._bar.add_task(self._prefix + label, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, n)
+
+    def over(
+        self, items: Sequence[T], labels: Sequence[str] = (), then: str | None = None
+    ) -> Sequence[T]:
+        """``items``, marking phases as a library function reads them: pass ``i`` over
+        them is phase ``labels[i]`` (counted; the last label repeats), and once the pass
+        of the last label ends, phase ``then`` begins (what the function does next)."""
+        return _PhaseItems(items, self, labels, then)
+
+
+class _PhaseItems(Sequence[T]):
+    def __init__(
+        self, items: Sequence[T], phases: _Phases, labels: Sequence[str], then: str | None
+    ) -> None:
+        self._items = items
+        self._phases = phases
+        self._labels = labels
+        self._then = then
+        self._passes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[T]:
+        counted = bool(self._labels)
+        if counted:
+            label = self._labels[min(self._passes, len(self._labels) - 1)]
+            self._phases.start(label, len(self._items))
+        self._passes += 1
+        for item in self._items:
+            yield item
+            if counted:
+                self._phases.advance()
+        if self._then is not None and self._passes >= len(self._labels):
+            self._phases.start(self._then)
+
+
+def _read_corpus(corpus: str, phases: _Phases) -> list[LabelledMessage]:
+    phases.start(f"reading {corpus}", count_messages(corpus))
+    messages = []
+    for message in open_source(corpus):
+        messages.append(message)
+        phases.advance()
+    return messages
 
 
 def _private_data_dir(settings: Settings) -> None:
@@ -63,13 +261,17 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address of the gateway listener; loopback unless TLS is set up.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the gateway listener.")] = 8470,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port of the gateway listener.")
+    ] = 8470,
     admin_host: Annotated[
         str, typer.Option(envvar="MAILSIFT_ADMIN_HOST", help="Address of the admin listener.")
     ] = "127.0.0.1",
     admin_port: Annotated[
         int,
         typer.Option(
+            min=0,
+            max=65535,
             envvar="MAILSIFT_ADMIN_PORT",
             help="Port of the admin listener; 0 = one listener serves everything.",
         ),
@@ -79,31 +281,29 @@ def serve(
 ) -> None:
     """Run the HTTP service (settings from MAILSIFT_* variables)."""
     import uvicorn
-    from pydantic import ValidationError
 
     from mailsift.service.db import private_dir
-    from mailsift.service.listeners import is_loopback
+    from mailsift.service.listeners import ListenError, is_loopback
     from mailsift.service.listeners import serve as serve_listeners
-    from mailsift.service.settings import Settings
 
+    if admin_port and admin_port == port:
+        _fail(
+            f"--port and --admin-port are both {port}: give the admin listener a port of "
+            "its own, or --admin-port 0 for one listener that serves everything"
+        )
     os.environ["MAILSIFT_ADMIN_HOST"] = admin_host
     if admin_port:
         os.environ["MAILSIFT_ADMIN_PORT"] = str(admin_port)
     else:
         os.environ.pop("MAILSIFT_ADMIN_PORT", None)
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err.print(f"[red]error:[/red] invalid settings:\n{exc}")
-        raise typer.Exit(2) from exc
+    settings = _settings()
     tls = settings.tls_certfile is not None
     for where in {host, admin_host} if admin_port else {host}:
         if not tls and not is_loopback(where) and not settings.allow_plain_http:
-            err.print(
-                f"[red]error:[/red] refusing plain HTTP on {where}: set MAILSIFT_TLS_CERTFILE and "
+            _fail(
+                f"refusing plain HTTP on {where}: set MAILSIFT_TLS_CERTFILE and "
                 "MAILSIFT_TLS_KEYFILE, or MAILSIFT_ALLOW_PLAIN_HTTP=true behind a TLS proxy"
             )
-            raise typer.Exit(2)
     private_dir(settings.data_dir)
     if workers > 1:
         from mailsift.service.metrics import prepare_multiprocess_dir
@@ -115,16 +315,40 @@ def serve(
         "level": "INFO",
         "propagate": False,
     }
-    serve_listeners(
-        host=host,
-        port=port,
-        admin_host=admin_host,
-        admin_port=admin_port or None,
-        workers=workers,
-        certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
-        keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
-        log_config=log_config,
-        access_log=access_log,
+    try:
+        serve_listeners(
+            host=host,
+            port=port,
+            admin_host=admin_host,
+            admin_port=admin_port or None,
+            workers=workers,
+            certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+            keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+            log_config=log_config,
+            access_log=access_log,
+        )
+    except ListenError as exc:
+        _fail(_cannot_listen(exc))
+
+
+def _cannot_listen(exc: ListenError) -> str:
+    """What stopped a listener, and the option that moves it."""
+    import errno
+
+    if exc.listener == "admin":
+        host_option, port_option = "--admin-host", "--admin-port (or MAILSIFT_ADMIN_PORT)"
+    else:
+        host_option, port_option = "--host", "--port"
+    if exc.errno == errno.EADDRINUSE:
+        why, change = "another mailsift serve, or another service, listens there", port_option
+    elif exc.errno == errno.EACCES:
+        why, change = "ports below 1024 need privileges", port_option
+    else:
+        why, change = "not an address of this machine?", host_option
+    reason = exc.reason[:1].lower() + exc.reason[1:]
+    return (
+        f"the {exc.listener} listener cannot listen on {exc.address}: {reason} ({why}); "
+        f"choose another {'port' if change is port_option else 'address'} with {change}"
     )
 
 
@@ -173,16 +397,35 @@ MetricsPort = Annotated[
 ]
 
 
+_GATEWAY_OPTIONS = {  # gateway settings whose option is not --FIELD-NAME
+    "milter_host": "--host",
+    "policy_host": "--host",
+    "milter_port": "--port",
+    "policy_port": "--port",
+    "timeout_seconds": "--timeout",
+}
+
+
 def _gateway(**options: object) -> GatewaySettings:
+    """``MAILSIFT_GATEWAY_*`` with the options given on top; a bad value names the option
+    when it came from the command line, else the variable."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from mailsift.gateway.run import gateway_settings
+    from mailsift.gateway.settings import GatewaySettings
 
+    given = {
+        field: _GATEWAY_OPTIONS.get(field, "--" + field.replace("_", "-"))
+        for field, value in options.items()
+        if value is not None
+    }
     try:
         return gateway_settings(**options)
-    except (ValidationError, OSError) as exc:
-        err.print(f"[red]error:[/red] invalid gateway settings:\n{exc}")
-        raise typer.Exit(2) from exc
+    except (ValidationError, SettingsError) as exc:
+        _invalid_settings(exc, GatewaySettings, given)
+    except OSError as exc:
+        _fail(f"gateway settings: {exc}")
 
 
 @app.command()
@@ -360,16 +603,15 @@ def label(
         raise typer.Exit(exc.status) from None
 
 
-token_app = typer.Typer(no_args_is_help=True, help="API tokens (service accounts of mailsift).")
+token_app = _App(no_args_is_help=True, help="API tokens (service accounts of mailsift).")
 app.add_typer(token_app, name="token")
 
 
 def _token_store() -> TokenStore:
     from mailsift.service.auth import TokenStore
     from mailsift.service.db import open_state_engine
-    from mailsift.service.settings import Settings
 
-    settings = Settings()
+    settings = _settings()
     _private_data_dir(settings)
     return TokenStore(open_state_engine(settings.database_url, settings.data_dir))
 
@@ -383,13 +625,55 @@ def token_create(
         typer.Option(help="User and reporter tokens: an address (or @domain) it speaks for."),
     ] = [],  # noqa: B006 - typer copies defaults
 ) -> None:
-    """Create a token; it is printed once, as the last word of the output."""
+    """Create a token; it is printed once, as the last word of the output.
+
+    The output names the state database it went into (MAILSIFT_DATA_DIR, default ./data,
+    or MAILSIFT_DATABASE_URL); a warning on stderr says when that database was created
+    just now, so no service has ever used it and none will accept the token.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mailsift.service.auth import ROLES, TokenStore
+    from mailsift.service.db import describe, open_state_engine, redact
+    from mailsift.service.settings import Settings
+
+    if role not in ROLES:  # before anything is created
+        err.print(f"[red]error:[/red] role must be one of {', '.join(ROLES)}")
+        raise typer.Exit(2)
+    settings = Settings()
+    _private_data_dir(settings)
     try:
-        info, secret = _token_store().create(role, name or role, address)  # type: ignore[arg-type]
+        engine = open_state_engine(settings.database_url, settings.data_dir)
+    except ValueError as exc:  # a database URL that cannot be used; says why, no password
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    url = engine.url
+    database = url.database if url.get_backend_name() == "sqlite" else None
+    where = str(Path(database).absolute()) if database else describe(url)
+    try:
+        used = inspect(engine).has_table("api_tokens")  # every service start creates it
+        info, secret = TokenStore(engine).create(role, name or role, address)
     except ValueError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    typer.echo(f"created {info.role} token {info.id} ({info.name}); shown only now: {secret}")
+    except SQLAlchemyError as exc:
+        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        typer.echo(f"error: cannot write to {where}: {redact(cause, url)}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(
+        f"created {info.role} token {info.id} ({info.name}) in {where}; shown only now: {secret}"
+    )
+    if not used:
+        typer.echo(
+            f"warning: {where} was not a state database before: this command created it, "
+            "so no service uses it yet. A service started with another MAILSIFT_DATA_DIR "
+            "(default ./data) or MAILSIFT_DATABASE_URL will refuse this token: create it "
+            "again with the service's settings.",
+            err=True,
+        )
 
 
 @token_app.command("list")
@@ -427,7 +711,8 @@ def bench(
     ] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Times each message is sent.")] = 1,
     direction: Annotated[
-        str, typer.Option(help="inbound, or outbound (500 simulated senders).")
+        Literal["inbound", "outbound"],
+        typer.Option(help="inbound, or outbound (500 simulated senders)."),
     ] = "inbound",
     warmup: Annotated[
         int,
@@ -446,31 +731,47 @@ def bench(
     from mailsift.learning.trainlog import TrainingLogError
     from mailsift.training.bench import run_bench
 
-    if direction not in ("inbound", "outbound"):
-        err.print("[red]error:[/red] --direction must be inbound or outbound")
-        raise typer.Exit(2)
     if rebuild_during and model is not None:
         err.print("[red]error:[/red] --rebuild-during rebuilds from the log: drop --model")
         raise typer.Exit(2)
-    try:
-        messages = list(open_source(corpus))
-        training = messages if model is None and all(m.label for m in messages) else []
-        if training:
-            err.print(f"appending {len(training)} messages to the training log, rebuilding")
-        result = run_bench(
-            [m.raw for m in messages],
-            workers=workers,
-            concurrency=concurrency,
-            model=model,
-            training=training,
-            rounds=rounds,
-            direction=direction,
-            warmup=warmup,
-            rebuild_during=rebuild_during,
-        )
-    except (CorpusError, TrainingLogError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    _settings()  # the bench server reads them too: a bad one stops us here, not it
+    # run_bench reports no phases itself; they show as it reads its inputs: the training
+    # corpus first (then it rebuilds and starts the server, whose client baseline
+    # follows), the messages to send last, right before the warm-up.
+    with _progress(None, "{task.description}", refresh_per_second=1) as bar:
+        phases = _Phases(bar, "bench: ")
+        try:
+            messages = _read_corpus(corpus, phases)
+            training = messages if model is None and all(m.label for m in messages) else []
+            starting = (
+                f"starting the service ({workers} worker{'s' if workers > 1 else ''}), "
+                "then the client's own ceiling (/healthz)"
+            )
+            sent = len(messages) * rounds
+            measuring = (
+                f"warm-up ({min(warmup, sent)} messages), then the measured run "
+                f"({sent} messages, {concurrency} connections)"
+            )
+            if not training:
+                phases.start(starting)
+            result = run_bench(
+                phases.over([m.raw for m in messages], then=measuring),
+                workers=workers,
+                concurrency=concurrency,
+                model=model,
+                training=phases.over(
+                    training,
+                    [f"appending {len(training)} messages to the training log"],
+                    then=f"rebuilding the model, then {starting}",
+                ),
+                rounds=rounds,
+                direction=direction,
+                warmup=warmup,
+                rebuild_during=rebuild_during,
+            )
+        except (CorpusError, TrainingLogError, RuntimeError) as exc:
+            bar.stop()
+            _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.as_dict()))
     else:
@@ -491,7 +792,9 @@ def train(
         typer.Option(
             "--model",
             help="Train a standalone snapshot file instead (created or continued), e.g. for "
-            "`mailsift bench --model`; the service's log is not touched.",
+            "`mailsift bench --model`; the service's log is not touched. Without it: the "
+            "service's training log, ./data/mailsift.db (MAILSIFT_DATA_DIR/mailsift.db, or "
+            "the MAILSIFT_DATABASE_URL database).",
         ),
     ] = None,
     rebuild: Annotated[
@@ -503,12 +806,17 @@ def train(
     Every worker and replica learns them from the log; the rebuild afterwards publishes
     a model that includes them, which running services swap in.
     """
+    from rich.markup import escape
+
     from mailsift.learning.trainlog import TrainingLogError, open_training_log
+    from mailsift.models.snapshot import SnapshotError
     from mailsift.service.settings import Settings
+    from mailsift.training.outputs import OutputError, check_outputs
     from mailsift.training.train import train_log, train_snapshot
 
     settings = Settings()
     try:
+        check_outputs({"--model": model})  # before the corpus is read, not after
         messages, total = _sources(sources)
         if model is not None:
             with _progress(total, "training") as bar:
@@ -519,11 +827,12 @@ def train(
                     limits=settings.parse_limits,
                     progress=lambda n: bar.advance(task, n),
                 )
-            info = report.info
-            typer.echo(
-                f"learned {report.learned} messages -> {model} "
-                f"(ham {info.ham}, spam {info.spam}, version {info.model_version})"
-            )
+            for line in report.lines(model):
+                typer.echo(line)
+            for line in report.notes(model):
+                typer.echo(f"note: {line}", err=True)
+            for line in report.repeats.warnings():
+                typer.echo(f"warning: {line}", err=True)
             return
         _private_data_dir(settings)
         trainlog = open_training_log(settings.database_url, settings.data_dir)
@@ -539,13 +848,13 @@ def train(
                 )
         finally:
             trainlog.close()
-    except (CorpusError, TrainingLogError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (CorpusError, OutputError, SnapshotError, TrainingLogError, OSError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    typer.echo(
-        f"appended {logged.learned} examples to the training log ({logged.unchanged} already "
-        f"there, {logged.kept} kept by a label of higher rank); log head {logged.head}"
-    )
+    for line in logged.lines():
+        typer.echo(line)
+    for line in logged.repeats.warnings():
+        typer.echo(f"warning: {line}", err=True)
     if rebuild:
         _rebuild(settings, wait=True, nice=False, as_json=False)
 
@@ -563,9 +872,7 @@ def rebuild_cmd(
     Corrections (forgets, relabels) are exact after a rebuild; running services swap the
     published model in within MAILSIFT_SNAPSHOT_CHECK_SECONDS.
     """
-    from mailsift.service.settings import Settings
-
-    _rebuild(Settings(), wait=not if_idle, nice=nice, as_json=as_json)
+    _rebuild(_settings(), wait=not if_idle, nice=nice, as_json=as_json)
 
 
 def _rebuild(settings: Settings, *, wait: bool, nice: bool, as_json: bool) -> None:
@@ -618,12 +925,17 @@ def speed(
     """Per-message medians of parse, features and scoring; model memory and snapshot size."""
     from mailsift.training.speed import measure_speed
 
-    try:
-        messages = list(open_source(corpus))
-    except CorpusError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    typer.echo(json.dumps(measure_speed(messages)))
+    # measure_speed reports no progress itself: its two passes over the messages show.
+    with _progress(None, "{task.description}", refresh_per_second=2) as bar:
+        phases = _Phases(bar, "speed: ")
+        try:
+            messages = _read_corpus(corpus, phases)
+        except CorpusError as exc:
+            bar.stop()
+            _fail(str(exc))
+        passes = ["learning every message (pass 1 of 2)", "timing each stage (pass 2 of 2)"]
+        result = measure_speed(phases.over(messages, passes, then="writing a snapshot"))
+    typer.echo(json.dumps(result))
 
 
 @app.command("eval")
@@ -638,14 +950,27 @@ def eval_(
     plot: Annotated[Path | None, typer.Option(help="Write a ROC curve PNG.")] = None,
 ) -> None:
     """Measure accuracy and speed by the TREC spam-track protocols."""
-    from mailsift.training.evaluate import Mode, evaluate
-    from mailsift.training.metrics import plot_roc
+    from rich.markup import escape
+
+    from mailsift.training.corpus import source_labels
+    from mailsift.training.evaluate import Mode, evaluate, write_outputs
+    from mailsift.training.outputs import OutputError, check_outputs
 
     if mode not in ("online", "split"):
         err.print("[red]error:[/red] --mode must be online or split")
         raise typer.Exit(2)
     try:
+        # Everything that can be known before the run is checked before it.
+        if not 0.0 < train_frac < 1.0:
+            raise ValueError(f"--train-frac must be between 0 and 1, not {train_frac}")
+        check_outputs({"--scores": scores, "--plot": plot})
         messages, total = _sources([corpus])
+        labels = source_labels(corpus)
+        if plot is not None and len(labels) == 1:
+            raise OutputError(
+                f"--plot {plot}: a ROC curve needs both ham and spam, and {corpus} gives "
+                f"only {next(iter(labels))} (the measures that apply are printed without --plot)"
+            )
         with _progress(total, f"eval {mode}") as bar:
             task = bar.add_task("eval", total=total)
             result = evaluate(
@@ -654,28 +979,29 @@ def eval_(
                 train_frac=train_frac,
                 progress=lambda n: bar.advance(task, n),
             )
-        if scores:
-            scores.write_text(
-                "".join(
-                    f"{'spam' if s else 'ham'} {v:.6f}\n"
-                    for s, v in zip(result.is_spam, result.scores, strict=True)
-                )
-            )
-        if plot:
-            plot_roc(result.is_spam, result.scores, plot, title=f"mailsift {mode}: {corpus}")
-    except (CorpusError, ValueError, OSError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+    except (CorpusError, OutputError, ValueError, OSError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    # Undefined measures (a class missing from half the stream) are NaN: JSON says null.
-    summary = {
+    outputs = write_outputs(result, scores=scores, plot=plot, title=f"mailsift {mode}: {corpus}")
+    # Undefined measures (one class only, or in the second half) are NaN: JSON says null
+    # and "undefined" says why; the text output says why on the measure's own line.
+    summary: dict[str, object] = {
         k: (None if isinstance(v, float) and math.isnan(v) else v)
         for k, v in result.summary.items()
     }
+    why = {k: reason for k, reason in result.undefined.items() if summary.get(k) is None}
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(summary | ({"undefined": why} if why else {})))
     else:
         for key, value in summary.items():
-            typer.echo(f"{key:32s} {value}")
+            shown = f"n/a: {why[key]}" if key in why else value
+            typer.echo(f"{key:32s} {shown}")
+    for line in outputs.written:
+        typer.echo(line, err=True)
+    for line in outputs.failed:
+        err.print(f"[red]error:[/red] {escape(line)}", soft_wrap=True)
+    if outputs.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -23,7 +24,16 @@ from mailsift.service.balance import shared_listener
 from mailsift.service.errors import error_response
 from mailsift.service.http_protocol import HttpProtocol
 
-__all__ = ["GATEWAY_PATHS", "ListenerGuard", "is_loopback", "serve", "tls_context"]
+__all__ = [
+    "GATEWAY_PATHS",
+    "ListenError",
+    "ListenerGuard",
+    "is_loopback",
+    "serve",
+    "tls_context",
+]
+
+log = logging.getLogger("mailsift.listeners")
 
 # Prefixes a gateway listener serves; all else is admin-only.
 GATEWAY_PATHS = (
@@ -76,11 +86,32 @@ class ListenerGuard:
         await self.app(scope, receive, send)
 
 
+class ListenError(Exception):
+    """A listener's address could not be bound: taken by another process, not an
+    address of this machine, or a port this user may not bind."""
+
+    def __init__(self, listener: str, host: str, port: int, cause: OSError) -> None:
+        self.listener = listener
+        """``gateway``, ``admin``, or ``gateway and admin`` (one listener for both)."""
+        self.address = _address(host, port)
+        self.errno = cause.errno
+        self.reason = cause.strerror or str(cause)
+        super().__init__(f"the {listener} listener cannot bind {self.address}: {self.reason}")
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
@@ -97,12 +128,16 @@ def serve(
     log_config: dict[str, Any],
     access_log: bool,
 ) -> None:
-    """Bind both listeners, then run the app in ``workers`` processes over them.
+    """Bind both listeners, log where they listen, then run the app in ``workers``
+    processes over them; :class:`ListenError` if one cannot be bound (nothing started).
 
     Several workers share each listener and accept from it by turns, the least-loaded
     first (:mod:`mailsift.service.balance`).
     """
-    addresses = [(host, port)] + ([(admin_host, admin_port)] if admin_port is not None else [])
+    if admin_port is None:
+        listeners = [("gateway and admin", host, port)]
+    else:
+        listeners = [("gateway", host, port), ("admin", admin_host, admin_port)]
     config = uvicorn.Config(
         "mailsift.service.app:create_app",
         factory=True,
@@ -117,11 +152,28 @@ def serve(
         ssl_keyfile=keyfile,
         ssl_context_factory=tls_context if certfile else None,
     )
-    if workers == 1:
-        uvicorn.Server(config).run(sockets=[_bind(*address) for address in addresses])
-        return
-    with contextlib.ExitStack() as listeners:
-        sockets: list[socket.socket] = [
-            listeners.enter_context(shared_listener(*address)) for address in addresses
-        ]
-        Multiprocess(config, sockets=sockets).run()
+    with contextlib.ExitStack() as bound:
+
+        def listen(listener: str, host: str, port: int) -> socket.socket:
+            try:
+                if workers == 1:
+                    return bound.enter_context(_bind(host, port))
+                return bound.enter_context(shared_listener(host, port))
+            except OSError as exc:
+                raise ListenError(listener, host, port, exc) from exc
+
+        sockets = [listen(*listener) for listener in listeners]
+        scheme, tls = ("https", "TLS on") if certfile else ("http", "TLS off")
+        for (listener, _, _), sock in zip(listeners, sockets, strict=True):
+            bound_host, bound_port = sock.getsockname()[:2]
+            log.info(
+                "%s listener on %s://%s (%s)",
+                listener,
+                scheme,
+                _address(bound_host, bound_port),
+                tls,
+            )
+        if workers == 1:
+            uvicorn.Server(config).run(sockets=sockets)
+        else:
+            Multiprocess(config, sockets=sockets).run()

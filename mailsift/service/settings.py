@@ -342,11 +342,20 @@ class Settings(BaseSettings):
             <= self.inbound_spam_threshold
             <= self.inbound_reject_threshold
         ):
-            raise ValueError("inbound thresholds must satisfy suspect <= spam <= reject")
+            raise ValueError(
+                "inbound thresholds out of order: needs "
+                f"inbound_suspect_threshold ({self.inbound_suspect_threshold}) <= "
+                f"inbound_spam_threshold ({self.inbound_spam_threshold}) <= "
+                f"inbound_reject_threshold ({self.inbound_reject_threshold})"
+            )
         if not self.outbound_suspect_threshold <= self.outbound_spam_threshold:
-            raise ValueError("outbound thresholds must satisfy suspect <= spam")
+            raise ValueError(
+                "outbound thresholds out of order: needs "
+                f"outbound_suspect_threshold ({self.outbound_suspect_threshold}) <= "
+                f"outbound_spam_threshold ({self.outbound_spam_threshold})"
+            )
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
-            raise ValueError("tls_certfile and tls_keyfile go together")
+            raise ValueError("tls_certfile and tls_keyfile go together: set both or neither")
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
             raise ValueError("admin_token must be at least 16 characters")
         return self
