@@ -360,16 +360,9 @@ def diagnose(
     ] = None,
 ) -> None:
     """Check model, lists, limits, listeners, gateways, disk and the mail domains' DNS."""
-    from pydantic import ValidationError
-
     from mailsift.service.diagnostics.cli import diagnose_command
-    from mailsift.service.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err.print(f"[red]error:[/red] invalid settings:\n{exc}")
-        raise typer.Exit(2) from exc
+    settings = _settings()
     raise typer.Exit(diagnose_command(settings, as_json=json_output, admin_host=admin_host))
 
 

@@ -230,6 +230,7 @@ EXPECTED_LINES = [
     [
         ["serve", "--port", "0", "--admin-port", "0"],
         ["rebuild"],
+        ["diagnose"],
         ["token", "list"],
         ["token", "create", "--role", "admin"],
         ["bench", "no-such-corpus"],
