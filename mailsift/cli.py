@@ -9,6 +9,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar, cast, overload
 
@@ -600,13 +601,33 @@ token_app = _App(no_args_is_help=True, help="API tokens (service accounts of mai
 app.add_typer(token_app, name="token")
 
 
-def _token_store() -> TokenStore:
+@contextmanager
+def _token_store() -> Iterator[TokenStore]:
+    """The state database's tokens; a database that cannot be opened, reached or read is
+    one line (no password) and exit status 2, as for ``token create``."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from mailsift.service.auth import TokenStore
-    from mailsift.service.db import open_state_engine
+    from mailsift.service.db import describe, open_state_engine, redact
 
     settings = _settings()
     _private_data_dir(settings)
-    return TokenStore(open_state_engine(settings.database_url, settings.data_dir))
+    try:
+        engine = open_state_engine(settings.database_url, settings.data_dir)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        yield TokenStore(engine)
+    except SQLAlchemyError as exc:
+        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        where = describe(engine.url)
+        typer.echo(
+            f"error: cannot use the state database {where}: {redact(cause, engine.url)}", err=True
+        )
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
 
 
 @token_app.command("create")
@@ -672,7 +693,9 @@ def token_create(
 @token_app.command("list")
 def token_list() -> None:
     """List tokens (never their secrets)."""
-    for t in _token_store().list():
+    with _token_store() as store:
+        tokens = store.list()
+    for t in tokens:
         state = "revoked" if t.revoked_at else "active"
         typer.echo(f"{t.id}  {t.role:7s}  {state:7s}  {t.name}  {' '.join(t.addresses)}")
 
@@ -682,7 +705,9 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The id shown by `token list`.")],
 ) -> None:
     """Revoke a token; it fails at once everywhere."""
-    if not _token_store().revoke(token_id):
+    with _token_store() as store:
+        revoked = store.revoke(token_id)
+    if not revoked:
         err.print(f"[red]error:[/red] no active token {token_id}")
         raise typer.Exit(2)
     typer.echo(f"revoked {token_id}")

@@ -76,6 +76,18 @@ def test_an_unreachable_database_is_an_error_without_its_password(tmp_path: Path
     assert "s3cret-pw" not in done.stdout + done.stderr and "Traceback" not in done.stderr
 
 
+def test_list_and_revoke_say_the_same_in_one_line(tmp_path: Path) -> None:
+    url = "postgresql://mailsift:s3cret-pw@127.0.0.1:1/mailsift"
+    for args in (("token", "list"), ("token", "revoke", "0123456789ab")):
+        done = mailsift(*args, cwd=tmp_path, env={"MAILSIFT_DATABASE_URL": url})
+        assert done.returncode == 2, args
+        assert done.stderr.startswith(
+            "error: cannot use the state database postgresql+psycopg://mailsift:***@"
+        ), done.stderr
+        assert done.stderr.count("\n") == 1
+        assert "s3cret-pw" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
 def _step_one() -> str:
     """The shell lines of "Postfix, step by step", step 1, as the README gives them."""
     steps = _section(README.read_text(encoding="utf-8"), "Wiring into a mail server")
