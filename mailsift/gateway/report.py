@@ -15,12 +15,13 @@ and an exit status a script can act on (:class:`ReportFailed`), never a tracebac
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import httpx
+
+from mailsift.models.fingerprint import is_fingerprint
 
 __all__ = [
     "DEFAULT_ADMIN_URL",
@@ -46,7 +47,6 @@ DEFAULT_ADMIN_URL = "http://127.0.0.1:8471"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """Read no more than this from standard input; the service refuses more anyway."""
 
-_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 
 EXIT_REFUSED = 1
 """The service answered and refused the report (4xx): sending it again will not help."""
@@ -147,7 +147,7 @@ def send_report(
 
 def label_from_history(fingerprint: str, label: Label, target: ReportTarget) -> str:
     """Label a recently scored message by fingerprint; what the log did with it."""
-    if not _FINGERPRINT.match(fingerprint):
+    if not is_fingerprint(fingerprint):
         raise ReportFailed(
             "the fingerprint must be the 32 hex characters a score answer gave", EXIT_USAGE
         )

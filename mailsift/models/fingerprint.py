@@ -8,10 +8,20 @@ sender wrote: sender address, subject, decoded text and attachment names and siz
 from __future__ import annotations
 
 import hashlib
+import re
+from typing import TYPE_CHECKING
 
-from mailsift.models.parse import ParsedMessage
+if TYPE_CHECKING:  # light to import: the report command checks fingerprints too
+    from mailsift.models.parse import ParsedMessage
 
-__all__ = ["fingerprint"]
+__all__ = ["fingerprint", "is_fingerprint"]
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{32}")
+
+
+def is_fingerprint(value: str) -> bool:
+    """Whether ``value`` is spelled as :func:`fingerprint` spells ids (32 lower-case hex)."""
+    return _FINGERPRINT.fullmatch(value) is not None
 
 
 def fingerprint(msg: ParsedMessage) -> str:

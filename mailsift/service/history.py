@@ -25,13 +25,14 @@ from collections import deque
 from pathlib import Path
 from typing import BinaryIO
 
+from mailsift.models.fingerprint import is_fingerprint
+
 __all__ = ["HOUR", "MessageHistory"]
 
 log = logging.getLogger("mailsift.history")
 
 HOUR = 3600
 _SEGMENT = re.compile(r"^(\d{10})-(\d+)\.(msgs|idx)$")  # YYYYMMDDHH (UTC)-pid
-_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 _FLUSH_SECONDS = 0.5
 _PRUNE_SECONDS = 300.0
 _QUEUE_BYTES = 64 * 1024 * 1024
@@ -103,7 +104,7 @@ class MessageHistory:
 
     def find(self, fingerprint: str, now: float | None = None) -> bytes | None:
         """The message with ``fingerprint`` if still kept, newest copy first."""
-        if not self.enabled or not _FINGERPRINT.match(fingerprint):
+        if not self.enabled or not is_fingerprint(fingerprint):
             return None
         now = time.time() if now is None else now
         cutoff = now - self.retention_hours * HOUR

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import AppendResult, ReportResult, TrainingLogError
+from mailsift.models.fingerprint import is_fingerprint
 from mailsift.service.analysis import analyse, learning_example
 from mailsift.service.auth import AdminCaller, Principal, ReporterCaller
 from mailsift.service.body import read_message
@@ -64,7 +65,6 @@ ViaQuery = Annotated[
 FingerprintPath = Annotated[
     str, Path(description="The fingerprint a score or feedback answer returned.")
 ]
-_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 _NOT_IN_ADDRESS = re.compile(r"[\s\x00-\x1f\x7f]")
 _BODY = {
     "requestBody": {
@@ -94,7 +94,7 @@ def _reporter(caller: Principal, user: str) -> str:
 
 
 def _fingerprint(value: str) -> str:
-    if not _FINGERPRINT.match(value):
+    if not is_fingerprint(value):
         raise BadRequest("fingerprint must be the 32 hex characters a score or feedback returned")
     return value
 
