@@ -29,9 +29,9 @@ from typer.models import CommandFunctionType
 if TYPE_CHECKING:
     from pydantic import ValidationError
     from pydantic_settings import BaseSettings, SettingsError
+    from sqlalchemy import Engine
 
     from mailsift.gateway.settings import GatewaySettings
-    from mailsift.service.auth import TokenStore
     from mailsift.service.listeners import ListenError
     from mailsift.service.settings import Settings
 
@@ -602,29 +602,31 @@ app.add_typer(token_app, name="token")
 
 
 @contextmanager
-def _token_store() -> Iterator[TokenStore]:
-    """The state database's tokens; a database that cannot be opened, reached or read is
-    one line (no password) and exit status 2, as for ``token create``."""
+def _state_database(doing: str) -> Iterator[tuple[Engine, str]]:
+    """The state database (where tokens live) and where it is, for the token commands.
+
+    A database that cannot be opened, reached or read is one line naming it, without
+    its password ("cannot ``doing`` WHERE: cause"), and exit status 2.
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from mailsift.service.auth import TokenStore
     from mailsift.service.db import describe, open_state_engine, redact
 
     settings = _settings()
     _private_data_dir(settings)
     try:
         engine = open_state_engine(settings.database_url, settings.data_dir)
-    except ValueError as exc:
+    except ValueError as exc:  # a database URL that cannot be used; says why, no password
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    url = engine.url
+    database = url.database if url.get_backend_name() == "sqlite" else None
+    where = str(Path(database).absolute()) if database else describe(url)
     try:
-        yield TokenStore(engine)
+        yield engine, where
     except SQLAlchemyError as exc:
-        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        where = describe(engine.url)
-        typer.echo(
-            f"error: cannot use the state database {where}: {redact(cause, engine.url)}", err=True
-        )
+        cause = redact(" ".join(str(getattr(exc, "orig", None) or exc).split()), url)
+        typer.echo(f"error: cannot {doing} {where}: {cause}", err=True)
         raise typer.Exit(2) from None
     finally:
         engine.dispose()
@@ -646,37 +648,19 @@ def token_create(
     just now, so no service has ever used it and none will accept the token.
     """
     from sqlalchemy import inspect
-    from sqlalchemy.exc import SQLAlchemyError
 
     from mailsift.service.auth import ROLES, TokenStore
-    from mailsift.service.db import describe, open_state_engine, redact
-    from mailsift.service.settings import Settings
 
     if role not in ROLES:  # before anything is created
         err.print(f"[red]error:[/red] role must be one of {', '.join(ROLES)}")
         raise typer.Exit(2)
-    settings = Settings()
-    _private_data_dir(settings)
-    try:
-        engine = open_state_engine(settings.database_url, settings.data_dir)
-    except ValueError as exc:  # a database URL that cannot be used; says why, no password
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    url = engine.url
-    database = url.database if url.get_backend_name() == "sqlite" else None
-    where = str(Path(database).absolute()) if database else describe(url)
-    try:
+    with _state_database("write to") as (engine, where):
         used = inspect(engine).has_table("api_tokens")  # every service start creates it
-        info, secret = TokenStore(engine).create(role, name or role, address)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except SQLAlchemyError as exc:
-        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        typer.echo(f"error: cannot write to {where}: {redact(cause, url)}", err=True)
-        raise typer.Exit(2) from None
-    finally:
-        engine.dispose()
+        try:
+            info, secret = TokenStore(engine).create(role, name or role, address)
+        except ValueError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
     typer.echo(
         f"created {info.role} token {info.id} ({info.name}) in {where}; shown only now: {secret}"
     )
@@ -693,8 +677,10 @@ def token_create(
 @token_app.command("list")
 def token_list() -> None:
     """List tokens (never their secrets)."""
-    with _token_store() as store:
-        tokens = store.list()
+    from mailsift.service.auth import TokenStore
+
+    with _state_database("use the state database") as (engine, _):
+        tokens = TokenStore(engine).list()
     for t in tokens:
         state = "revoked" if t.revoked_at else "active"
         typer.echo(f"{t.id}  {t.role:7s}  {state:7s}  {t.name}  {' '.join(t.addresses)}")
@@ -705,8 +691,10 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The id shown by `token list`.")],
 ) -> None:
     """Revoke a token; it fails at once everywhere."""
-    with _token_store() as store:
-        revoked = store.revoke(token_id)
+    from mailsift.service.auth import TokenStore
+
+    with _state_database("use the state database") as (engine, _):
+        revoked = TokenStore(engine).revoke(token_id)
     if not revoked:
         err.print(f"[red]error:[/red] no active token {token_id}")
         raise typer.Exit(2)
