@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from mailsift.gateway.settings import GatewaySettings
-    from mailsift.service.listeners import ListenError
+    from mailsift.service.http.listeners import ListenError
     from mailsift.service.settings import Settings
 
 from mailsift.cli_help import Command, Group
@@ -284,8 +284,8 @@ def serve(
     import uvicorn
 
     from mailsift.service.db import private_dir
-    from mailsift.service.listeners import ListenError, is_loopback
-    from mailsift.service.listeners import serve as serve_listeners
+    from mailsift.service.http.listeners import ListenError, is_loopback
+    from mailsift.service.http.listeners import serve as serve_listeners
 
     if admin_port and admin_port == port:
         _fail(

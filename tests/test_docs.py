@@ -21,7 +21,7 @@ from mailsift.service.app import create_app
 from mailsift.service.dlp import load_dlp_config
 from mailsift.service.dlp.detectors import BUILTIN_TYPES, label_detector
 from mailsift.service.dlp.scan import BULK_VALUES, MASS_VALUES, severity_for
-from mailsift.service.listeners import GATEWAY_PATHS
+from mailsift.service.http.listeners import GATEWAY_PATHS
 from mailsift.service.settings import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"

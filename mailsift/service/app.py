@@ -30,7 +30,7 @@ from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
 from mailsift.service.history import MessageHistory
-from mailsift.service.listeners import ListenerGuard
+from mailsift.service.http.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mailsift.service.balance import SLOTS, LoadBoard
+from mailsift.service.http.balance import SLOTS, LoadBoard
 
 _SIBLING = """
 import sys
-from mailsift.service.balance import LoadBoard
+from mailsift.service.http.balance import LoadBoard
 board = LoadBoard(sys.argv[1])
 board.claim()
 board.publish(int(sys.argv[2]))

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import max_response_time, not_a_server_error
 
 from mailsift.service.app import create_app
-from mailsift.service.http_limits import MAX_URL_BYTES
+from mailsift.service.http.limits import MAX_URL_BYTES
 from mailsift.service.settings import Settings
 from tests.service.server import Service
 from tests.service.test_hostile_mime import Tally, hostile_messages

@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from mailsift.gateway.client import recipients_that_fit
-from mailsift.service.http_limits import MAX_HEADER_BYTES, MAX_URL_BYTES
+from mailsift.service.http.limits import MAX_HEADER_BYTES, MAX_URL_BYTES
 from tests.service.server import ADMIN_TOKEN, Service, message
 
 

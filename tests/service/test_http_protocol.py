@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mailsift.service.http_protocol import CoalescingTransport
+from mailsift.service.http.protocol import CoalescingTransport
 
 
 class RecordingTransport(asyncio.Transport):

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.models.parse import parse_message
-from mailsift.service.body import MESSAGE_TYPES, read_message
 from mailsift.service.deps import SettingsDep
 from mailsift.service.dlp import DlpConfig, DlpReport, scan_message, scan_text
 from mailsift.service.errors import UnusableMessage
+from mailsift.service.http.body import MESSAGE_TYPES, read_message
 from mailsift.service.schemas import ERRORS
 from mailsift.service.settings import Settings
 

@@ -30,7 +30,6 @@ from mailsift.learning.trainlog import AppendResult, ReportResult, TrainingLogEr
 from mailsift.models.fingerprint import is_fingerprint
 from mailsift.service.analysis import analyse, learning_example
 from mailsift.service.auth import AdminCaller, Principal, ReporterCaller
-from mailsift.service.body import read_message
 from mailsift.service.checks.personal import personal_key
 from mailsift.service.deps import State
 from mailsift.service.errors import (
@@ -42,6 +41,7 @@ from mailsift.service.errors import (
     NotScoredForUser,
     RateLimited,
 )
+from mailsift.service.http.body import read_message
 from mailsift.service.schemas import ERRORS, LearnOut, ReportOut
 from mailsift.service.state import ServiceState
 

@@ -22,13 +22,13 @@ from mailsift.service.accounts.flow import before_outbound, record_outbound, set
 from mailsift.service.analysis import Analysed, analyse, learning_example
 from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
-from mailsift.service.body import read_message
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
 from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
 from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
 from mailsift.service.explanation import hider
+from mailsift.service.http.body import read_message
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
 from mailsift.service.schemas import ERRORS, ScoreOut

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mailsift.service.http_limits import BoundedHttpToolsProtocol
+from mailsift.service.http.limits import BoundedHttpToolsProtocol
 
 __all__ = ["CoalescingTransport", "HttpProtocol"]
 

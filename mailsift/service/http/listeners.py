@@ -20,9 +20,9 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.supervisors import Multiprocess
 
-from mailsift.service.balance import shared_listener
 from mailsift.service.errors import error_response
-from mailsift.service.http_protocol import HttpProtocol
+from mailsift.service.http.balance import shared_listener
+from mailsift.service.http.protocol import HttpProtocol
 
 __all__ = [
     "GATEWAY_PATHS",
@@ -132,7 +132,7 @@ def serve(
     processes over them; :class:`ListenError` if one cannot be bound (nothing started).
 
     Several workers share each listener and accept from it by turns, the least-loaded
-    first (:mod:`mailsift.service.balance`).
+    first (:mod:`mailsift.service.http.balance`).
     """
     if admin_port is None:
         listeners = [("gateway and admin", host, port)]
@@ -142,7 +142,7 @@ def serve(
         "mailsift.service.app:create_app",
         factory=True,
         workers=workers,
-        loop="mailsift.service.balance:BalancingLoop",
+        loop="mailsift.service.http.balance:BalancingLoop",
         log_config=log_config,
         access_log=access_log,
         http=HttpProtocol,
