@@ -348,7 +348,8 @@ def _parse_header(header: Any, source: str) -> tuple[SnapshotInfo, int, str]:
         raise bad(f"describes the payload as {payload!r}")
     info = SnapshotInfo(
         format_version=FORMAT_VERSION,
-        feature_config=config,
+        # Snapshots from before the raw view name no ``raw_bytes``: they had none.
+        feature_config={"raw_bytes": 0, **config},
         ham=counts["ham"],
         spam=counts["spam"],
         created_at=float(created_at),

@@ -2,7 +2,7 @@
 
 Replay and rebuild learn from these bytes and never parse a message again, so every
 process learns exactly the same vectors whatever its load or its parse time budget.
-Only the indices are stored: both views are sorted unique indices whose values are all
+Only the indices are stored: every view is sorted unique indices whose values are all
 ``1/sqrt(n)`` (see :func:`~mailsift.models.features.extract`), so values are recomputed
 bit for bit. Indices are delta-encoded and compressed (a message costs about as much as
 its compressed raw bytes). :func:`features_version` names the feature settings and the
@@ -30,8 +30,8 @@ from mailsift.models.features import TOKENISER_VERSION, FeatureConfig, Features
 
 __all__ = ["StoredFeaturesError", "decode_features", "encode_features", "features_version"]
 
-_HEAD = struct.Struct(">BII")  # format, word count, char count
-_FORMAT = 1
+_HEAD = struct.Struct(">BIII")  # format, word, char and raw counts
+_FORMAT = 2
 
 
 class StoredFeaturesError(ValueError):
@@ -45,29 +45,33 @@ def features_version(config: FeatureConfig) -> str:
 
 
 def encode_features(f: Features) -> bytes:
-    """The two index arrays, delta-encoded as uint32 and compressed."""
-    word, char = _deltas(f.word_idx), _deltas(f.char_idx)
-    body = word.tobytes() + char.tobytes()
-    return _HEAD.pack(_FORMAT, word.size, char.size) + zlib.compress(body, 6)
+    """The views' index arrays, delta-encoded as uint32 and compressed."""
+    word, char, raw = _deltas(f.word_idx), _deltas(f.char_idx), _deltas(f.raw_idx)
+    body = word.tobytes() + char.tobytes() + raw.tobytes()
+    return _HEAD.pack(_FORMAT, word.size, char.size, raw.size) + zlib.compress(body, 6)
 
 
 def decode_features(data: bytes) -> Features:
     """Features for learning (no tokens: those only explain a score)."""
+    if data[:1] != bytes([_FORMAT]):
+        fmt = data[0] if data else "none"
+        raise StoredFeaturesError(f"stored features have format {fmt}, not {_FORMAT}")
     if len(data) < _HEAD.size:
         raise StoredFeaturesError("stored features are truncated")
-    fmt, n_word, n_char = _HEAD.unpack_from(data)
-    if fmt != _FORMAT:
-        raise StoredFeaturesError(f"stored features have format {fmt}, not {_FORMAT}")
+    _, n_word, n_char, n_raw = _HEAD.unpack_from(data)
     try:
         body = zlib.decompress(data[_HEAD.size :])
     except zlib.error as exc:
         raise StoredFeaturesError(f"stored features are damaged ({exc})") from None
-    if len(body) != 4 * (n_word + n_char):
+    if len(body) != 4 * (n_word + n_char + n_raw):
         raise StoredFeaturesError("stored features have the wrong length")
     deltas = np.frombuffer(body, dtype=">u4").astype(np.int64)
     word_idx = np.cumsum(deltas[:n_word])
-    char_idx = np.cumsum(deltas[n_word:])
-    return Features((), word_idx, _values(n_word), char_idx, _values(n_char))
+    char_idx = np.cumsum(deltas[n_word : n_word + n_char])
+    raw_idx = np.cumsum(deltas[n_word + n_char :])
+    return Features(
+        (), word_idx, _values(n_word), char_idx, _values(n_char), raw_idx, _values(n_raw)
+    )
 
 
 def _deltas(idx: np.ndarray) -> np.ndarray:

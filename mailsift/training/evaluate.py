@@ -2,7 +2,11 @@
 
 * ``online`` — immediate feedback: from an empty model, each message in order is first
   scored, then learned with its gold label. This is how a filter lives in production.
-* ``split``  — learn the first ``train_frac`` of the stream in order, score the rest.
+* ``split``  — learn the first ``train_frac`` of the stream as a rebuild would, score the
+  rest. A rebuild learns each live example of the training log once: a message seen
+  again with the same label is not a new example, one seen again with the other label
+  is relabelled, and examples are learned in the order of the entries that set them.
+  Split mode learns its part the same way, so it measures the model that is served.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from mailsift.models.ensemble import SpamModel
+from mailsift.models.fingerprint import fingerprint
 from mailsift.models.parse import DEFAULT_LIMITS, ParseLimits, parse_message
 from mailsift.training.corpus import CorpusError, LabelledMessage
 from mailsift.training.metrics import plot_roc, summary, undefined
@@ -66,14 +71,15 @@ def evaluate(
     elif mode == "split":
         stream = list(messages)
         n_train = int(len(stream) * train_frac)
-        for i, msg in enumerate(stream):
-            label = _gold(msg)
+        for i in _as_the_log_keeps(stream[:n_train], limits):
+            msg = stream[i]
+            model.learn(model.features(parse_message(msg.raw, limits)), _gold(msg))
+            if progress:
+                progress(1)
+        for msg in stream[n_train:]:
             f = model.features(parse_message(msg.raw, limits))
-            if i < n_train:
-                model.learn(f, label)
-            else:
-                scores.append(model.score(f).probability)
-                labels.append(label == "spam")
+            scores.append(model.score(f).probability)
+            labels.append(_gold(msg) == "spam")
             if progress:
                 progress(1)
     else:
@@ -135,6 +141,20 @@ def write_outputs(
             except OSError as exc:
                 done.failed.append(f"--plot {plot} not written: {exc.strerror or exc}")
     return done
+
+
+def _as_the_log_keeps(part: list[LabelledMessage], limits: ParseLimits) -> list[int]:
+    """Positions in ``part`` of the examples a training log holds after appending it all:
+    one per fingerprint, with its last label, in the order of the entries that set them
+    (a repeat with the same label changes nothing; one with the other label relabels)."""
+    setting: dict[str, tuple[int, str]] = {}
+    for i, msg in enumerate(part):
+        label = _gold(msg)
+        fp = fingerprint(parse_message(msg.raw, limits))
+        prior = setting.get(fp)
+        if prior is None or prior[1] != label:
+            setting[fp] = (i, label)
+    return sorted(i for i, _ in setting.values())
 
 
 def _gold(msg: LabelledMessage) -> Literal["ham", "spam"]:

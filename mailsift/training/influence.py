@@ -165,8 +165,8 @@ def _member_logits(model: SpamModel, feats: list[Features]) -> FloatArray:
     rows = []
     for f in feats:
         score = model.score(f)
-        rows.append([score.members[m] for m in MEMBERS] + [score.logit])
-    return np.array(rows, dtype=np.float64).reshape(len(feats), len(MEMBERS) + 1)
+        rows.append([score.members[m] for m in model.members] + [score.logit])
+    return np.array(rows, dtype=np.float64).reshape(len(feats), len(model.members) + 1)
 
 
 def _probability(logits: FloatArray) -> FloatArray:
@@ -187,7 +187,7 @@ def _influence(
     change = np.abs(p_after - p_before)[others]
     flipped = (p_before >= threshold) != (p_after >= threshold)
     logit_change = np.abs(after - before)[others]
-    names = [*MEMBERS, "combined"]
+    names = [*MEMBERS[: before.shape[1] - 1], "combined"]  # a model's members lead MEMBERS
     member_max = {
         name: round(float(logit_change[:, j].max(initial=0.0)), 4) for j, name in enumerate(names)
     }
@@ -217,6 +217,6 @@ def _summarise(runs: list[Influence]) -> dict[str, float | int]:
         "max_abs_self_change": max(abs(r.self_change) for r in runs),
         **{
             f"max_{name}_logodds": max(r.member_max[name] for r in runs)
-            for name in [*MEMBERS, "combined"]
+            for name in runs[0].member_max
         },
     }

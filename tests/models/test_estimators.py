@@ -289,7 +289,7 @@ def test_empty_model_scores_exactly_one_half() -> None:
     score = SpamModel(CONFIG).score(TRAIN[1], explain=5)
     assert score.probability == 0.5
     assert score.logit == 0.0
-    assert score.members == {"words": 0.0, "chars": 0.0, "bayes": 0.0}
+    assert score.members == {"words": 0.0, "chars": 0.0, "bayes": 0.0, "raw": 0.0}
     assert (score.spam_tokens, score.ham_tokens) == ([], [])
 
 

@@ -151,7 +151,7 @@ def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
     info = save_snapshot(model, path, log_position=42)
     loaded, loaded_info = load_snapshot(path, CONFIG)
     assert scores(loaded) == scores(model)  # float equality, not approx
-    for name in ("words", "chars", "bayes"):
+    for name in ("words", "chars", "bayes", "raw"):
         for attr, value in vars(getattr(model, name)).items():
             again = getattr(getattr(loaded, name), attr)
             if isinstance(value, np.ndarray):
@@ -169,6 +169,28 @@ def test_round_trip_is_bit_identical(tmp_path: Path) -> None:
     assert (loaded.n_ham, loaded.n_spam) == (3, 2)
     assert read_snapshot_info(path) == info
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_a_snapshot_from_before_the_raw_view_loads_and_scores_as_it_did(tmp_path: Path) -> None:
+    # Such a snapshot names no raw_bytes, holds no raw.* arrays and a four-entry
+    # calibrator: it is a model without the raw member, and serves exactly as before.
+    config = FeatureConfig(n_bits=16, raw_bytes=0)
+    old = SpamModel(config)
+    for raw, label in MESSAGES:
+        old.learn(extract(parse_message(raw), config), label)  # type: ignore[arg-type]
+    path = tmp_path / "old.snapshot"
+    save_snapshot(old, path)
+    header, payload = split(path.read_bytes())
+    del header["feature_config"]["raw_bytes"]
+    del header["params"]["raw_weight"]
+    path.write_bytes(forge(header, payload))
+    loaded, _ = load_snapshot(path, config)
+    assert loaded.raw is None and loaded.members == ("words", "chars", "bayes")
+    assert loaded.calibration_.shape == (4,)
+    probes = [extract(parse_message(raw), config) for raw in PROBES]
+    assert [loaded.score(f).probability for f in probes] == [
+        old.score(f).probability for f in probes
+    ]
 
 
 def test_a_loaded_model_learns_on_exactly_like_the_original(tmp_path: Path) -> None:
