@@ -14,6 +14,7 @@ from typing import Final, Literal, NamedTuple
 
 from mailsift.gateway.client import Action, Direction, RecipientVerdict, ScoreAnswer
 from mailsift.gateway.settings import FailMode, GatewaySettings, Network
+from mailsift.models.trace import OWN_HEADER_PREFIX
 
 __all__ = [
     "ACTION_RANK",
@@ -30,7 +31,7 @@ __all__ = [
     "unavailable_outcome",
 ]
 
-HEADER_PREFIX = "X-Mailsift-"
+HEADER_PREFIX = OWN_HEADER_PREFIX
 _MAX_REASONS_HEADER = 200  # characters; the full list is in the audit trail
 
 # How strict a verdict or an action is: a recipient's own is "stricter" than the

@@ -92,11 +92,11 @@ class SpamModel:
     Measured (``mailsift influence``, model trained on 80 %, 20 held-out hams each
     learned as spam): another held-out message's probability moved by at most 0.36 on
     either corpus, against 1.0 uncapped; one other SpamAssassin ham per example (and no
-    trec07p_dev ham) crossed 0.5 (before the raw member: none, and one). The defaults (``max_step`` 4,
-    ``step_warmup`` 6000) are the tightest found that keep both corpora's online
-    (1-ROCA)% and ham misclassified no worse than uncapped and LAM within its floor. A
-    probability moves by at most a quarter of its log-odds' move, and far less away
-    from 0.5. :meth:`unlearn` is one such step, :meth:`relabel` two. ``mailsift
+    trec07p_dev ham) crossed 0.5 (before the raw member: none, and one). The defaults
+    (``max_step`` 4, ``step_warmup`` 6000) are the tightest found that keep both
+    corpora's online (1-ROCA)% and ham misclassified no worse than uncapped and LAM
+    within its floor. A probability moves by at most a quarter of its log-odds' move,
+    and far less away from 0.5. :meth:`unlearn` is one such step, :meth:`relabel` two. ``mailsift
     influence CORPUS`` measures it.
 
     >>> from mailsift.models.parse import parse_message

@@ -34,10 +34,11 @@ import numpy as np
 import numpy.typing as npt
 
 from mailsift.models.parse import ParsedMessage
+from mailsift.models.trace import added_by_receiver
 
 __all__ = ["TOKENISER_VERSION", "FeatureConfig", "Features", "extract", "tokenize", "words"]
 
-TOKENISER_VERSION = 1
+TOKENISER_VERSION = 2
 """Bump whenever :func:`tokenize` or :func:`extract` would map a message differently:
 features stored on the training log under another version are then computed afresh."""
 
@@ -47,6 +48,7 @@ FloatArray = npt.NDArray[np.float32]
 _GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)
 _NONE: IntArray = np.zeros(0, dtype=np.int64)
 _WORD_RE = re.compile(r"[^\W_][\w'$%.,@-]*[^\W_]|[^\W_]|[$!€£]")
+_NUMBER_RE = re.compile(r"[\d.,:%$-]+")
 _MAX_TOKEN_CHARS = 40
 _SHORT_VALUE = 1000
 """Header values up to this many characters are tokenised whole, then cut to ``header_words``."""
@@ -66,7 +68,6 @@ _WORD_HEADERS = frozenset(
         "user-agent",
         "content-type",
         "content-transfer-encoding",
-        "received",
         "x-priority",
         "x-msmail-priority",
         "mime-version",
@@ -159,8 +160,14 @@ def tokenize(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
     for url_domain in msg.url_domains:
         out += ["url:" + d for d in _parent_domains(url_domain)]
     for name, value in msg.headers:
+        if added_by_receiver(name):
+            continue
         out.append("hdr:" + name[:_MAX_TOKEN_CHARS])
-        if name in _WORD_HEADERS:
+        if name == "received":
+            out += _prefixed(
+                "hdr:received:", _not_numbers(_first_words(value, config.header_words))
+            )
+        elif name in _WORD_HEADERS:
             out += _prefixed("hdr:" + name + ":", _first_words(value, config.header_words))
     out.append("type:" + msg.content_type)
     if msg.mailer:
@@ -266,6 +273,12 @@ def _prefixed(prefix: str, words: Iterable[str]) -> list[str]:
 def _pairs(words: list[str]) -> Iterator[str]:
     """Adjacent words joined by a space."""
     return map(" ".join, itertools.pairwise(words))
+
+
+def _not_numbers(words: list[str]) -> list[str]:
+    """``words`` without the numbers: a trace header's times, dates and addresses
+    (see :mod:`mailsift.models.trace`)."""
+    return [w for w in words if not _NUMBER_RE.fullmatch(w)]
 
 
 def _first_words(text: str, n: int) -> list[str]:

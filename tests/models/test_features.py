@@ -234,3 +234,36 @@ def test_config_accepts_the_edges(changes: dict[str, object]) -> None:
 def test_config_is_immutable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         FeatureConfig().n_bits = 18  # type: ignore[misc]
+
+
+def test_headers_the_receiving_side_adds_are_not_word_features() -> None:
+    body = b"From: a@sender.example\r\nSubject: lunch\r\n\r\nnoon at the canteen?\r\n"
+    stamped = (
+        b"Received-SPF: pass (mx.example: domain of sender.example designates 192.0.2.1)\r\n"
+        b"Authentication-Results: mx.example; dkim=pass header.d=sender.example\r\n"
+        b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=mx.example; s=arc; b=abc\r\n"
+        b"X-MS-Exchange-Organization-SCL: 1\r\n"
+        b"X-Mailsift-Score: 0.0123\r\nX-Mailsift-Verdict: ham\r\n"
+    )
+    config = FeatureConfig()
+    plain = tokenize(parse_message(body), config)
+    assert tokenize(parse_message(stamped + body), config) == plain
+    # A header the sender writes is still a feature.
+    signed = tokenize(parse_message(b"DKIM-Signature: v=1; d=sender.example\r\n" + body), config)
+    assert "hdr:dkim-signature" in signed
+
+
+def test_the_numbers_of_a_received_header_are_not_features() -> None:
+    def received(when: str, ip: str) -> bytes:
+        return (
+            f"Received: from relay.example (relay.example [{ip}]) by mx.example "
+            f"(Postfix) with ESMTPS; {when}\r\nSubject: hi\r\n\r\nbody\r\n"
+        ).encode()
+
+    config = FeatureConfig()
+    first = tokenize(parse_message(received("Mon, 6 Dec 2026 10:00:00 +0000", "192.0.2.1")), config)
+    again = tokenize(
+        parse_message(received("Mon, 6 Dec 2026 17:42:13 +0100", "198.51.100.7")), config
+    )
+    assert first == again
+    assert {"hdr:received:relay.example", "hdr:received:postfix"} <= set(first)
