@@ -81,8 +81,10 @@ _SEVERITY_ORDER = {"low": 1, "medium": 2, "high": 3}
 
 _metadata = MetaData()
 _id = BigInteger().with_variant(Integer, "sqlite")  # SQLite: alias the rowid
+AUDIT_TABLE = "audit_events"
+"""Every serving process creates it at start: diagnostics take it as the state's sign."""
 _events = Table(
-    "audit_events",
+    AUDIT_TABLE,
     _metadata,
     Column("id", _id, primary_key=True, autoincrement=True),
     Column("created_at", Double, nullable=False),

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -29,14 +30,15 @@ import dns.zone
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from psycopg import sql
 from rich.console import Console
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, inspect
 
 from mailsift.learning.learner import Learner
 from mailsift.learning.published import PublishedModels
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLog, open_training_log
-from mailsift.service.audit import AuditRecord, AuditTrail
+from mailsift.service.audit import AUDIT_TABLE, AuditRecord, AuditTrail
 from mailsift.service.db import open_state_engine
 from mailsift.service.diagnostics import checks
 from mailsift.service.diagnostics.checks import DiagResult, Status
@@ -47,6 +49,7 @@ from mailsift.service.errors import install_error_handlers
 from mailsift.service.lists.store import ListEntry, ListStore
 from mailsift.service.routers import diagnostics as diagnostics_router
 from mailsift.service.settings import Settings
+from tests.conftest import PG_HOST, PG_PORT, pg_admin
 from tests.learning.examples import ex
 
 # --- a small authoritative DNS server on loopback ------------------------------------------
@@ -934,6 +937,54 @@ def test_a_training_log_without_state_is_read_and_no_state_is_made(tmp_path: Pat
     assert results["model_classes"]["status"] == "fail"  # read from the log: nothing learned
     assert not {"false_positives", "allow_entries", "gateways_seen"} & set(results)
     assert tree(data) == before and "state.db" not in before
+
+
+def _pg_tables(url: str) -> set[str]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def empty_pg_url(pg_database: tuple[str, str]) -> Iterator[str]:
+    """A database of its own: the module's is shared with tests that fill it."""
+    user, _ = pg_database
+    name = f"mailsift_empty_{secrets.token_hex(6)}"
+    with pg_admin(user, "test") as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with pg_admin(user, "test") as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_diagnosing_an_empty_postgresql_database_creates_no_table(
+    tmp_path: Path, empty_pg_url: str
+) -> None:
+    pg_url = empty_pg_url
+    env = {"MAILSIFT_DATABASE_URL": pg_url, "MAILSIFT_DATA_DIR": str(tmp_path / "data")}
+    done = mailsift("diagnose", "--json", cwd=tmp_path, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    data = json.loads(done.stdout)["results"][0]
+    assert (data["name"], data["status"]) == ("data", "fail")
+    assert "no data yet: no training log at postgresql" in data["detail"]
+    assert _pg_tables(pg_url) == set()
+    assert tree(tmp_path) == set()
+    # Once the log exists (what `mailsift train` leaves), it is read; no state is made.
+    open_training_log(pg_url, tmp_path / "data").close()
+    made = _pg_tables(pg_url)
+    done = mailsift("diagnose", "--json", cwd=tmp_path, env=env)
+    results = {r["name"]: r for r in json.loads(done.stdout)["results"]}
+    assert results["data"]["status"] == "warn", results["data"]
+    assert results["model_classes"]["status"] == "fail"
+    # No state table; reading published models makes their (empty) table, which a
+    # `mailsift train` that rebuilds would have made anyway.
+    assert _pg_tables(pg_url) - made <= {"trainlog_models"}
+    assert AUDIT_TABLE not in _pg_tables(pg_url)
 
 
 _SUGGESTED = re.compile(r"`(mailsift [^`]+)`")

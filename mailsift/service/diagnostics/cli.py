@@ -19,13 +19,20 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
+from mailsift.learning import log_schema
 from mailsift.learning.learner import Learner
 from mailsift.learning.published import PublishedModels
 from mailsift.learning.trainlog import TrainingLog, open_training_log
-from mailsift.service.audit import AuditTrail
-from mailsift.service.db import STATE_FILENAME, describe, open_state_engine, resolve_url
+from mailsift.service.audit import AUDIT_TABLE, AuditTrail
+from mailsift.service.db import (
+    STATE_FILENAME,
+    create_db_engine,
+    describe,
+    open_state_engine,
+    resolve_url,
+)
 from mailsift.service.diagnostics.checks import DiagResult, check_stores
 from mailsift.service.diagnostics.report import (
     EXIT_CODES,
@@ -63,13 +70,22 @@ class StoreFiles:
 def locate_stores(settings: Settings) -> StoreFiles:
     """Where ``settings`` put the databases, found without opening (or creating) them.
 
-    A SQLite file exists or not; a server database (PostgreSQL) is taken to exist.
-    Raises ValueError for a database URL that cannot be used.
+    A SQLite file exists or not; in a server database (PostgreSQL) the log and the state
+    exist when their tables do (looked up, never created). Raises ValueError for a
+    database URL that cannot be used, and the driver's error when it cannot connect.
     """
     url = resolve_url(settings.database_url, settings.data_dir)
     if url.get_backend_name() != "sqlite":
         where = describe(url)
-        return StoreFiles(where, where, True, True)
+        engine = create_db_engine(url)
+        try:
+            with engine.connect() as conn:
+                tables = inspect(conn)
+                log_exists = tables.has_table(log_schema.meta.name)
+                state_exists = tables.has_table(AUDIT_TABLE)
+        finally:
+            engine.dispose()
+        return StoreFiles(where, where, log_exists, state_exists)
     assert url.database is not None
     log = Path(url.database).absolute()
     # Without a URL the state has a file of its own beside the log (open_state_engine).
