@@ -16,7 +16,6 @@ lexbor sees it (its tree builder is quadratic in depth).
 
 from __future__ import annotations
 
-import codecs
 import email
 import email.message
 import email.parser
@@ -30,6 +29,8 @@ from email.policy import Compat32
 
 from charset_normalizer import from_bytes
 from selectolax.lexbor import LexborHTMLParser
+
+from mailsift.models.charsets import decode_declared
 
 __all__ = ["Attachment", "ParseLimits", "ParsedMessage", "parse_message"]
 
@@ -306,7 +307,9 @@ def _read_headers_only(out: ParsedMessage, data: bytes, limits: ParseLimits) -> 
     except Exception:
         return False
     _read_top_headers(out, msg, limits, None)
-    out.text = _decode_text(_decoded_payload(msg)[: limits.max_part_bytes], msg, out)
+    out.text = _decode_text(
+        _decoded_payload(msg, limits.max_part_bytes)[: limits.max_part_bytes], msg, out
+    )
     _collect_urls(out, out.text, limits)
     return True
 
@@ -354,7 +357,11 @@ def _walk(
     filename = _safe_filename(part, limits)
     disposition = (part.get("Content-Disposition") or "").split(";", 1)[0].strip().lower()
     is_attachment = bool(filename) or disposition == "attachment"
-    body = _decoded_payload(part)
+    inline_text = not is_attachment and (
+        ctype.startswith("text/") or ctype == "message/rfc822" or not ctype
+    )
+    # Only the start of inline text is read; an attachment's whole size is a feature.
+    body = _decoded_payload(part, limits.max_part_bytes if inline_text else None)
     if is_attachment:
         out.attachments.append(Attachment(filename, ctype, len(body)))
         if _is_text_like(filename, ctype):
@@ -559,14 +566,35 @@ def _safe_filename(part: email.message.Message, limits: ParseLimits) -> str:
     return decode_header_value(name, 256) if name else ""
 
 
-def _decoded_payload(part: email.message.Message) -> bytes:
+# Encoded characters per decoded byte, at most: quoted-printable's "=XX" plus soft breaks.
+_ENCODED_PER_BYTE = 4
+_ENCODED_SLACK = 1024
+
+
+def _decoded_payload(part: email.message.Message, limit: int | None = None) -> bytes:
+    """The part's body with its transfer encoding undone; with ``limit``, only as much of
+    the encoded text is decoded as can yield ``limit`` bytes (cut after decoding too)."""
+    source = part
     try:
-        payload = part.get_payload(decode=True)
+        encoded = part.get_payload()
+    except Exception:
+        encoded = None
+    if limit is not None and isinstance(encoded, str):
+        room = limit * _ENCODED_PER_BYTE + _ENCODED_SLACK
+        if len(encoded) > room:
+            source = email.message.Message(_POLICY)
+            source["Content-Transfer-Encoding"] = str(part.get("Content-Transfer-Encoding", ""))
+            source.set_payload(encoded[:room])
+    try:
+        payload = source.get_payload(decode=True)
     except Exception:
         payload = None
     if isinstance(payload, bytes):
-        return payload
-    raw = part.get_payload()
+        return payload if limit is None else payload[:limit]
+    try:
+        raw = source.get_payload()
+    except Exception:
+        return b""
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
@@ -579,21 +607,17 @@ def _decode_text(body: bytes, part: email.message.Message, out: ParsedMessage) -
 
 
 def _decode_bytes(body: bytes, charset: str | None) -> str:
-    """Bytes -> text: the declared charset when it is real, else UTF-8, else a guess."""
+    """Bytes -> text: the declared charset when mail uses it, else UTF-8, else a guess.
+
+    Callers cut ``body`` to what they read first; every codec used here is linear."""
     if not body:
         return ""
     if body.isascii():
         return body.decode("ascii")
-    if charset:
-        try:
-            codec = codecs.lookup(charset.strip().strip('"').lower()).name
-        except (LookupError, ValueError):
-            codec = ""
-        if codec:
-            try:
-                return body.decode(codec, "replace")
-            except (LookupError, UnicodeError, ValueError):
-                pass  # not a text codec (charset=base64, zlib …), or one that cannot replace (idna)
+    # Only charsets mail really uses: others (punycode, idna, zlib …) are read as undeclared.
+    declared = decode_declared(body, charset, len(body))
+    if declared is not None:
+        return declared
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:

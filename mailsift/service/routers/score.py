@@ -19,13 +19,13 @@ from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLogError
 from mailsift.service.accounts import AccountState
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
-from mailsift.service.analysis import Analysed, analyse, learning_example
+from mailsift.service.analysis import Analysed, analyse, leak_scan, learning_example
 from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
 from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
 from mailsift.service.checks.personal import personal_key, personal_reasons
-from mailsift.service.dlp.scan import DlpReport, scan_message
+from mailsift.service.dlp.scan import DlpReport
 from mailsift.service.errors import BadRequest
 from mailsift.service.explanation import hider
 from mailsift.service.http.body import read_message
@@ -130,7 +130,7 @@ async def score(request: Request) -> Response:
     extra["lists"] = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
     dlp: DlpReport | None = None
     if outbound or settings.dlp_inbound:
-        dlp = scan_message(msg, state.dlp)
+        dlp = await leak_scan(msg, state)
         extra["dlp"] = dlp
     # The explanation leaves out any token that shows what a leak check redacts.
     hide = hider(dlp.words if dlp is not None else frozenset())
