@@ -584,7 +584,9 @@ def _decoded_payload(part: email.message.Message, limit: int | None = None) -> b
         if len(encoded) > room:
             source = email.message.Message(_POLICY)
             source["Content-Transfer-Encoding"] = str(part.get("Content-Transfer-Encoding", ""))
-            source.set_payload(encoded[:room])
+            # At a line end: base64 lines are whole quanta, and no "=XX" is split.
+            end = encoded.rfind("\n", 0, room)
+            source.set_payload(encoded[: end + 1 if end > 0 else room - room % 4])
     try:
         payload = source.get_payload(decode=True)
     except Exception:
