@@ -286,6 +286,7 @@ def serve(
     from mailsift.service.db import private_dir
     from mailsift.service.http.listeners import ListenError, is_loopback
     from mailsift.service.http.listeners import serve as serve_listeners
+    from mailsift.service.http.supervisor import WorkersFailed
     from mailsift.service.leftovers import clean_leftovers
 
     if admin_port and admin_port == port:
@@ -333,6 +334,8 @@ def serve(
         )
     except ListenError as exc:
         _fail(_cannot_listen(exc))
+    except WorkersFailed as exc:
+        _fail(f"workers failed, service stopped: {exc}")
 
 
 def _cannot_listen(exc: ListenError) -> str:
