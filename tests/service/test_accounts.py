@@ -571,7 +571,13 @@ def test_assess_follows_the_settings() -> None:
 # --- checks ------------------------------------------------------------------------------
 
 
-def context(direction: Direction, settings: Settings, **extra: object) -> CheckContext:
+def context(
+    direction: Direction,
+    settings: Settings,
+    *,
+    sending: SendingDecision | None = None,
+    account: AccountState | None = None,
+) -> CheckContext:
     message = parse_message(b"Subject: hello\r\n\r\nhi there\r\n")
     return CheckContext(
         message,
@@ -579,7 +585,8 @@ def context(direction: Direction, settings: Settings, **extra: object) -> CheckC
         Score(0.1, -2.2, {}),
         True,
         settings,
-        dict(extra),
+        sending=sending,
+        account=account,
     )
 
 

@@ -260,9 +260,9 @@ def test_dmarc_policy(value: str, policy: str | None) -> None:
 
 
 def ctx(auth: AuthResults | None, direction: Direction = "inbound") -> CheckContext:
-    extra: dict[str, object] = {} if auth is None else {"auth": auth}
     score = Score(0.5, 0.0, {})
-    return CheckContext(parse_message(b"\r\n"), Envelope(direction), score, True, Settings(), extra)
+    msg = parse_message(b"\r\n")
+    return CheckContext(msg, Envelope(direction), score, True, Settings(), auth=auth)
 
 
 def reasons_for(value: str, from_addr: str = "a@shop.example") -> dict[str, float]:

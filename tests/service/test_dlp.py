@@ -429,9 +429,8 @@ def test_no_planted_value_in_findings_or_reasons(cases: list[Case], config: DlpC
 
 def _context(settings: Settings, report: DlpReport | None) -> CheckContext:
     msg = parse_message(b"Subject: x\r\n\r\nbody")
-    extra: dict[str, object] = {} if report is None else {"dlp": report}
     score = Score(probability=0.5, logit=0.0, members={})
-    return CheckContext(msg, Envelope("outbound"), score, True, settings, extra)
+    return CheckContext(msg, Envelope("outbound"), score, True, settings, dlp=report)
 
 
 def test_check_says_nothing_without_a_report() -> None:

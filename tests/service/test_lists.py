@@ -292,13 +292,14 @@ def test_matching_goes_on_with_the_last_copy_when_the_database_is_down(
 
 
 def context(match: ListMatch | None, auth: AuthResults | None) -> CheckContext:
-    extra: dict[str, object] = {}
-    if match is not None:
-        extra["lists"] = match
-    if auth is not None:
-        extra["auth"] = auth
     return CheckContext(
-        parse_message(b"\r\n"), Envelope("inbound"), Score(0.5, 0.0, {}), True, SETTINGS, extra
+        parse_message(b"\r\n"),
+        Envelope("inbound"),
+        Score(0.5, 0.0, {}),
+        True,
+        SETTINGS,
+        auth=auth,
+        lists=match,
     )
 
 
@@ -384,7 +385,8 @@ def test_allowlisted_sender_with_failing_spf_and_dkim_is_not_let_through(
         Score(0.5, 0.0, {}),
         True,
         SETTINGS,
-        {"lists": store.match(message.from_addr, [OWNER]), "auth": auth_results(message, SETTINGS)},
+        lists=store.match(message.from_addr, [OWNER]),
+        auth=auth_results(message, SETTINGS),
     )
     reasons = {r.name: r.weight for r in list_reasons(ctx)}
     assert reasons == {"allowlist_unverified": 0.0}

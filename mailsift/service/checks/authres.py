@@ -1,6 +1,6 @@
 """SPF, DKIM and DMARC outcomes from the trusted Authentication-Results header, as reasons.
 
-Reads ``ctx.extra["auth"]`` (an :class:`~mailsift.service.authres.AuthResults`; absent =
+Reads ``ctx.auth`` (an :class:`~mailsift.service.authres.AuthResults`; absent =
 nothing to say). Inbound only: those results describe how a message reached us from
 outside, while outbound mail is vouched for by SMTP AUTH, and a header left in a message a
 user redirects would describe somebody else's delivery.
@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailsift.service.authres import AuthResults
 from mailsift.service.checks.base import CheckContext, Reason
-
-EXTRA_KEY = "auth"
 
 # Log-odds per reason (name -> weight, description); documented, tested, tuned here only.
 REASONS: dict[str, tuple[float, str]] = {
@@ -40,8 +37,8 @@ REASONS: dict[str, tuple[float, str]] = {
 
 
 def auth_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    auth = ctx.extra.get(EXTRA_KEY)
-    if not isinstance(auth, AuthResults) or ctx.envelope.direction != "inbound":
+    auth = ctx.auth
+    if auth is None or ctx.envelope.direction != "inbound":
         return
     if not auth.aligned_pass:
         if auth.spf == "fail":

@@ -1,7 +1,7 @@
 """Per-user sending limits: a sender over a limit is deferred, whatever the message says.
 
 The edge decides and counts (``AccountStore.check_and_record``, atomic across workers)
-and puts the :class:`SendingDecision` in ``ctx.extra["sending"]``; this check only says
+and puts the :class:`SendingDecision` in ``ctx.sending``; this check only says
 so. Defer, not reject: the gateway keeps the mail and retries once the hour has moved on.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailsift.service.accounts import SendingDecision
 from mailsift.service.checks.base import CheckContext, Reason
 
 _WINDOW = {
@@ -20,8 +19,8 @@ _WINDOW = {
 
 
 def limit_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    decision = ctx.extra.get("sending")
-    if ctx.envelope.direction != "outbound" or not isinstance(decision, SendingDecision):
+    decision = ctx.sending
+    if ctx.envelope.direction != "outbound" or decision is None:
         return
     for name in decision.exceeded:
         extra = (

@@ -1,8 +1,8 @@
 """Allow and block lists: a block entry makes the message spam; an allow entry counts only
 when the sender proved it is who the entry names.
 
-Reads ``ctx.extra["lists"]`` (a :class:`~mailsift.service.lists.store.ListMatch` for the
-From address) and ``ctx.extra["auth"]`` (the trusted
+Reads ``ctx.lists`` (a :class:`~mailsift.service.lists.store.ListMatch` for the
+From address) and ``ctx.auth`` (the trusted
 :class:`~mailsift.service.authres.AuthResults`). Anyone can write any From address, so an
 allow entry lowers the score only when SPF or DKIM passed for a domain aligned with that
 From domain, per our own MTA's Authentication-Results header; otherwise the reason
@@ -13,12 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailsift.service.authres import AuthResults
 from mailsift.service.checks.base import CheckContext, Reason
-from mailsift.service.lists.store import ListMatch
-
-EXTRA_KEY = "lists"
-AUTH_KEY = "auth"
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {
@@ -39,8 +34,8 @@ REASONS: dict[str, tuple[float, str]] = {
 
 
 def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    match = ctx.extra.get(EXTRA_KEY)
-    if not isinstance(match, ListMatch) or match.kind is None or match.entry is None:
+    match = ctx.lists
+    if match is None or match.kind is None or match.entry is None:
         return
     owner = f" of {match.user}" if match.user else ""
     which = f"the {match.scope} {match.kind} list{owner} ({match.entry})"
@@ -54,12 +49,8 @@ def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
             verdict="spam",
         )
         return
-    auth = ctx.extra.get(AUTH_KEY)
-    if (
-        isinstance(auth, AuthResults)
-        and auth.aligned_pass
-        and _entry_covers(match.entry, auth.from_domain)
-    ):
+    auth = ctx.auth
+    if auth is not None and auth.aligned_pass and _entry_covers(match.entry, auth.from_domain):
         how = " and ".join(
             name
             for name, ok in (
