@@ -201,8 +201,10 @@ def _card_candidates(text: str, m: re.Match[str]) -> Iterator[tuple[str, int, bo
 
 
 def find_cards(seg: Segment) -> Iterator[Hit]:
-    """Payment card numbers: issuer prefix and length, Luhn, and sane grouping; words of
-    other numbers nearby count against one only when no word naming a card is there."""
+    """Payment card numbers: issuer prefix and length, Luhn, and sane grouping.
+
+    Words of other numbers nearby count against one only when no word naming a card is
+    there."""
     if seg.digits < 13:
         return
     text = seg.text
