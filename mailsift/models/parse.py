@@ -32,7 +32,22 @@ from selectolax.lexbor import LexborHTMLParser
 
 from mailsift.models.charsets import decode_declared
 
-__all__ = ["Attachment", "ParseLimits", "ParsedMessage", "parse_message"]
+__all__ = ["DEFECTS", "Attachment", "ParseLimits", "ParsedMessage", "parse_message"]
+
+
+# Names of the caps that bit and the damage worked around (``ParsedMessage.defects``);
+# the structure check reports each as the reason ``mime_<name>``.
+TRUNCATED_MESSAGE = "truncated_message"
+UNPARSEABLE = "unparseable"
+TOO_DEEP = "too_deep"
+TOO_MANY_PARTS = "too_many_parts"
+TOO_MANY_HEADERS = "too_many_headers"
+MIME_DEFECTS = "mime_defects"
+TIME_BUDGET = "time_budget"
+DEFECTS = (
+    TRUNCATED_MESSAGE, UNPARSEABLE, TOO_DEEP, TOO_MANY_PARTS, TOO_MANY_HEADERS, MIME_DEFECTS,
+    TIME_BUDGET,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,9 +231,9 @@ class _Builder:
     def __call__(self, policy: Compat32 = _POLICY) -> _BoundedMessage:
         self.made += 1
         if self.made > self.limits.max_parts:
-            raise _Stop("too_many_parts")
+            raise _Stop(TOO_MANY_PARTS)
         if self.made > 1 and self.deadline is not None and time.monotonic() > self.deadline:
-            raise _Stop("time_budget")
+            raise _Stop(TIME_BUDGET)
         msg = _BoundedMessage(policy, self.limits)
         if self.root is None:
             self.root = msg
@@ -237,22 +252,22 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     data = raw
     if len(data) > limits.max_bytes:
         data = data[: limits.max_bytes]
-        out.defects.append("truncated_message")
+        out.defects.append(TRUNCATED_MESSAGE)
     try:
         msg = _parse_mime(data, limits, deadline, out)
     except RecursionError:
         # The stdlib parser recurses once per multipart level, so nesting deeper than the
         # interpreter stack fails inside it, before max_depth can apply: keep the top
         # headers and read the undivided body as text.
-        out.defects.append("too_deep")
+        out.defects.append(TOO_DEEP)
         if _read_headers_only(out, data, limits):
             return out
-        out.defects.append("unparseable")
+        out.defects.append(UNPARSEABLE)
         out.text = data[: limits.max_part_bytes].decode("latin-1")
         _collect_urls(out, out.text, limits)
         return out
     except Exception:  # the stdlib parser is lenient, but guard anyway
-        out.defects.append("unparseable")
+        out.defects.append(UNPARSEABLE)
         out.text = data[: limits.max_part_bytes].decode("latin-1")
         _collect_urls(out, out.text, limits)
         return out
@@ -261,7 +276,7 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     try:
         _walk(msg, out, limits, state, depth=0)
     except RecursionError:
-        out.defects.append("too_deep")
+        out.defects.append(TOO_DEEP)
     out.text = "\n\n".join(state.texts)
     out.html_text = "\n\n".join(state.html_texts)
     for body in (out.text, out.html_text):
@@ -283,7 +298,7 @@ def _parse_mime(
     try:
         for start in range(0, len(data), _FEED_CHUNK):
             if start and time.monotonic() > deadline:
-                _note(out, "time_budget")
+                _note(out, TIME_BUDGET)
                 break  # and close: the part being read keeps the lines read so far
             parser.feed(data[start : start + _FEED_CHUNK])
         return parser.close()
@@ -333,19 +348,19 @@ def _walk(
     """Visit MIME parts depth first, within the part and depth caps."""
     state.parts += 1
     if state.parts > limits.max_parts:
-        _note(out, "too_many_parts")
+        _note(out, TOO_MANY_PARTS)
         return
     if state.leaves and time.monotonic() > state.deadline:
-        _note(out, "time_budget")
+        _note(out, TIME_BUDGET)
         return
     if part.defects:
-        _note(out, "mime_defects")
+        _note(out, MIME_DEFECTS)
     if isinstance(part, _BoundedMessage) and part.headers_dropped:
-        _note(out, "too_many_headers")
+        _note(out, TOO_MANY_HEADERS)
     ctype = _safe_content_type(part)
     if part.is_multipart() or (isinstance(part, _BoundedMessage) and part.beyond_depth):
         if depth >= limits.max_depth:
-            _note(out, "too_deep")
+            _note(out, TOO_DEEP)
             return
         payload = part.get_payload()
         if isinstance(payload, list):
@@ -465,13 +480,13 @@ def _read_top_headers(
     items = msg.items()
     if len(items) > limits.max_headers:
         items = items[: limits.max_headers]
-        _note(out, "too_many_headers")
+        _note(out, TOO_MANY_HEADERS)
     received = 0
     to_count = cc_count = 0
     block = _HEADER_BLOCK_CHARS
     for i, (name, value) in enumerate(items):
         if deadline is not None and i >= 16 and i % 16 == 0 and time.monotonic() > deadline:
-            _note(out, "time_budget")
+            _note(out, TIME_BUDGET)
             break
         key = name.strip().lower()
         if len(value) > block:

@@ -9,7 +9,7 @@ from mailsift.learning.examples import example_of
 from mailsift.learning.trainlog import Example
 from mailsift.models.features import Features
 from mailsift.models.fingerprint import fingerprint
-from mailsift.models.parse import ParsedMessage, parse_message
+from mailsift.models.parse import TIME_BUDGET, ParsedMessage, parse_message
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import UnusableMessage
 from mailsift.service.offload import run_heavy
@@ -42,7 +42,7 @@ async def learning_example(raw: bytes, analysed: Analysed, state: ServiceState) 
     not cut short by the time budget, else a parse without one (in a thread)."""
     learner = state.learner
     args = (raw, learner.model.config, learner.features_version, state.settings.parse_limits)
-    if "time_budget" not in analysed.message.defects:
+    if TIME_BUDGET not in analysed.message.defects:
         return example_of(*args, parsed=analysed.message, features=analysed.features)
     return await run_heavy(example_of, *args)
 

@@ -49,6 +49,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.learning.trainlog import TrainingLogError
+from mailsift.reasons import LIMIT_PREFIX
 from mailsift.service.accounts import LIMIT_NAMES
 from mailsift.service.leftovers import METRICS_PREFIX
 
@@ -305,7 +306,7 @@ def observe_verdict(
         for finding in dlp_report.findings:
             DLP_FINDINGS.labels(direction, finding.type, finding.severity).inc()
     for reason in reasons:
-        limit = reason.name.removeprefix("limit_")
+        limit = reason.name.removeprefix(LIMIT_PREFIX)
         if limit != reason.name and limit in LIMIT_NAMES:
             LIMIT_HITS.labels(limit).inc()
 

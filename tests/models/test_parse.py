@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailsift.models.parse import Attachment, ParsedMessage, parse_message
+from mailsift.models.parse import MIME_DEFECTS, Attachment, ParsedMessage, parse_message
 
 KNOWN_DEFECTS = {
     "truncated_message",
@@ -14,7 +14,7 @@ KNOWN_DEFECTS = {
     "too_deep",
     "too_many_parts",
     "too_many_headers",
-    "mime_defects",
+    MIME_DEFECTS,
     "time_budget",
 }
 
@@ -86,7 +86,7 @@ FROM = "From: a@example.org"
 HOSTILE: dict[str, tuple[bytes, set[str]]] = {
     "missing boundary": (
         message(FROM, "Content-Type: multipart/mixed", body="--x\r\n\r\nhello\r\n--x--\r\n"),
-        {"mime_defects"},
+        {MIME_DEFECTS},
     ),
     "unterminated boundary": (
         message(
@@ -94,7 +94,7 @@ HOSTILE: dict[str, tuple[bytes, set[str]]] = {
             'Content-Type: multipart/mixed; boundary="zz"',
             body="--zz\r\nContent-Type: text/plain\r\n\r\nhello\r\n--zz\r\nContent-Type: tex",
         ),
-        {"mime_defects"},
+        {MIME_DEFECTS},
     ),
     "unknown charset": (
         message(FROM, 'Content-Type: text/plain; charset="x-unknown"', body="h\xe9llo".encode()),

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from mailsift.models.ensemble import SpamModel
 from mailsift.models.fingerprint import fingerprint
-from mailsift.models.parse import ParsedMessage, parse_message
+from mailsift.models.parse import MIME_DEFECTS, ParsedMessage, parse_message
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.dlp.scan import scan_message
 from mailsift.service.settings import Settings
@@ -45,7 +45,7 @@ KNOWN_DEFECTS = {
     "too_deep",
     "too_many_parts",
     "too_many_headers",
-    "mime_defects",
+    MIME_DEFECTS,
     "time_budget",
 }
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailsift.learning.learner import ModelStatus
 from mailsift.learning.trainlog import LogEntry, TrainingLogError
+from mailsift.reasons import limit_reason
 from mailsift.service import metrics
 from mailsift.service.checks.base import Reason
 from mailsift.service.dlp.scan import DlpReport, Finding
@@ -109,7 +110,7 @@ def build_app(state: StubState) -> FastAPI:
             (Finding("credit_card", "card numbers", 2, "medium", 0.9, ("body",), ("****",)),),
             "quarantine",
         )
-        reasons = [Reason("limit_messages_per_hour", 0.0, "over", action="defer")]
+        reasons = [Reason(limit_reason("messages_per_hour"), 0.0, "over", action="defer")]
         action = "defer" if verdict == "spam" else "accept"
         metrics.observe_verdict(direction, verdict, action, reasons, dlp)
         return {"verdict": verdict}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import ACCOUNT_SUSPENDED, ACCOUNT_WATCH
 from mailsift.service.checks.base import CheckContext, Reason
 
 # Mail from an account that looks compromised is likelier spam; the weight is modest
@@ -23,10 +24,10 @@ def account_reasons(ctx: CheckContext) -> Iterator[Reason]:
     why = f": {account.reason}" if account.reason else ""
     if account.state == "suspended":
         yield Reason(
-            "account_suspended",
+            ACCOUNT_SUSPENDED,
             SUSPENDED_WEIGHT,
             f"{account.user} is suspended until an administrator clears it{why}",
             action=ctx.settings.account_suspend_action,
         )
     elif account.state == "watch":
-        yield Reason("account_watch", WATCH_WEIGHT, f"{account.user} is on watch{why}")
+        yield Reason(ACCOUNT_WATCH, WATCH_WEIGHT, f"{account.user} is on watch{why}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import dlp_reason
 from mailsift.service.checks.base import CheckContext, Reason
 from mailsift.service.dlp import Finding, Severity
 from mailsift.service.settings import Action, Settings
@@ -44,7 +45,7 @@ def dlp_reasons(ctx: CheckContext) -> Iterator[Reason]:
         return
     for finding in report.findings:
         yield Reason(
-            f"dlp_{finding.type}",
+            dlp_reason(finding.type),
             WEIGHTS[finding.severity],
             _detail(finding),
             _action(finding.severity, ctx.settings),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import LABELLED_HAM, LABELLED_SPAM
 from mailsift.service.checks.base import CheckContext, Reason
 
 __all__ = ["REASONS", "labelled_reasons"]
 
-SPAM = "labelled_spam"
-HAM = "labelled_ham"
+SPAM = LABELLED_SPAM
+HAM = LABELLED_HAM
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import limit_reason
 from mailsift.service.checks.base import CheckContext, Reason
 
 _WINDOW = {
@@ -27,7 +28,7 @@ def limit_reasons(ctx: CheckContext) -> Iterator[Reason]:
             f" (this message has {decision.recipients})" if name == "recipients_per_hour" else ""
         )
         yield Reason(
-            f"limit_{name}",
+            limit_reason(name),
             0.0,
             f"{decision.user} has sent {decision.count(name)} {_WINDOW[name]}{extra}; "
             f"the limit is {decision.limits.of(name)}",

@@ -13,20 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import ALLOWLIST_UNVERIFIED, ALLOWLISTED, BLOCKLISTED
 from mailsift.service.checks.base import CheckContext, Reason
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {
-    "blocklisted": (
+    BLOCKLISTED: (
         20.0,
         "the sender is on a block list: the message is spam whatever else it looks like "
         "(also forces the spam action while the model is still learning)",
     ),
-    "allowlisted": (
+    ALLOWLISTED: (
         -6.0,
         "the sender is on an allow list and authenticated (SPF or DKIM aligned with From)",
     ),
-    "allowlist_unverified": (
+    ALLOWLIST_UNVERIFIED: (
         0.0,
         "the sender is on an allow list but did not authenticate; the score stands",
     ),
@@ -40,9 +41,9 @@ def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
     owner = f" of {match.user}" if match.user else ""
     which = f"the {match.scope} {match.kind} list{owner} ({match.entry})"
     if match.kind == "block":
-        weight, _ = REASONS["blocklisted"]
+        weight, _ = REASONS[BLOCKLISTED]
         yield Reason(
-            "blocklisted",
+            BLOCKLISTED,
             weight,
             f"sender is on {which}",
             action=ctx.settings.spam_action,
@@ -61,14 +62,14 @@ def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
             if ok
         )
         yield Reason(
-            "allowlisted",
-            REASONS["allowlisted"][0],
+            ALLOWLISTED,
+            REASONS[ALLOWLISTED][0],
             f"sender is on {which}; {how} passed for {auth.from_domain}",
         )
         return
     yield Reason(
-        "allowlist_unverified",
-        REASONS["allowlist_unverified"][0],
+        ALLOWLIST_UNVERIFIED,
+        REASONS[ALLOWLIST_UNVERIFIED][0],
         f"sender is on {which}, but no trusted Authentication-Results header shows SPF or "
         "DKIM passing for a domain aligned with the From domain; the allow entry is ignored",
     )

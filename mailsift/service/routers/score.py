@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.learning.outbound import eligible
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLogError
+from mailsift.reasons import LIMIT_PREFIX
 from mailsift.service.accounts import AccountState, SendingDecision
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
 from mailsift.service.analysis import Analysed, analyse, leak_scan, learning_example
@@ -258,7 +259,7 @@ async def _after_outbound(
         verdict=verdict.verdict,
         reasons=reasons,
         dlp_severities=dlp.severities if dlp else (),
-        over_limit=any(r.name.startswith("limit_") for r in reasons),
+        over_limit=any(r.name.startswith(LIMIT_PREFIX) for r in reasons),
         account_state=account.state,
         model_ready=state.model_ready,
         settings=state.settings,
