@@ -23,6 +23,7 @@ from mailsift.reasons import limit_reason
 from mailsift.service import metrics
 from mailsift.service.checks.base import Reason
 from mailsift.service.dlp.scan import DlpReport, Finding
+from mailsift.service.leftovers import clean_leftovers
 from mailsift.service.routers import metrics as metrics_router
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -323,6 +324,7 @@ def test_serve_prepares_a_fresh_directory(tmp_path: Path, monkeypatch: pytest.Mo
         path.mkdir(parents=True)
         (path / "counter_1.db").write_bytes(b"old")
 
+    clean_leftovers(data, data / "model.snapshot")  # as serve does first
     prepared = metrics.prepare_multiprocess_dir(data)
 
     assert prepared == mine
