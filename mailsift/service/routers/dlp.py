@@ -91,9 +91,7 @@ async def scan(request: Request, settings: SettingsDep, dlp: Dlp) -> JSONRespons
     raw = await read_message(request, settings.max_message_bytes, types=_TYPES)
     content_type = request.headers.get("content-type", "")
     if len(raw) > min(settings.offload_bytes, INLINE_SCAN_CHARS):
-        if await request.is_disconnected():  # nobody is waiting for the answer
-            return JSONResponse({"detail": "client disconnected"}, status_code=499)
-        report = await run_heavy(_scan, raw, content_type, settings, dlp)
+        report = await run_heavy(request, _scan, raw, content_type, settings, dlp)
     else:
         report = _scan(raw, content_type, settings, dlp)
     # Types and counts only: samples are redacted, but logs need not carry even those.

@@ -114,7 +114,7 @@ async def score(request: Request) -> Response:
         except ValueError:
             raise BadRequest(f"client_ip {client_ip!r} is not an IP address") from None
     raw = await read_message(request, state.settings.max_message_bytes)
-    analysed = await analyse(raw, state)
+    analysed = await analyse(raw, state, request)
     envelope = Envelope(
         direction, mail_from, tuple(rcpt), client_ip, query.helo, user, query.queue_id, gateway
     )
@@ -128,7 +128,7 @@ async def score(request: Request) -> Response:
     lists = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
     dlp: DlpReport | None = None
     if outbound or settings.dlp_inbound:
-        dlp = await leak_scan(msg, state)
+        dlp = await leak_scan(msg, state, request)
     # The explanation leaves out any token that shows what a leak check redacts.
     hide = hider(dlp.words if dlp is not None else frozenset())
     model_score = state.learner.model.score(analysed.features, settings.explain_tokens, hide)
