@@ -2,10 +2,11 @@
 
 A worker killed with SIGKILL (or a host that lost power) runs no clean-up: a snapshot
 being written stays as ``model.snapshot.<random>.tmp`` (24 MiB each), and the
-supervisor's ``metrics-<pid>`` directory of Prometheus files stays too, for ever, one
-per crash. At start the supervisor removes the metrics directories of processes that
-are gone and the snapshot temporaries no live writer holds, and leaves everything that
-belongs to a process still running.
+supervisor's ``metrics-<pid>`` directory of Prometheus files and its load board
+(``/dev/shm/mailsift-load-<pid>-…``) stay too, for ever, one per crash. At start the
+supervisor removes the metrics directories and boards of processes that are gone and
+the snapshot temporaries no live writer holds, and leaves everything that belongs to a
+process still running.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import shutil
 import time
 from pathlib import Path
+
+from mailsift.service.http.balance import BOARD_PREFIX, board_directory
 
 __all__ = ["clean_leftovers", "pid_alive"]
 
@@ -43,6 +46,7 @@ def clean_leftovers(data_dir: Path, snapshot_path: Path, started: float | None =
         return 0
     started = time.time() if started is None else started
     removed = _stale_metrics_dirs(data_dir) + _stale_snapshot_temps(snapshot_path, started)
+    removed += _stale_boards(Path(board_directory()))
     if removed:
         log.info("removed %d leftovers of earlier runs from %s", removed, data_dir)
     return removed
@@ -57,6 +61,18 @@ def _stale_metrics_dirs(data_dir: Path) -> int:
         if not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
             removed += 1
+    return removed
+
+
+def _stale_boards(directory: Path) -> int:
+    """Load boards of supervisors that are gone (of any data dir: they are per host)."""
+    removed = 0
+    for board in directory.glob(f"{BOARD_PREFIX}*-*"):
+        pid = board.name.removeprefix(BOARD_PREFIX).partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            with contextlib.suppress(OSError):  # another user's, or just removed
+                board.unlink()
+                removed += 1
     return removed
 
 
