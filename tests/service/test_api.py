@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsift.models.parse import TOO_DEEP
 from mailsift.reasons import MODEL, MODEL_LEARNING, mime_reason
 from tests.service.server import Service, message, score, train
 
@@ -248,7 +249,7 @@ def test_hostile_messages_are_scored_not_crashed(client: httpx.Client) -> None:
         assert time.monotonic() - started < 10
         assert 0.0 <= body["score"] <= 1.0
     reasons = [r["name"] for r in score(client, deep)["reasons"]]
-    assert mime_reason("too_deep") in reasons
+    assert mime_reason(TOO_DEEP) in reasons
 
 
 def test_first_start_is_neutral_and_says_it_is_learning(tmp_path: Path) -> None:
