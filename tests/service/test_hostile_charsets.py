@@ -1,4 +1,4 @@
-"""Hostile charsets and transfer encodings on every path that decodes a message (#3).
+"""Hostile charsets, transfer encodings and encoded tokens on every path that decodes (#3).
 
 A declared charset picks a codec from Python's registry, which also holds codecs that
 decode in quadratic time (punycode, idna: 600 KB took 24 s and blocked the worker),
@@ -86,7 +86,7 @@ def test_every_path_answers_in_time(client: httpx.Client, charset: str) -> None:
         params = {"direction": direction, "rcpt": "alice@example.org"}
         if direction == "outbound":
             params["mail_from"] = "alice@example.org"
-        r = timed(lambda p=params: post(client, "/v1/score", raw, rfc822, **p))  # type: ignore[misc]
+        r = timed(lambda p=params: post(client, "/v1/score", raw, rfc822, **p))
         assert r.status_code == 200
     timed(lambda: post(client, "/v1/dlp/scan", raw, rfc822))
     text = f"text/plain; charset={charset}"
@@ -130,3 +130,13 @@ def test_transfer_encoded_text_is_read_only_as_far_as_needed(
         )
         r = timed(lambda raw=raw: post(client, "/v1/dlp/scan", raw, "message/rfc822"))
         assert [f["type"] for f in r.json()["findings"]] == ["card"], cte
+
+
+def test_a_token_nested_past_the_json_parser_is_no_error(client: httpx.Client) -> None:
+    """A JWT-shaped token whose header decodes to ``{"a":[[[[…``: the JSON decoder's
+    recursion, unbounded before, was a 500."""
+    for depth in (100_000, 20_000):
+        header = base64.urlsafe_b64encode(b'{"a":' + b"[" * depth).decode().rstrip("=")
+        token = f"{header}.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl"
+        r = timed(lambda t=token: post(client, "/v1/dlp/scan", f"token {t}".encode(), "text/plain"))
+        assert r.status_code == 200, r.text
