@@ -17,7 +17,8 @@ replayed from the log's metadata up to the snapshot's position first (cheap: no
 message is read for them). The snapshot file in the data dir is this host's cache of
 the model it derives from; it is used at start-up only when it derives from the newest
 published model. Model mutation happens only on the event loop; blocking I/O (database
-reads, snapshot files) runs in worker threads.
+reads, snapshot files) and CPU work (decoding or parsing the entries replayed, copying
+the model for a snapshot, with learning held back meanwhile) run in worker threads.
 """
 
 from __future__ import annotations
