@@ -286,6 +286,8 @@ def serve(
     from mailsift.service.db import private_dir
     from mailsift.service.http.listeners import ListenError, is_loopback
     from mailsift.service.http.listeners import serve as serve_listeners
+    from mailsift.service.http.supervisor import WorkersFailed
+    from mailsift.service.leftovers import clean_leftovers
 
     if admin_port and admin_port == port:
         _fail(
@@ -306,6 +308,8 @@ def serve(
                 "MAILSIFT_TLS_KEYFILE, or MAILSIFT_ALLOW_PLAIN_HTTP=true behind a TLS proxy"
             )
     private_dir(settings.data_dir)
+    # What a killed run left behind: before the metrics dir of this one is made.
+    clean_leftovers(settings.data_dir, settings.snapshot_path)
     if workers > 1:
         from mailsift.service.metrics import prepare_multiprocess_dir
 
@@ -330,6 +334,8 @@ def serve(
         )
     except ListenError as exc:
         _fail(_cannot_listen(exc))
+    except WorkersFailed as exc:
+        _fail(f"workers failed, service stopped: {exc}")
 
 
 def _cannot_listen(exc: ListenError) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.reasons import dlp_reason
 from mailsift.service.app import create_app
 from mailsift.service.dlp import load_dlp_config
 from mailsift.service.dlp.detectors import BUILTIN_TYPES, label_detector
@@ -125,7 +126,7 @@ def leak_table() -> str:
             for level in (severity_for(detector.severity, n) for n in counts)
         ]
         lines.append(
-            f"| `dlp_{detector.type}` | {detector.description} | {_first_line(doc)} | "
+            f"| `{dlp_reason(detector.type)}` | {detector.description} | {_first_line(doc)} | "
             + " | ".join(cells)
             + " |"
         )

@@ -15,6 +15,7 @@ from typing import Final, Literal, NamedTuple
 from mailsift.gateway.client import Action, Direction, RecipientVerdict, ScoreAnswer
 from mailsift.gateway.settings import FailMode, GatewaySettings, Network
 from mailsift.models.trace import OWN_HEADER_PREFIX
+from mailsift.reasons import ACCOUNT_PREFIX, DLP_PREFIX, LIMIT_PREFIX
 
 __all__ = [
     "ACTION_RANK",
@@ -184,11 +185,11 @@ def direction_of(
 def _short_reason(answer: ScoreAnswer) -> str:
     """A few words for the SMTP reply; the names of the reasons, never their details."""
     names = answer.reasons
-    if any(n.startswith("dlp_") for n in names):
+    if any(n.startswith(DLP_PREFIX) for n in names):
         return "message appears to contain sensitive data"
-    if any(n.startswith("limit_") for n in names):
+    if any(n.startswith(LIMIT_PREFIX) for n in names):
         return "sending limit reached"
-    if any(n.startswith("account_") for n in names):
+    if any(n.startswith(ACCOUNT_PREFIX) for n in names):
         return "sending account on hold"
     if answer.verdict == "spam":
         return "message looks like spam"

@@ -79,6 +79,14 @@ from mailsift.gateway.decisions import (
 from mailsift.gateway.metrics import DECISIONS, JUNK_MARKS, SERVICE_FAILURES
 from mailsift.gateway.policy import log_value
 from mailsift.gateway.settings import GatewaySettings
+from mailsift.reasons import (
+    ACCOUNT_SUSPENDED,
+    BLOCKLISTED,
+    DLP_PREFIX,
+    LABELLED_SPAM,
+    LIMIT_PREFIX,
+    MODEL,
+)
 
 __all__ = [
     "RECIPIENT_ACTIONS",
@@ -137,12 +145,12 @@ def strip_brackets(address: str) -> str:
 # acts by its severity, a sender over a limit is deferred, a suspended account gets the
 # suspend action); and what makes a message spam whatever the score.
 _DEMANDS: dict[str, tuple[str, ...]] = {
-    "tag": ("account_suspended",),
-    "quarantine": ("dlp_", "account_suspended"),
-    "reject": ("dlp_", "account_suspended"),
-    "defer": ("limit_", "account_suspended"),
+    "tag": (ACCOUNT_SUSPENDED,),
+    "quarantine": (DLP_PREFIX, ACCOUNT_SUSPENDED),
+    "reject": (DLP_PREFIX, ACCOUNT_SUSPENDED),
+    "defer": (LIMIT_PREFIX, ACCOUNT_SUSPENDED),
 }
-_MAKES_SPAM = ("blocklisted", "labelled_spam")
+_MAKES_SPAM = (BLOCKLISTED, LABELLED_SPAM)
 
 
 def decided_by(answer: ScoreAnswer) -> list[str]:
@@ -163,7 +171,7 @@ def decided_by(answer: ScoreAnswer) -> list[str]:
     elif answer.verdict in ("suspect", "spam"):
         why.append("score")
     # A ham message acted on for a reason this gateway does not know: name them all.
-    return why or [n for n in names if not n.startswith("model")] or ["score"]
+    return why or [n for n in names if not n.startswith(MODEL)] or ["score"]
 
 
 def _name(reason: str) -> str:

@@ -13,7 +13,7 @@ import logging
 
 from mailsift.learning.trainlog import Example
 from mailsift.models.features import FeatureConfig, Features, extract
-from mailsift.models.parse import ParsedMessage, ParseLimits, parse_message
+from mailsift.models.parse import TIME_BUDGET, ParsedMessage, ParseLimits, parse_message
 from mailsift.models.stored import StoredFeaturesError, decode_features, encode_features
 
 __all__ = ["NO_TIME_BUDGET_MS", "example_of", "learning_limits", "stored_or_fresh"]
@@ -22,7 +22,7 @@ log = logging.getLogger("mailsift.learning")
 
 NO_TIME_BUDGET_MS = 10**9
 """A parse budget that never runs out: the caps on bytes, parts and depth bound the work."""
-_CUT = "time_budget"
+_CUT = TIME_BUDGET
 
 
 def learning_limits(limits: ParseLimits) -> ParseLimits:

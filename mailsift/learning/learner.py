@@ -17,7 +17,8 @@ replayed from the log's metadata up to the snapshot's position first (cheap: no
 message is read for them). The snapshot file in the data dir is this host's cache of
 the model it derives from; it is used at start-up only when it derives from the newest
 published model. Model mutation happens only on the event loop; blocking I/O (database
-reads, snapshot files) runs in worker threads.
+reads, snapshot files) and CPU work (decoding or parsing the entries replayed, copying
+the model for a snapshot, with learning held back meanwhile) run in worker threads.
 """
 
 from __future__ import annotations
@@ -255,7 +256,11 @@ class Learner:
 
     async def write_snapshot(self) -> SnapshotInfo | None:
         """Cache the current model on this host; skipped if another process is writing."""
-        model, position, base = copy.deepcopy(self.model), self.position, self.base_id
+        # The copy (24 MiB for a trained model, tens of ms) is made in a thread, with
+        # learning held back so it is consistent; scoring reads on meanwhile.
+        async with self._apply_lock:
+            model = await run_in_threadpool(copy.deepcopy, self.model)
+            position, base = self.position, self.base_id
         info = await run_in_threadpool(_save_locked, model, self.snapshot_path, position, base)
         self._unsnapshotted = 0
         self._last_snapshot = time.monotonic()
@@ -268,52 +273,69 @@ class Learner:
         applied = 0
         async with self._apply_lock:
             while until is None or self.position < until:
-                entries = await run_in_threadpool(self.trainlog.read, self.position, _BATCH)
-                if not entries:
+                batch = await run_in_threadpool(self._prepare, self.position)
+                if not batch:
                     break
-                for entry in entries:
+                for entry, learned, undo in batch:
                     if entry.position != self.position + 1:
                         log.error("training log gap: at %d, got %d", self.position, entry.position)
                     if not entry.layer:
-                        await self._apply_shared(entry)
+                        self._apply_shared(entry, learned, undo)
                     self._apply_meta(entry)
                     self._advance(entry)
                     applied += 1
                     await asyncio.sleep(0)  # let scoring requests in between entries
-                if len(entries) < _BATCH:
+                if len(batch) < _BATCH:
                     break
         return applied
 
-    async def _apply_shared(self, entry: LogEntry) -> None:
-        model = self.model
+    def _prepare(self, after: int) -> list[tuple[LogEntry, Features | None, Features | None]]:
+        """The next batch of entries with the features each learns and unlearns, decoded
+        or parsed from raw bytes: in a thread, so a replay never parses on the loop."""
+        return [
+            (entry, *self._entry_features(entry)) for entry in self.trainlog.read(after, _BATCH)
+        ]
+
+    def _entry_features(self, entry: LogEntry) -> tuple[Features | None, Features | None]:
+        """(features learned, features unlearned) of a shared entry."""
+        if entry.layer:
+            return None, None
+        undo = None
         if entry.undo_label:
-            undo = await self._features(entry.undo_features, entry.undo_features_version, b"")
+            undo = self._features(entry.undo_features, entry.undo_features_version, b"")
             if undo is None and entry.undo_raw:
-                undo = await self._features(None, None, entry.undo_raw)
-            if undo is not None:
-                try:
-                    model.unlearn(undo, entry.undo_label)
-                except ValueError as exc:
-                    # Only when the model never held what the log says was learned (a
-                    # snapshot made without the log): nothing to take back, go on.
-                    log.warning("entry %d: %s", entry.position, exc)
+                undo = self._features(None, None, entry.undo_raw)
+        learned = None
         if entry.label:
-            learned = await self._features(entry.features, entry.features_version, entry.raw)
+            learned = self._features(entry.features, entry.features_version, entry.raw)
+        return learned, undo
+
+    def _apply_shared(
+        self, entry: LogEntry, learned: Features | None, undo: Features | None
+    ) -> None:
+        model = self.model
+        if entry.undo_label and undo is not None:
+            try:
+                model.unlearn(undo, entry.undo_label)
+            except ValueError as exc:
+                # Only when the model never held what the log says was learned (a
+                # snapshot made without the log): nothing to take back, go on.
+                log.warning("entry %d: %s", entry.position, exc)
+        if entry.label:
             if learned is None:
                 log.warning("entry %d: no features and no raw bytes: not learned", entry.position)
             else:
                 model.learn(learned, entry.label)
 
-    async def _features(
-        self, stored: bytes | None, version: str | None, raw: bytes
-    ) -> Features | None:
+    def _features(self, stored: bytes | None, version: str | None, raw: bytes) -> Features | None:
+        """Stored features of this version, else features of ``raw`` (an entry from before
+        features were stored); None when neither is there."""
         if stored is not None and version == self.features_version:
             return stored_or_fresh(stored, version, b"", self.model.config, version, self.limits)
         if not raw:
             return None
-        # An entry from before features were stored: parse it, off the loop.
-        return await run_in_threadpool(
-            stored_or_fresh, None, None, raw, self.model.config, self.features_version, self.limits
+        return stored_or_fresh(
+            None, None, raw, self.model.config, self.features_version, self.limits
         )
 
     def _advance(self, entry: LogEntry) -> None:

@@ -16,7 +16,6 @@ lexbor sees it (its tree builder is quadratic in depth).
 
 from __future__ import annotations
 
-import codecs
 import email
 import email.message
 import email.parser
@@ -31,7 +30,24 @@ from email.policy import Compat32
 from charset_normalizer import from_bytes
 from selectolax.lexbor import LexborHTMLParser
 
-__all__ = ["Attachment", "ParseLimits", "ParsedMessage", "parse_message"]
+from mailsift.models.charsets import decode_declared
+
+__all__ = ["DEFECTS", "Attachment", "ParseLimits", "ParsedMessage", "parse_message"]
+
+
+# Names of the caps that bit and the damage worked around (``ParsedMessage.defects``);
+# the structure check reports each as the reason ``mime_<name>``.
+TRUNCATED_MESSAGE = "truncated_message"
+UNPARSEABLE = "unparseable"
+TOO_DEEP = "too_deep"
+TOO_MANY_PARTS = "too_many_parts"
+TOO_MANY_HEADERS = "too_many_headers"
+MIME_DEFECTS = "mime_defects"
+TIME_BUDGET = "time_budget"
+DEFECTS = (
+    TRUNCATED_MESSAGE, UNPARSEABLE, TOO_DEEP, TOO_MANY_PARTS, TOO_MANY_HEADERS, MIME_DEFECTS,
+    TIME_BUDGET,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +231,9 @@ class _Builder:
     def __call__(self, policy: Compat32 = _POLICY) -> _BoundedMessage:
         self.made += 1
         if self.made > self.limits.max_parts:
-            raise _Stop("too_many_parts")
+            raise _Stop(TOO_MANY_PARTS)
         if self.made > 1 and self.deadline is not None and time.monotonic() > self.deadline:
-            raise _Stop("time_budget")
+            raise _Stop(TIME_BUDGET)
         msg = _BoundedMessage(policy, self.limits)
         if self.root is None:
             self.root = msg
@@ -236,22 +252,22 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     data = raw
     if len(data) > limits.max_bytes:
         data = data[: limits.max_bytes]
-        out.defects.append("truncated_message")
+        out.defects.append(TRUNCATED_MESSAGE)
     try:
         msg = _parse_mime(data, limits, deadline, out)
     except RecursionError:
         # The stdlib parser recurses once per multipart level, so nesting deeper than the
         # interpreter stack fails inside it, before max_depth can apply: keep the top
         # headers and read the undivided body as text.
-        out.defects.append("too_deep")
+        out.defects.append(TOO_DEEP)
         if _read_headers_only(out, data, limits):
             return out
-        out.defects.append("unparseable")
+        out.defects.append(UNPARSEABLE)
         out.text = data[: limits.max_part_bytes].decode("latin-1")
         _collect_urls(out, out.text, limits)
         return out
     except Exception:  # the stdlib parser is lenient, but guard anyway
-        out.defects.append("unparseable")
+        out.defects.append(UNPARSEABLE)
         out.text = data[: limits.max_part_bytes].decode("latin-1")
         _collect_urls(out, out.text, limits)
         return out
@@ -260,7 +276,7 @@ def parse_message(raw: bytes, limits: ParseLimits = DEFAULT_LIMITS) -> ParsedMes
     try:
         _walk(msg, out, limits, state, depth=0)
     except RecursionError:
-        out.defects.append("too_deep")
+        out.defects.append(TOO_DEEP)
     out.text = "\n\n".join(state.texts)
     out.html_text = "\n\n".join(state.html_texts)
     for body in (out.text, out.html_text):
@@ -282,7 +298,7 @@ def _parse_mime(
     try:
         for start in range(0, len(data), _FEED_CHUNK):
             if start and time.monotonic() > deadline:
-                _note(out, "time_budget")
+                _note(out, TIME_BUDGET)
                 break  # and close: the part being read keeps the lines read so far
             parser.feed(data[start : start + _FEED_CHUNK])
         return parser.close()
@@ -306,7 +322,9 @@ def _read_headers_only(out: ParsedMessage, data: bytes, limits: ParseLimits) -> 
     except Exception:
         return False
     _read_top_headers(out, msg, limits, None)
-    out.text = _decode_text(_decoded_payload(msg)[: limits.max_part_bytes], msg, out)
+    out.text = _decode_text(
+        _decoded_payload(msg, limits.max_part_bytes)[: limits.max_part_bytes], msg, out
+    )
     _collect_urls(out, out.text, limits)
     return True
 
@@ -330,19 +348,19 @@ def _walk(
     """Visit MIME parts depth first, within the part and depth caps."""
     state.parts += 1
     if state.parts > limits.max_parts:
-        _note(out, "too_many_parts")
+        _note(out, TOO_MANY_PARTS)
         return
     if state.leaves and time.monotonic() > state.deadline:
-        _note(out, "time_budget")
+        _note(out, TIME_BUDGET)
         return
     if part.defects:
-        _note(out, "mime_defects")
+        _note(out, MIME_DEFECTS)
     if isinstance(part, _BoundedMessage) and part.headers_dropped:
-        _note(out, "too_many_headers")
+        _note(out, TOO_MANY_HEADERS)
     ctype = _safe_content_type(part)
     if part.is_multipart() or (isinstance(part, _BoundedMessage) and part.beyond_depth):
         if depth >= limits.max_depth:
-            _note(out, "too_deep")
+            _note(out, TOO_DEEP)
             return
         payload = part.get_payload()
         if isinstance(payload, list):
@@ -354,7 +372,11 @@ def _walk(
     filename = _safe_filename(part, limits)
     disposition = (part.get("Content-Disposition") or "").split(";", 1)[0].strip().lower()
     is_attachment = bool(filename) or disposition == "attachment"
-    body = _decoded_payload(part)
+    inline_text = not is_attachment and (
+        ctype.startswith("text/") or ctype == "message/rfc822" or not ctype
+    )
+    # Only the start of inline text is read; an attachment's whole size is a feature.
+    body = _decoded_payload(part, limits.max_part_bytes if inline_text else None)
     if is_attachment:
         out.attachments.append(Attachment(filename, ctype, len(body)))
         if _is_text_like(filename, ctype):
@@ -458,13 +480,13 @@ def _read_top_headers(
     items = msg.items()
     if len(items) > limits.max_headers:
         items = items[: limits.max_headers]
-        _note(out, "too_many_headers")
+        _note(out, TOO_MANY_HEADERS)
     received = 0
     to_count = cc_count = 0
     block = _HEADER_BLOCK_CHARS
     for i, (name, value) in enumerate(items):
         if deadline is not None and i >= 16 and i % 16 == 0 and time.monotonic() > deadline:
-            _note(out, "time_budget")
+            _note(out, TIME_BUDGET)
             break
         key = name.strip().lower()
         if len(value) > block:
@@ -559,14 +581,37 @@ def _safe_filename(part: email.message.Message, limits: ParseLimits) -> str:
     return decode_header_value(name, 256) if name else ""
 
 
-def _decoded_payload(part: email.message.Message) -> bytes:
+# Encoded characters per decoded byte, at most: quoted-printable's "=XX" plus soft breaks.
+_ENCODED_PER_BYTE = 4
+_ENCODED_SLACK = 1024
+
+
+def _decoded_payload(part: email.message.Message, limit: int | None = None) -> bytes:
+    """The part's body with its transfer encoding undone; with ``limit``, only as much of
+    the encoded text is decoded as can yield ``limit`` bytes (cut after decoding too)."""
+    source = part
     try:
-        payload = part.get_payload(decode=True)
+        encoded = part.get_payload()
+    except Exception:
+        encoded = None
+    if limit is not None and isinstance(encoded, str):
+        room = limit * _ENCODED_PER_BYTE + _ENCODED_SLACK
+        if len(encoded) > room:
+            source = email.message.Message(_POLICY)
+            source["Content-Transfer-Encoding"] = str(part.get("Content-Transfer-Encoding", ""))
+            # At a line end: base64 lines are whole quanta, and no "=XX" is split.
+            end = encoded.rfind("\n", 0, room)
+            source.set_payload(encoded[: end + 1 if end > 0 else room - room % 4])
+    try:
+        payload = source.get_payload(decode=True)
     except Exception:
         payload = None
     if isinstance(payload, bytes):
-        return payload
-    raw = part.get_payload()
+        return payload if limit is None else payload[:limit]
+    try:
+        raw = source.get_payload()
+    except Exception:
+        return b""
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
@@ -579,21 +624,17 @@ def _decode_text(body: bytes, part: email.message.Message, out: ParsedMessage) -
 
 
 def _decode_bytes(body: bytes, charset: str | None) -> str:
-    """Bytes -> text: the declared charset when it is real, else UTF-8, else a guess."""
+    """Bytes -> text: the declared charset when mail uses it, else UTF-8, else a guess.
+
+    Callers cut ``body`` to what they read first; every codec used here is linear."""
     if not body:
         return ""
     if body.isascii():
         return body.decode("ascii")
-    if charset:
-        try:
-            codec = codecs.lookup(charset.strip().strip('"').lower()).name
-        except (LookupError, ValueError):
-            codec = ""
-        if codec:
-            try:
-                return body.decode(codec, "replace")
-            except (LookupError, UnicodeError, ValueError):
-                pass  # not a text codec (charset=base64, zlib …), or one that cannot replace (idna)
+    # Only charsets mail really uses: others (punycode, idna, zlib …) are read as undeclared.
+    declared = decode_declared(body, charset, len(body))
+    if declared is not None:
+        return declared
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:

@@ -1,17 +1,20 @@
-"""Parsing and featurising a request's message, off the event loop when it is large."""
+"""Parsing, featurising and leak-scanning a request's message, off the event loop when
+it is large."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from mailsift.learning.examples import example_of
 from mailsift.learning.trainlog import Example
 from mailsift.models.features import Features
 from mailsift.models.fingerprint import fingerprint
-from mailsift.models.parse import ParsedMessage, parse_message
+from mailsift.models.parse import TIME_BUDGET, ParsedMessage, parse_message
+from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import UnusableMessage
+from mailsift.service.offload import run_heavy
 from mailsift.service.state import ServiceState
 
 
@@ -29,10 +32,11 @@ def _analyse(raw: bytes, state: ServiceState) -> Analysed:
     return Analysed(msg, state.learner.model.features(msg), fingerprint(msg))
 
 
-async def analyse(raw: bytes, state: ServiceState) -> Analysed:
-    """Small messages are parsed inline (cheaper than a thread hop); large ones in a thread."""
+async def analyse(raw: bytes, state: ServiceState, request: Request | None = None) -> Analysed:
+    """Small messages are parsed inline (cheaper than a thread hop); large ones in a thread,
+    unless ``request``'s client has left by then."""
     if len(raw) > state.settings.offload_bytes:
-        return await run_in_threadpool(_analyse, raw, state)
+        return await run_heavy(request, _analyse, raw, state)
     return _analyse(raw, state)
 
 
@@ -41,6 +45,22 @@ async def learning_example(raw: bytes, analysed: Analysed, state: ServiceState) 
     not cut short by the time budget, else a parse without one (in a thread)."""
     learner = state.learner
     args = (raw, learner.model.config, learner.features_version, state.settings.parse_limits)
-    if "time_budget" not in analysed.message.defects:
+    if TIME_BUDGET not in analysed.message.defects:
         return example_of(*args, parsed=analysed.message, features=analysed.features)
-    return await run_in_threadpool(example_of, *args)
+    return await run_heavy(None, example_of, *args)
+
+
+INLINE_SCAN_CHARS = 64 * 1024
+"""Text scanned for leaks on the event loop at most (about 5 ms); more goes to a thread."""
+
+
+async def leak_scan(
+    msg: ParsedMessage, state: ServiceState, request: Request | None = None
+) -> DlpReport:
+    """Leak detection of a parsed message; a long text is scanned in a thread, since the
+    scan costs about 0.1 s per megabyte and would stall every other request meanwhile."""
+    chars = len(msg.subject) + len(msg.text) + len(msg.html_text)
+    chars += sum(len(text) for _, text in msg.text_attachments)
+    if chars > INLINE_SCAN_CHARS:
+        return await run_heavy(request, scan_message, msg, state.dlp)
+    return scan_message(msg, state.dlp)

@@ -50,6 +50,7 @@ from sqlalchemy import (
     select,
 )
 
+from mailsift.reasons import LIMIT_PREFIX
 from mailsift.service.checks.personal import personal_key
 from mailsift.service.db import (
     PRUNE_BATCH_ROWS,
@@ -555,7 +556,7 @@ def _message_id(value: str) -> str:
 
 def _to_row(r: AuditRecord) -> dict[str, Any]:
     recipients = [a.strip().lower()[:320] for a in r.recipients[:MAX_RECIPIENTS]]
-    limits = sorted({name for name, _ in r.reasons if name.startswith("limit_")})
+    limits = sorted({name for name, _ in r.reasons if name.startswith(LIMIT_PREFIX)})
     user = _addr(r.user)
     mail_from = _addr(r.mail_from)
     return {

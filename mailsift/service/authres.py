@@ -107,7 +107,7 @@ NO_AUTH = AuthResults(None, None, None, None, (), None, False)
 
 
 def auth_results(message: ParsedMessage, settings: Settings) -> AuthResults:
-    """The edge's entry point: what to put in ``ctx.extra["auth"]`` for one message."""
+    """The edge's entry point: what to put in ``CheckContext.auth`` for one message."""
     return evaluate(message.headers, message.from_addr, settings.authserv_id)
 
 

@@ -49,7 +49,9 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.learning.trainlog import TrainingLogError
+from mailsift.reasons import LIMIT_PREFIX
 from mailsift.service.accounts import LIMIT_NAMES
+from mailsift.service.leftovers import METRICS_PREFIX
 
 if TYPE_CHECKING:
     from mailsift.learning.learner import ModelStatus
@@ -304,7 +306,7 @@ def observe_verdict(
         for finding in dlp_report.findings:
             DLP_FINDINGS.labels(direction, finding.type, finding.severity).inc()
     for reason in reasons:
-        limit = reason.name.removeprefix("limit_")
+        limit = reason.name.removeprefix(LIMIT_PREFIX)
         if limit != reason.name and limit in LIMIT_NAMES:
             LIMIT_HITS.labels(limit).inc()
 
@@ -465,29 +467,15 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
     """Give the workers about to be started an empty ``<data_dir>/metrics-<pid>`` and
     point ``PROMETHEUS_MULTIPROC_DIR`` at it (removed again when this process exits).
 
-    Directories of earlier runs whose process is gone are removed: counters must start
-    at zero with the service, and stale files would be added to the new ones. Call it
+    Directories of earlier runs whose process is gone are removed before, by
+    :func:`~mailsift.service.leftovers.clean_leftovers` (stale files would be added to
+    the new ones). Call it
     in the parent before the workers are spawned; it has no effect on this process.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    pid = os.getpid()
-    for old in data_dir.glob("metrics-*"):
-        other = old.name.removeprefix("metrics-")
-        if old.is_dir() and other.isdigit() and int(other) != pid and not _alive(int(other)):
-            shutil.rmtree(old, ignore_errors=True)
-    path = data_dir / f"metrics-{pid}"
+    path = data_dir / f"{METRICS_PREFIX}{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir()
     os.environ[MULTIPROC_ENV] = str(path)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mailsift.reasons import MODEL_LEARNING
 from mailsift.service.checks.base import Direction, Reason
 from mailsift.service.settings import Action, Settings
 
@@ -39,7 +40,7 @@ def decide(reasons: Sequence[Reason], direction: Direction, settings: Settings) 
         suspect, spam = settings.inbound_suspect_threshold, settings.inbound_spam_threshold
     else:
         suspect, spam = settings.outbound_suspect_threshold, settings.outbound_spam_threshold
-    learning = any(r.name == "model_learning" for r in reasons)
+    learning = any(r.name == MODEL_LEARNING for r in reasons)
     if learning:
         # An untrained model has no opinion, and the thresholds are calibrated against
         # its scores: a fresh install passes mail (forced actions still apply below).

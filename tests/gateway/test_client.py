@@ -19,26 +19,27 @@ from mailsift.gateway.client import (
     recipients_that_fit,
 )
 from mailsift.gateway.settings import GatewaySettings
+from mailsift.reasons import MODEL, PERSONAL_SENDER
 from tests.gateway.processes import gateway_token
 from tests.service.server import Service, message
 
 LONGEST = "a" * 64 + "@" + ("d" * 63 + ".") * 3 + "d" * 63  # 320 characters, the most
-SHARED = {"score": 0.02, "verdict": "ham", "action": "accept", "reasons": [{"name": "model"}]}
+SHARED = {"score": 0.02, "verdict": "ham", "action": "accept", "reasons": [{"name": MODEL}]}
 BOB = {
     "rcpt": "Bob@Example.test",
     "verdict": "spam",
     "action": "tag",
     "score": 0.93,
-    "reasons": [{"name": "personal_sender", "weight": 3.0, "detail": "reported"}],
+    "reasons": [{"name": PERSONAL_SENDER, "weight": 3.0, "detail": "reported"}],
 }
 CAROL = {"rcpt": "carol@example.test", "verdict": "ham", "action": "accept", "score": 0.02}
 
 
 def test_per_recipient_verdicts_are_read_beside_the_shared_one() -> None:
     answer = ScoreAnswer.from_json({**SHARED, "recipients": [BOB, {**CAROL, "reasons": []}]})
-    assert (answer.verdict, answer.action, answer.reasons) == ("ham", "accept", ("model",))
+    assert (answer.verdict, answer.action, answer.reasons) == ("ham", "accept", (MODEL,))
     assert answer.recipients == (
-        RecipientVerdict("bob@example.test", "spam", "tag", 0.93, ("personal_sender",)),
+        RecipientVerdict("bob@example.test", "spam", "tag", 0.93, (PERSONAL_SENDER,)),
         RecipientVerdict("carol@example.test", "ham", "accept", 0.02, ()),
     )
 

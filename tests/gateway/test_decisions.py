@@ -20,6 +20,7 @@ from mailsift.gateway.decisions import (
 )
 from mailsift.gateway.milter import strip_brackets
 from mailsift.gateway.settings import GatewaySettings
+from mailsift.reasons import MODEL, PERSONAL_SENDER, dlp_reason, limit_reason
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
 BOB, CAROL = "bob@example.test", "carol@example.test"
@@ -43,7 +44,7 @@ def answer(
 
 
 def personal(rcpt: str, action: str, verdict: str) -> RecipientVerdict:
-    return RecipientVerdict(rcpt, verdict, action, 0.5, ("personal_sender",))  # type: ignore[arg-type]
+    return RecipientVerdict(rcpt, verdict, action, 0.5, (PERSONAL_SENDER,))  # type: ignore[arg-type]
 
 
 def bob_junks(action: str = "accept", verdict: str = "ham") -> ScoreAnswer:
@@ -51,7 +52,7 @@ def bob_junks(action: str = "accept", verdict: str = "ham") -> ScoreAnswer:
     return answer(
         action,
         verdict,
-        "model",
+        MODEL,
         recipients=(personal(BOB, "tag", "spam"), personal(CAROL, action, verdict)),
     )
 
@@ -77,7 +78,7 @@ def test_direction_is_outbound_for_authenticated_or_internal_clients(
 
 
 def test_accept_adds_the_three_headers_and_nothing_else() -> None:
-    outcome = outcome_of(answer("accept", "ham", "model", "auth_spf_pass", score=0.01234), "[SPAM]")
+    outcome = outcome_of(answer("accept", "ham", MODEL, "auth_spf_pass", score=0.01234), "[SPAM]")
     assert outcome.kind == "accept"
     assert dict(outcome.headers) == {
         "X-Mailsift-Score": "0.0123",
@@ -88,14 +89,14 @@ def test_accept_adds_the_three_headers_and_nothing_else() -> None:
 
 
 def test_tag_prefixes_the_subject_with_the_setting() -> None:
-    outcome = outcome_of(answer("tag", "suspect", "model", score=0.4), "[SPAM?]")
+    outcome = outcome_of(answer("tag", "suspect", MODEL, score=0.4), "[SPAM?]")
     assert outcome.kind == "accept"
     assert outcome.subject_prefix == "[SPAM?]"
     assert dict(outcome.headers)["X-Mailsift-Verdict"] == "suspect"
 
 
 def test_quarantine_holds_with_headers_and_a_reason() -> None:
-    outcome = outcome_of(answer("quarantine", "suspect", "dlp_card"), "")
+    outcome = outcome_of(answer("quarantine", "suspect", dlp_reason("card")), "")
     assert outcome.kind == "quarantine"
     assert outcome.headers and "sensitive data" in outcome.reason
 
@@ -103,8 +104,8 @@ def test_quarantine_holds_with_headers_and_a_reason() -> None:
 @pytest.mark.parametrize(
     ("reasons", "verdict", "words"),
     [
-        (("model",), "spam", "looks like spam"),
-        (("dlp_private_key",), "ham", "sensitive data"),
+        ((MODEL,), "spam", "looks like spam"),
+        ((dlp_reason("private_key"),), "ham", "sensitive data"),
         (("list_blocked",), "ham", "refused by policy"),
     ],
 )
@@ -119,7 +120,7 @@ def test_reject_is_a_550_with_a_short_reason_and_no_content(
 
 
 def test_defer_is_a_451_that_says_try_again() -> None:
-    outcome = outcome_of(answer("defer", "ham", "limit_messages_per_hour"), "")
+    outcome = outcome_of(answer("defer", "ham", limit_reason("messages_per_hour")), "")
     assert outcome.reply == Reply(451, "4.7.1", "sending limit reached, try again later")
     assert str(outcome.reply) == "451 4.7.1 sending limit reached, try again later"
 

@@ -38,6 +38,7 @@ from types import TracebackType
 import httpx
 import pytest
 
+from mailsift.reasons import PERSONAL_NOT_SPAM, PERSONAL_REPORT
 from tests.gateway.processes import accepts, gateway_token
 from tests.service.server import Service, _started, free_port, score, wait_for
 
@@ -427,7 +428,7 @@ def test_moving_into_junk_reports_spam_and_back_out_reports_ham(site: Site) -> N
 
         def reported_spam() -> bool:
             now = site.scored_for(raw, BOB)
-            return now.verdict != "ham" and "personal_report" in now.reasons
+            return now.verdict != "ham" and PERSONAL_REPORT in now.reasons
 
         assert wait_for(reported_spam, 2), site.dovecot.logged()[-2000:]
 
@@ -435,7 +436,7 @@ def test_moving_into_junk_reports_spam_and_back_out_reports_ham(site: Site) -> N
 
         def reported_ham() -> bool:
             now = site.scored_for(raw, BOB)
-            return now.verdict == "ham" and now.reasons == ["personal_not_spam"]
+            return now.verdict == "ham" and now.reasons == [PERSONAL_NOT_SPAM]
 
         assert wait_for(reported_ham, 2), site.dovecot.logged()[-2000:]
     lines = site.reports(before.fingerprint)
@@ -451,10 +452,10 @@ def test_junk_to_trash_learns_nothing(site: Site) -> None:
     site.dovecot.deliver(raw, BOB)
     with site.dovecot.imap(BOB) as conn:
         move(conn, 20, "INBOX", "Junk")
-        assert wait_for(lambda: "personal_report" in site.scored_for(raw, BOB).reasons, 2)
+        assert wait_for(lambda: PERSONAL_REPORT in site.scored_for(raw, BOB).reasons, 2)
         move(conn, 20, "Junk", "Trash")
     after = site.scored_for(raw, BOB)
-    assert after.verdict == "spam" and after.reasons == ["personal_report"]
+    assert after.verdict == "spam" and after.reasons == [PERSONAL_REPORT]
     assert [line.split(" result=")[0] for line in site.reports(fingerprint)] == [
         "label=spam source=imap"  # and no ham report from the move to Trash
     ]
@@ -467,7 +468,7 @@ def test_appending_into_junk_reports_spam(site: Site) -> None:
         typ, data = conn.append("Junk", None, None, raw)
         assert typ == "OK", data
     now = site.scored_for(raw, BOB)
-    assert now.verdict == "spam" and now.reasons == ["personal_report"]
+    assert now.verdict == "spam" and now.reasons == [PERSONAL_REPORT]
 
 
 def test_copy_and_expunge_into_junk_reports_spam(site: Site) -> None:
@@ -483,7 +484,7 @@ def test_copy_and_expunge_into_junk_reports_spam(site: Site) -> None:
         assert conn.expunge()[0] == "OK"
         assert uid_of(conn, "INBOX", 40) is None and uid_of(conn, "Junk", 40) is not None
     now = site.scored_for(raw, BOB)
-    assert now.verdict == "spam" and now.reasons == ["personal_report"]
+    assert now.verdict == "spam" and now.reasons == [PERSONAL_REPORT]
     assert len(site.reports(fingerprint)) == 1
 
 

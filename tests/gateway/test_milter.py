@@ -50,6 +50,15 @@ from mailsift.gateway.milter import (
     postfix_recipient_delimiter,
 )
 from mailsift.gateway.settings import GatewaySettings
+from mailsift.reasons import (
+    ACCOUNT_SUSPENDED,
+    BLOCKLISTED,
+    LABELLED_SPAM,
+    MODEL,
+    PERSONAL_SENDER,
+    dlp_reason,
+    limit_reason,
+)
 from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
 from tests.service.server import Service, free_port, message, train, wait_for
 
@@ -157,21 +166,27 @@ def test_reject_and_defer_are_one_reply_code_and_no_edits() -> None:
 @pytest.mark.parametrize(
     ("verdict", "action", "reasons", "why"),
     [
-        ("ham", "accept", ("model",), []),
+        ("ham", "accept", (MODEL,), []),
         # Issue #13: "outbound ham score=0.0035 action=quarantine" said nothing of the leak.
-        ("ham", "quarantine", ("model", "dlp_card"), ["dlp_card"]),
-        ("ham", "reject", ("model", "dlp_jwt", "dlp_card"), ["dlp_jwt", "dlp_card"]),
-        ("spam", "quarantine", ("model", "authres_fail"), ["score"]),
-        ("spam", "reject", ("model",), ["score"]),
-        ("suspect", "tag", ("model",), ["score"]),
-        ("spam", "quarantine", ("model", "blocklisted"), ["blocklisted"]),
-        ("spam", "quarantine", ("model", "labelled_spam"), ["labelled_spam"]),
-        ("ham", "defer", ("model", "limit_messages_per_hour"), ["limit_messages_per_hour"]),
-        ("ham", "defer", ("model", "account_suspended"), ["account_suspended"]),
+        ("ham", "quarantine", (MODEL, dlp_reason("card")), [dlp_reason("card")]),
+        (
+            "ham", "reject", (MODEL, dlp_reason("jwt"), dlp_reason("card")),
+            [dlp_reason("jwt"), dlp_reason("card")],
+        ),
+        ("spam", "quarantine", (MODEL, "authres_fail"), ["score"]),
+        ("spam", "reject", (MODEL,), ["score"]),
+        ("suspect", "tag", (MODEL,), ["score"]),
+        ("spam", "quarantine", (MODEL, BLOCKLISTED), [BLOCKLISTED]),
+        ("spam", "quarantine", (MODEL, LABELLED_SPAM), [LABELLED_SPAM]),
+        (
+            "ham", "defer", (MODEL, limit_reason("messages_per_hour")),
+            [limit_reason("messages_per_hour")],
+        ),
+        ("ham", "defer", (MODEL, ACCOUNT_SUSPENDED), [ACCOUNT_SUSPENDED]),
         # A flagged leak beside a spam score: both named, the answer cannot tell them apart.
-        ("spam", "quarantine", ("model", "dlp_iban"), ["dlp_iban", "score"]),
-        ("ham", "quarantine", ("model", "something_new"), ["something_new"]),
-        ("ham", "quarantine", ("model", "dlp_x\nforged line"), ["dlp_x?forged?line"]),
+        ("spam", "quarantine", (MODEL, dlp_reason("iban")), [dlp_reason("iban"), "score"]),
+        ("ham", "quarantine", (MODEL, "something_new"), ["something_new"]),
+        ("ham", "quarantine", (MODEL, "dlp_x\nforged line"), ["dlp_x?forged?line"]),
     ],
 )  # fmt: skip
 def test_the_log_names_what_decided_the_action(
@@ -359,14 +374,14 @@ BOB_JUNKS = {
     "score": 0.02,
     "verdict": "ham",
     "action": "accept",
-    "reasons": [{"name": "model", "weight": 1.0, "detail": "..."}],
+    "reasons": [{"name": MODEL, "weight": 1.0, "detail": "..."}],
     "recipients": [
         {
             "rcpt": "bob@example.test",
             "verdict": "spam",
             "action": "tag",
             "score": 0.93,
-            "reasons": [{"name": "personal_sender", "weight": 3.0, "detail": "..."}],
+            "reasons": [{"name": PERSONAL_SENDER, "weight": 3.0, "detail": "..."}],
         },
         {"rcpt": CAROL, "verdict": "ham", "action": "accept", "score": 0.02, "reasons": []},
     ],
@@ -434,8 +449,8 @@ LEAK_HOLD = {
     "verdict": "ham",
     "action": "quarantine",
     "reasons": [
-        {"name": "model", "weight": -5.65, "detail": "..."},
-        {"name": "dlp_card", "weight": 0.5, "detail": "..."},
+        {"name": MODEL, "weight": -5.65, "detail": "..."},
+        {"name": dlp_reason("card"), "weight": 0.5, "detail": "..."},
     ],
 }
 HELD = "4F2A1C: outbound ham score=0.0035 action=quarantine (dlp_card) user="

@@ -25,6 +25,7 @@ import pytest
 
 from mailsift.gateway.client import ScoreAnswer
 from mailsift.gateway.decisions import stricter
+from mailsift.reasons import MODEL
 from tests.gateway.postfix import DOMAIN, POSTQUEUE, POSTSUPER, Postfix, postfix_missing
 from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
 from tests.service.server import Service, message, train, wait_for
@@ -356,7 +357,7 @@ def test_postfix_delivers_the_marked_copy_into_the_users_maildir(tmp_path: Path)
             score=0.3,
             verdict="suspect",
             action="tag",
-            reasons=[{"name": "model"}],
+            reasons=[{"name": MODEL}],
             recipients=[
                 _personal(alice.lower(), "quarantine", "suspect"),
                 _personal(bob, "tag", "spam"),

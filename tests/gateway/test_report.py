@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.reasons import PERSONAL_NOT_SPAM, PERSONAL_REPORT
 from tests.service.server import Service, free_port, score, train
 from tests.service.test_feedback_e2e import create_token
 
@@ -81,14 +82,14 @@ def test_a_site_token_reports_for_a_user_and_the_user_alone_sees_it(site: Site) 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"reported spam for {bob}: learned")
     assert site.verdict_for(raw, bob)["verdict"] != "ham"
-    assert reason_names(site.verdict_for(raw, bob)) == ["personal_report"]
+    assert reason_names(site.verdict_for(raw, bob)) == [PERSONAL_REPORT]
     assert reason_names(site.verdict_for(raw, carol)) == []
 
     # Moved back out of Junk: the same user's report is now "not spam".
     back = report(raw, "ham", bob, *site.args, "--via", "imap")
     assert back.returncode == 0, back.stderr
     assert "relabelled" in back.stdout
-    assert reason_names(site.verdict_for(raw, bob)) == ["personal_not_spam"]
+    assert reason_names(site.verdict_for(raw, bob)) == [PERSONAL_NOT_SPAM]
 
     # One line per report in the service's log: who, which, what, how; no content.
     log = site.svc.log_path.read_text()

@@ -16,7 +16,7 @@ from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.models.ensemble import SpamModel
 from mailsift.models.features import extract
-from mailsift.models.parse import DEFAULT_LIMITS, ParseLimits, parse_message
+from mailsift.models.parse import DEFAULT_LIMITS, TIME_BUDGET, ParseLimits, parse_message
 from mailsift.models.snapshot import snapshot_from_bytes
 from mailsift.models.stored import encode_features
 from tests.learning.examples import CONFIG, VERSION, ex, slow_to_parse
@@ -157,7 +157,7 @@ def test_a_tiny_parse_budget_stores_the_same_features_as_an_idle_machine() -> No
     raw = slow_to_parse()
     tiny = ParseLimits(time_budget_ms=1)
     cut = parse_message(raw, tiny)
-    assert "time_budget" in cut.defects  # scoring's parse really was cut short
+    assert TIME_BUDGET in cut.defects  # scoring's parse really was cut short
     under_load = example_of(raw, CONFIG, VERSION, tiny, parsed=cut, features=extract(cut, CONFIG))
     idle = example_of(raw, CONFIG, VERSION, DEFAULT_LIMITS)
     assert under_load.features == idle.features

@@ -6,16 +6,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailsift.models.parse import Attachment, ParsedMessage, parse_message
+from mailsift.models.parse import (
+    MIME_DEFECTS,
+    TIME_BUDGET,
+    TOO_DEEP,
+    TOO_MANY_HEADERS,
+    TOO_MANY_PARTS,
+    TRUNCATED_MESSAGE,
+    UNPARSEABLE,
+    Attachment,
+    ParsedMessage,
+    parse_message,
+)
 
 KNOWN_DEFECTS = {
-    "truncated_message",
-    "unparseable",
-    "too_deep",
-    "too_many_parts",
-    "too_many_headers",
-    "mime_defects",
-    "time_budget",
+    TRUNCATED_MESSAGE,
+    UNPARSEABLE,
+    TOO_DEEP,
+    TOO_MANY_PARTS,
+    TOO_MANY_HEADERS,
+    MIME_DEFECTS,
+    TIME_BUDGET,
 }
 
 
@@ -86,7 +97,7 @@ FROM = "From: a@example.org"
 HOSTILE: dict[str, tuple[bytes, set[str]]] = {
     "missing boundary": (
         message(FROM, "Content-Type: multipart/mixed", body="--x\r\n\r\nhello\r\n--x--\r\n"),
-        {"mime_defects"},
+        {MIME_DEFECTS},
     ),
     "unterminated boundary": (
         message(
@@ -94,7 +105,7 @@ HOSTILE: dict[str, tuple[bytes, set[str]]] = {
             'Content-Type: multipart/mixed; boundary="zz"',
             body="--zz\r\nContent-Type: text/plain\r\n\r\nhello\r\n--zz\r\nContent-Type: tex",
         ),
-        {"mime_defects"},
+        {MIME_DEFECTS},
     ),
     "unknown charset": (
         message(FROM, 'Content-Type: text/plain; charset="x-unknown"', body="h\xe9llo".encode()),
@@ -144,7 +155,7 @@ HOSTILE: dict[str, tuple[bytes, set[str]]] = {
         message(FROM, "Content-Transfer-Encoding: quoted-printable", body=b"=ZZ=\xff=4\r\n=\r\n="),
         set(),
     ),
-    "5000 multipart levels": (nested(5000), {"too_deep"}),
+    "5000 multipart levels": (nested(5000), {TOO_DEEP}),
     "10000 parts": (
         message(
             "Subject: many",
@@ -153,11 +164,11 @@ HOSTILE: dict[str, tuple[bytes, set[str]]] = {
                 "q", [b"Content-Type: text/plain\r\n\r\npart %d" % i for i in range(10000)]
             ),
         ),
-        {"too_many_parts"},
+        {TOO_MANY_PARTS},
     ),
     "5 MB single line": (
         message(FROM, body=b"http://" + b"a" * (5 * 1024 * 1024)),
-        {"truncated_message"},
+        {TRUNCATED_MESSAGE},
     ),
     "only headers": (b"Subject: headers only\r\nFrom: a@example.org\r\n", set()),
     "empty": (b"", set()),
@@ -171,7 +182,7 @@ def test_hostile_message_parses_and_names_the_caps_that_bit(raw: bytes, expected
     m = parse_message(raw)
     assert_well_formed(m, raw)
     assert expected <= set(m.defects)
-    caps = {"too_deep", "too_many_parts", "truncated_message"}
+    caps = {TOO_DEEP, TOO_MANY_PARTS, TRUNCATED_MESSAGE}
     assert caps & set(m.defects) == caps & expected
 
 
@@ -179,7 +190,7 @@ def test_deep_nesting_keeps_the_headers() -> None:
     # Deeper than the interpreter stack: the stdlib parser itself fails here.
     m = parse_message(nested(5000))
     assert m.subject == "deep"
-    assert "unparseable" not in m.defects
+    assert UNPARSEABLE not in m.defects
 
 
 @pytest.mark.parametrize("depth", [3, 15])
@@ -191,7 +202,7 @@ def test_nesting_within_the_cap_is_followed(depth: int) -> None:
 
 def test_nesting_just_past_the_cap_is_cut() -> None:
     m = parse_message(nested(40))
-    assert m.defects == ["too_deep"]
+    assert m.defects == [TOO_DEEP]
     assert "inner" not in m.text
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from mailsift.learning.outbound import OutboundQuota
 from mailsift.models.ensemble import Score
 from mailsift.models.parse import parse_message
+from mailsift.reasons import ACCOUNT_SUSPENDED, ACCOUNT_WATCH, limit_reason
 from mailsift.service.accounts import (
     AccountState,
     AccountStats,
@@ -571,7 +572,13 @@ def test_assess_follows_the_settings() -> None:
 # --- checks ------------------------------------------------------------------------------
 
 
-def context(direction: Direction, settings: Settings, **extra: object) -> CheckContext:
+def context(
+    direction: Direction,
+    settings: Settings,
+    *,
+    sending: SendingDecision | None = None,
+    account: AccountState | None = None,
+) -> CheckContext:
     message = parse_message(b"Subject: hello\r\n\r\nhi there\r\n")
     return CheckContext(
         message,
@@ -579,7 +586,8 @@ def context(direction: Direction, settings: Settings, **extra: object) -> CheckC
         Score(0.1, -2.2, {}),
         True,
         settings,
-        dict(extra),
+        sending=sending,
+        account=account,
     )
 
 
@@ -604,13 +612,13 @@ def test_limit_check() -> None:
     over = decision("messages_per_hour", "recipients_per_hour")
     reasons = list(limit_reasons(context("outbound", settings, sending=over)))
     assert [(r.name, r.action, r.weight) for r in reasons] == [
-        ("limit_messages_per_hour", "defer", 0.0),
-        ("limit_recipients_per_hour", "defer", 0.0),
+        (limit_reason("messages_per_hour"), "defer", 0.0),
+        (limit_reason("recipients_per_hour"), "defer", 0.0),
     ]
     assert "200 messages in the last hour" in reasons[0].detail and "200" in reasons[0].detail
     assert "999 recipients" in reasons[1].detail and "1000" in reasons[1].detail
     day = list(limit_reasons(context("outbound", settings, sending=decision("messages_per_day"))))
-    assert [(r.name, r.action) for r in day] == [("limit_messages_per_day", "defer")]
+    assert [(r.name, r.action) for r in day] == [(limit_reason("messages_per_day"), "defer")]
     assert list(limit_reasons(context("outbound", settings, sending=decision()))) == []
     assert list(limit_reasons(context("inbound", settings, sending=over))) == []
     assert list(limit_reasons(context("outbound", settings))) == []
@@ -621,11 +629,11 @@ def test_account_check(action: str) -> None:
     settings = Settings(account_suspend_action=action)
     suspended = AccountState("u@example.com", "suspended", T0, "20 authentication failures")
     [reason] = account_reasons(context("outbound", settings, account=suspended))
-    assert (reason.name, reason.action) == ("account_suspended", action)
+    assert (reason.name, reason.action) == (ACCOUNT_SUSPENDED, action)
     assert "20 authentication failures" in reason.detail
     watched = AccountState("u@example.com", "watch", T0, "burst")
     [reason] = account_reasons(context("outbound", settings, account=watched))
-    assert (reason.name, reason.action) == ("account_watch", None)
+    assert (reason.name, reason.action) == (ACCOUNT_WATCH, None)
     assert 0 < reason.weight <= 1
     ok = AccountState("u@example.com", "ok", None, "")
     assert list(account_reasons(context("outbound", settings, account=ok))) == []

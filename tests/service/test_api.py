@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsift.models.parse import TOO_DEEP
+from mailsift.reasons import MODEL, MODEL_LEARNING, mime_reason
 from tests.service.server import Service, message, score, train
 
 RFC822 = {"content-type": "message/rfc822"}
@@ -50,7 +52,7 @@ def test_score_response_has_the_contract_fields(client: httpx.Client) -> None:
     assert set(body["model"]) == {"version", "ham", "spam", "learning", "logit"}
     assert set(body["tokens"]) == {"spam", "ham"}
     names = [r["name"] for r in body["reasons"]]
-    assert "model" in names or "model_learning" in names
+    assert MODEL in names or MODEL_LEARNING in names
 
 
 def test_train_moves_the_model_and_is_idempotent(client: httpx.Client) -> None:
@@ -247,7 +249,7 @@ def test_hostile_messages_are_scored_not_crashed(client: httpx.Client) -> None:
         assert time.monotonic() - started < 10
         assert 0.0 <= body["score"] <= 1.0
     reasons = [r["name"] for r in score(client, deep)["reasons"]]
-    assert "mime_too_deep" in reasons
+    assert mime_reason(TOO_DEEP) in reasons
 
 
 def test_first_start_is_neutral_and_says_it_is_learning(tmp_path: Path) -> None:
@@ -259,4 +261,4 @@ def test_first_start_is_neutral_and_says_it_is_learning(tmp_path: Path) -> None:
         assert body["score"] == 0.5
         assert body["model"]["learning"] is True
         assert (body["verdict"], body["action"]) == ("ham", "accept")
-        assert [r["name"] for r in body["reasons"]] == ["model_learning"]
+        assert [r["name"] for r in body["reasons"]] == [MODEL_LEARNING]

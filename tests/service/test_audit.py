@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 
 from mailsift.models.parse import parse_message
+from mailsift.reasons import MODEL, dlp_reason, limit_reason
 from mailsift.service.audit import MAX_SEARCH, AuditRecord, AuditTrail, audit_record
 from mailsift.service.checks.base import Envelope, Reason
 from mailsift.service.db import checkpoint, open_state_engine
@@ -84,7 +85,7 @@ def row(**changes: object) -> AuditRecord:
         from_addr="news@shop.example",
         recipients=("alice@example.org",),
         user=None,
-        reasons=(("model", -3.9),),
+        reasons=((MODEL, -3.9),),
         model_version="v1+0",
         fingerprint="0" * 32,
     )
@@ -147,7 +148,7 @@ def test_record_flush_search_by_each_filter(trail: AuditTrail) -> None:
     assert found["user"] == "alice@example.org"
     assert found["from"] == "alice@example.org"
     assert found["time"] == datetime.fromtimestamp(NOW + 20, UTC).isoformat()
-    assert found["reasons"] == [{"name": "model", "weight": -3.9}]
+    assert found["reasons"] == [{"name": MODEL, "weight": -3.9}]
     assert found["model_version"] == "v1+0" and found["fingerprint"] == "0" * 32
 
 
@@ -170,7 +171,7 @@ def test_nothing_of_the_subject_or_body_is_stored(trail: AuditTrail, engine: Eng
         score=0.9,
         verdict="spam",
         action="reject",
-        reasons=[Reason("dlp_credit_card", 3.0, "found SAMPLE-0b4d in body (BODY-9c1e)")],
+        reasons=[Reason(dlp_reason("credit_card"), 3.0, "found SAMPLE-0b4d in body (BODY-9c1e)")],
         model_version="v2",
         fingerprint="f" * 32,
         dlp=[Finding("credit_card", 2, "high", samples=("SAMPLE-0b4d",))],
@@ -188,7 +189,7 @@ def test_nothing_of_the_subject_or_body_is_stored(trail: AuditTrail, engine: Eng
     assert "card numbers" not in stored  # the finding's description is not kept either
     (found,) = trail.search(message_id="unique-42@shop.example")
     assert found["dlp"] == [{"type": "credit_card", "count": 2, "severity": "high"}]
-    assert found["reasons"] == [{"name": "dlp_credit_card", "weight": 3.0}]
+    assert found["reasons"] == [{"name": dlp_reason("credit_card"), "weight": 3.0}]
 
 
 def test_the_buffer_is_bounded_and_counts_what_it_drops(engine: Engine) -> None:
@@ -401,12 +402,12 @@ def test_outbound_report_aggregates_per_user(trail: AuditTrail) -> None:
             **out,
             user=alice,
             verdict="suspect",
-            reasons=(("limit_messages_per_hour", 0.0), ("model", 1.0)),
+            reasons=((limit_reason("messages_per_hour"), 0.0), (MODEL, 1.0)),
             dlp=(("credit_card", 200, "high"),),
             account_state="watch",
         )
     )
-    trail.record(row(**out, user=alice, reasons=(("limit_messages_per_hour", 0.0),)))
+    trail.record(row(**out, user=alice, reasons=((limit_reason("messages_per_hour"), 0.0),)))
     trail.record(row(**out, user=None, mail_from="Bob@Example.org", verdict="spam"))
     trail.record(row(user=alice, verdict="spam"))  # inbound: not in the outbound report
     trail.record(row(**out, user=bob, time=NOW - 2 * DAY))  # before `since`
@@ -420,10 +421,15 @@ def test_outbound_report_aggregates_per_user(trail: AuditTrail) -> None:
     assert (a["dlp_messages"], a["dlp_findings"]) == (2, 204)
     assert a["dlp_by_type"] == {"credit_card": 203, "iban": 1}
     assert a["dlp_max_severity"] == "high"
-    assert a["limit_hits"] == 2 and a["limits"] == {"limit_messages_per_hour": 2}
+    assert a["limit_hits"] == 2 and a["limits"] == {limit_reason("messages_per_hour"): 2}
     assert a["account_states"] == {"watch": 2}
     b = report[bob]  # no authenticated user: grouped by envelope sender
-    assert (b["messages"], b["spam_share"], b["dlp_findings"], b["limit_hits"]) == (1, 1.0, 0, 0)
+    assert (b["messages"], b["spam_share"], b["dlp_findings"], b["limit_hits"]) == (
+        1,
+        1.0,
+        0,
+        0,
+    )
     assert [r["user"] for r in trail.outbound_report(NOW - DAY)] == [alice, bob]
     assert trail.outbound_report(NOW - DAY, until=NOW - DAY / 2) == []
     assert len(trail.outbound_report(NOW - 3 * DAY)) == 2

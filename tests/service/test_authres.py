@@ -8,6 +8,16 @@ from hypothesis import strategies as st
 
 from mailsift.models.ensemble import Score
 from mailsift.models.parse import parse_message
+from mailsift.reasons import (
+    DKIM_FAIL,
+    DKIM_PASS_ALIGNED,
+    DMARC_FAIL,
+    DMARC_PASS,
+    DMARC_QUARANTINE_POLICY_FAIL,
+    DMARC_REJECT_POLICY_FAIL,
+    SPF_FAIL,
+    SPF_SOFTFAIL,
+)
 from mailsift.service.authres import (
     NO_AUTH,
     AuthResults,
@@ -260,9 +270,9 @@ def test_dmarc_policy(value: str, policy: str | None) -> None:
 
 
 def ctx(auth: AuthResults | None, direction: Direction = "inbound") -> CheckContext:
-    extra: dict[str, object] = {} if auth is None else {"auth": auth}
     score = Score(0.5, 0.0, {})
-    return CheckContext(parse_message(b"\r\n"), Envelope(direction), score, True, Settings(), extra)
+    msg = parse_message(b"\r\n")
+    return CheckContext(msg, Envelope(direction), score, True, Settings(), auth=auth)
 
 
 def reasons_for(value: str, from_addr: str = "a@shop.example") -> dict[str, float]:
@@ -275,7 +285,7 @@ def test_spoof_of_a_reject_domain() -> None:
         f"{ME}; spf=fail smtp.mailfrom=shop.example; dkim=none; "
         "dmarc=fail (p=reject) header.from=shop.example"
     )
-    assert found == {"spf_fail": 1.0, "dmarc_reject_policy_fail": 4.0}
+    assert found == {SPF_FAIL: 1.0, DMARC_REJECT_POLICY_FAIL: 4.0}
 
 
 def test_forwarded_mail_spf_fail_is_excused_by_an_aligned_dkim_pass() -> None:
@@ -283,25 +293,25 @@ def test_forwarded_mail_spf_fail_is_excused_by_an_aligned_dkim_pass() -> None:
         f"{ME}; spf=fail smtp.mailfrom=shop.example; dkim=pass header.d=shop.example; "
         "dmarc=pass header.from=shop.example"
     )
-    assert found == {"dmarc_pass": -0.5}
+    assert found == {DMARC_PASS: -0.5}
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (f"{ME}; spf=softfail smtp.mailfrom=x.example", {"spf_softfail": 0.5}),
-        (f"{ME}; dkim=fail header.d=shop.example", {"dkim_fail": 0.7}),
+        (f"{ME}; spf=softfail smtp.mailfrom=x.example", {SPF_SOFTFAIL: 0.5}),
+        (f"{ME}; dkim=fail header.d=shop.example", {DKIM_FAIL: 0.7}),
         (
             f"{ME}; dkim=fail header.d=shop.example; spf=pass smtp.mailfrom=shop.example",
             {},
         ),
-        (f"{ME}; dkim=pass header.d=shop.example", {"dkim_pass_aligned": -0.3}),
+        (f"{ME}; dkim=pass header.d=shop.example", {DKIM_PASS_ALIGNED: -0.3}),
         (f"{ME}; dkim=pass header.d=esp.example", {}),
         (
             f"{ME}; dmarc=fail (p=quarantine) header.from=shop.example",
-            {"dmarc_quarantine_policy_fail": 2.5},
+            {DMARC_QUARANTINE_POLICY_FAIL: 2.5},
         ),
-        (f"{ME}; dmarc=fail (p=none) header.from=shop.example", {"dmarc_fail": 1.0}),
+        (f"{ME}; dmarc=fail (p=none) header.from=shop.example", {DMARC_FAIL: 1.0}),
         ("evil.example; spf=fail smtp.mailfrom=x.example", {}),
     ],
 )
@@ -314,7 +324,7 @@ def test_check_is_silent_without_results_and_for_outbound() -> None:
     assert list(auth_reasons(ctx(None))) == []
     assert list(auth_reasons(ctx(NO_AUTH))) == []
     assert list(auth_reasons(ctx(failing, "outbound"))) == []
-    assert [r.name for r in auth_reasons(ctx(failing))] == ["spf_fail"]
+    assert [r.name for r in auth_reasons(ctx(failing))] == [SPF_FAIL]
 
 
 def test_every_reason_is_documented_with_its_sign() -> None:

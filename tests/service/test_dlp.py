@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from mailsift.models.ensemble import Score
 from mailsift.models.parse import parse_message
+from mailsift.reasons import dlp_reason
 from mailsift.service.checks.base import CheckContext, Envelope
 from mailsift.service.checks.dlp import WEIGHTS, dlp_reasons
 from mailsift.service.dlp import (
@@ -429,9 +430,8 @@ def test_no_planted_value_in_findings_or_reasons(cases: list[Case], config: DlpC
 
 def _context(settings: Settings, report: DlpReport | None) -> CheckContext:
     msg = parse_message(b"Subject: x\r\n\r\nbody")
-    extra: dict[str, object] = {} if report is None else {"dlp": report}
     score = Score(probability=0.5, logit=0.0, members={})
-    return CheckContext(msg, Envelope("outbound"), score, True, settings, extra)
+    return CheckContext(msg, Envelope("outbound"), score, True, settings, dlp=report)
 
 
 def test_check_says_nothing_without_a_report() -> None:
@@ -447,13 +447,18 @@ def test_check_reasons_per_type_with_configured_actions(config: DlpConfig) -> No
         dlp_action_low="flag", dlp_action_medium="quarantine", dlp_action_high="reject"
     )
     reasons = {r.name: r for r in dlp_reasons(_context(settings, report))}
-    assert set(reasons) == {"dlp_private_key", "dlp_card", "dlp_iban", "dlp_label"}
-    assert reasons["dlp_private_key"].action == "reject"
-    assert reasons["dlp_card"].action == "quarantine"
-    assert reasons["dlp_iban"].action is None
-    assert reasons["dlp_card"].weight == WEIGHTS["medium"]
-    assert "•••• •••• •••• " in reasons["dlp_card"].detail
-    assert "1 payment card number (medium" in reasons["dlp_card"].detail
+    assert set(reasons) == {
+        dlp_reason("private_key"),
+        dlp_reason("card"),
+        dlp_reason("iban"),
+        dlp_reason("label"),
+    }
+    assert reasons[dlp_reason("private_key")].action == "reject"
+    assert reasons[dlp_reason("card")].action == "quarantine"
+    assert reasons[dlp_reason("iban")].action is None
+    assert reasons[dlp_reason("card")].weight == WEIGHTS["medium"]
+    assert "•••• •••• •••• " in reasons[dlp_reason("card")].detail
+    assert "1 payment card number (medium" in reasons[dlp_reason("card")].detail
     lenient = Settings(dlp_action_high="flag", dlp_action_medium="flag")
     assert all(r.action is None for r in dlp_reasons(_context(lenient, report)))
 

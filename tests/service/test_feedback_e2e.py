@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mailsift.reasons import LABELLED_SPAM, PERSONAL_REPORT, PERSONAL_SENDER
 from tests.service.server import Service, message, score, train
 
 RFC822 = {"content-type": "message/rfc822"}
@@ -119,14 +120,14 @@ def test_a_report_acts_for_the_reporter_alone(site: Site) -> None:
     after = site.score(first, "bob", "carol")
     assert after["score"] == before["score"] and after["verdict"] == before["verdict"]
     mine, carols = per_rcpt(after)["bob"], per_rcpt(after)["carol"]
-    assert mine["verdict"] == "spam" and [x["name"] for x in mine["reasons"]] == ["personal_report"]
+    assert mine["verdict"] == "spam" and [x["name"] for x in mine["reasons"]] == [PERSONAL_REPORT]
     assert carols == per_rcpt(before)["carol"]
 
     # The sender's next message is no longer ham for bob, and only for him.
     later = site.score(second, "bob", "carol")
     assert later["score"] == before_second["score"]
     assert per_rcpt(later)["bob"]["verdict"] != "ham"
-    assert [x["name"] for x in per_rcpt(later)["bob"]["reasons"]] == ["personal_sender"]
+    assert [x["name"] for x in per_rcpt(later)["bob"]["reasons"]] == [PERSONAL_SENDER]
     assert per_rcpt(later)["carol"] == per_rcpt(before_second)["carol"]
     # A stricter personal verdict never refuses the message to the others.
     assert per_rcpt(later)["bob"]["action"] not in ("reject", "defer")
@@ -152,7 +153,7 @@ def test_three_users_who_received_it_make_it_spam_for_everyone(site: Site) -> No
     assert model1["spam"] == model0["spam"] + 1
     for_frank = site.score(msg, "frank")
     assert for_frank["verdict"] == "spam"
-    assert "labelled_spam" in [r["name"] for r in for_frank["reasons"]]
+    assert LABELLED_SPAM in [r["name"] for r in for_frank["reasons"]]
     # An administrator's word outranks users: a ham label stays against their reports.
     fp = for_frank["fingerprint"]
     assert train(site.admin, msg, "ham")["result"] == "relabelled"

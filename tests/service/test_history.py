@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.reasons import LABELLED_SPAM
 from mailsift.service.history import HOUR, MessageHistory
 from tests.service.server import ADMIN_TOKEN, Service, score, train, wait_for
 from tests.service.test_feedback_e2e import create_token
@@ -73,7 +74,7 @@ def test_an_admin_labels_a_scored_message_by_its_fingerprint(svc: Service) -> No
         assert after["spam"] == before["spam"] + 1
         again = score(admin, raw, "inbound", ("ann@corp.example",))
         assert again["verdict"] == "spam"
-        assert "labelled_spam" in [x["name"] for x in again["reasons"]]
+        assert LABELLED_SPAM in [x["name"] for x in again["reasons"]]
 
     # Only administrators label from history.
     ann = create_token(svc.data_dir, "--role", "user", "--address", "ann@corp.example")

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine
 
 from mailsift.models.ensemble import Score
 from mailsift.models.parse import parse_message
+from mailsift.reasons import ALLOWLIST_UNVERIFIED, ALLOWLISTED, BLOCKLISTED, MODEL, MODEL_LEARNING
 from mailsift.service.authres import AuthResults, auth_results, evaluate
 from mailsift.service.checks.base import CheckContext, Envelope, Reason
 from mailsift.service.checks.lists import REASONS, list_reasons
@@ -292,13 +293,14 @@ def test_matching_goes_on_with_the_last_copy_when_the_database_is_down(
 
 
 def context(match: ListMatch | None, auth: AuthResults | None) -> CheckContext:
-    extra: dict[str, object] = {}
-    if match is not None:
-        extra["lists"] = match
-    if auth is not None:
-        extra["auth"] = auth
     return CheckContext(
-        parse_message(b"\r\n"), Envelope("inbound"), Score(0.5, 0.0, {}), True, SETTINGS, extra
+        parse_message(b"\r\n"),
+        Envelope("inbound"),
+        Score(0.5, 0.0, {}),
+        True,
+        SETTINGS,
+        auth=auth,
+        lists=match,
     )
 
 
@@ -314,14 +316,14 @@ ALLOWED = ListMatch("allow", "partner.example", "global")
     [
         (
             f"{ME}; spf=fail smtp.mailfrom=partner.example; dkim=fail header.d=partner.example",
-            "allowlist_unverified",
+            ALLOWLIST_UNVERIFIED,
             0.0,
         ),
-        (f"{ME}; dkim=pass header.d=partner.example", "allowlisted", REASONS["allowlisted"][0]),
-        (f"{ME}; spf=pass smtp.mailfrom=bounce.partner.example", "allowlisted", -6.0),
-        (f"{ME}; dkim=pass header.d=esp.example", "allowlist_unverified", 0.0),  # not aligned
-        ("mx.elsewhere.example; dkim=pass header.d=partner.example", "allowlist_unverified", 0.0),
-        (f"{ME}; none", "allowlist_unverified", 0.0),
+        (f"{ME}; dkim=pass header.d=partner.example", ALLOWLISTED, REASONS[ALLOWLISTED][0]),
+        (f"{ME}; spf=pass smtp.mailfrom=bounce.partner.example", ALLOWLISTED, -6.0),
+        (f"{ME}; dkim=pass header.d=esp.example", ALLOWLIST_UNVERIFIED, 0.0),  # not aligned
+        ("mx.elsewhere.example; dkim=pass header.d=partner.example", ALLOWLIST_UNVERIFIED, 0.0),
+        (f"{ME}; none", ALLOWLIST_UNVERIFIED, 0.0),
     ],
 )
 def test_allow_counts_only_with_aligned_authentication(
@@ -334,17 +336,17 @@ def test_allow_counts_only_with_aligned_authentication(
 
 
 def test_allow_without_any_auth_results_is_unverified() -> None:
-    assert [r.name for r in list_reasons(context(ALLOWED, None))] == ["allowlist_unverified"]
+    assert [r.name for r in list_reasons(context(ALLOWED, None))] == [ALLOWLIST_UNVERIFIED]
 
 
 def test_allow_entry_must_name_the_authenticated_domain() -> None:
     """An allow match on one address and a pass for another domain do not add up."""
     passed = auth(f"{ME}; dkim=pass header.d=other.example", "x@other.example")
     assert passed.aligned_pass
-    assert [r.name for r in list_reasons(context(ALLOWED, passed))] == ["allowlist_unverified"]
+    assert [r.name for r in list_reasons(context(ALLOWED, passed))] == [ALLOWLIST_UNVERIFIED]
     address = ListMatch("allow", "ceo@partner.example", "user", OWNER)
     good = auth(f"{ME}; dkim=pass header.d=partner.example")
-    assert [r.name for r in list_reasons(context(address, good))] == ["allowlisted"]
+    assert [r.name for r in list_reasons(context(address, good))] == [ALLOWLISTED]
 
 
 def test_block_makes_the_message_spam() -> None:
@@ -352,11 +354,11 @@ def test_block_makes_the_message_spam() -> None:
     passed = auth(f"{ME}; dkim=pass header.d=spam.example", "a@spam.example")
     reasons = list(list_reasons(context(match, passed)))
     assert [(r.name, r.weight, r.action) for r in reasons] == [
-        ("blocklisted", 20.0, SETTINGS.spam_action)
+        (BLOCKLISTED, 20.0, SETTINGS.spam_action)
     ]
-    hammy_model = Reason("model", -12.0, "a very hammy message")
+    hammy_model = Reason(MODEL, -12.0, "a very hammy message")
     assert decide([hammy_model, *reasons], "inbound", SETTINGS).verdict == "spam"
-    learning = decide([Reason("model_learning", 0.0, ""), *reasons], "inbound", SETTINGS)
+    learning = decide([Reason(MODEL_LEARNING, 0.0, ""), *reasons], "inbound", SETTINGS)
     assert learning.action == SETTINGS.spam_action  # even while the model is learning
 
 
@@ -384,10 +386,11 @@ def test_allowlisted_sender_with_failing_spf_and_dkim_is_not_let_through(
         Score(0.5, 0.0, {}),
         True,
         SETTINGS,
-        {"lists": store.match(message.from_addr, [OWNER]), "auth": auth_results(message, SETTINGS)},
+        lists=store.match(message.from_addr, [OWNER]),
+        auth=auth_results(message, SETTINGS),
     )
     reasons = {r.name: r.weight for r in list_reasons(ctx)}
-    assert reasons == {"allowlist_unverified": 0.0}
+    assert reasons == {ALLOWLIST_UNVERIFIED: 0.0}
 
 
 # --- the HTTP resource ----------------------------------------------------------------------

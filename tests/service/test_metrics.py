@@ -19,9 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailsift.learning.learner import ModelStatus
 from mailsift.learning.trainlog import LogEntry, TrainingLogError
+from mailsift.reasons import limit_reason
 from mailsift.service import metrics
 from mailsift.service.checks.base import Reason
 from mailsift.service.dlp.scan import DlpReport, Finding
+from mailsift.service.leftovers import clean_leftovers
 from mailsift.service.routers import metrics as metrics_router
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -109,7 +111,7 @@ def build_app(state: StubState) -> FastAPI:
             (Finding("credit_card", "card numbers", 2, "medium", 0.9, ("body",), ("****",)),),
             "quarantine",
         )
-        reasons = [Reason("limit_messages_per_hour", 0.0, "over", action="defer")]
+        reasons = [Reason(limit_reason("messages_per_hour"), 0.0, "over", action="defer")]
         action = "defer" if verdict == "spam" else "accept"
         metrics.observe_verdict(direction, verdict, action, reasons, dlp)
         return {"verdict": verdict}
@@ -322,6 +324,7 @@ def test_serve_prepares_a_fresh_directory(tmp_path: Path, monkeypatch: pytest.Mo
         path.mkdir(parents=True)
         (path / "counter_1.db").write_bytes(b"old")
 
+    clean_leftovers(data, data / "model.snapshot")  # as serve does first
     prepared = metrics.prepare_multiprocess_dir(data)
 
     assert prepared == mine

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from mailsift.reasons import ACCOUNT_SUSPENDED, ALLOWLIST_UNVERIFIED, ALLOWLISTED, limit_reason
 from tests.service.server import Service, message, score, train, wait_for
 from tests.service.webhook import Webhook
 
@@ -63,7 +64,7 @@ def test_sending_limit_defers_message_n_plus_one_across_processes_and_restarts(
         assert "defer" not in actions
         sixth = outbound(c, message(6, spammy=False), "carol@corp.example")
         assert sixth["action"] == "defer"
-        assert "limit_messages_per_hour" in [r["name"] for r in sixth["reasons"]]
+        assert limit_reason("messages_per_hour") in [r["name"] for r in sixth["reasons"]]
         # Another user is not affected.
         assert outbound(c, message(7, spammy=False), "dave@corp.example")["action"] != "defer"
     with Service(data, env=env) as again, again.client() as c:
@@ -101,7 +102,7 @@ def test_compromised_account_is_suspended_alerted_and_does_not_teach_ham(tmp_pat
             state = c.get(f"/v1/accounts/{user}").json()
             assert state["state"] == "suspended"
             assert verdicts[-1]["action"] in ("defer", "quarantine")
-            assert "account_suspended" in [r["name"] for r in verdicts[-1]["reasons"]]
+            assert ACCOUNT_SUSPENDED in [r["name"] for r in verdicts[-1]["reasons"]]
             assert wait_for(
                 lambda: any(a.get("user") == user for a in hook.of_kind("account_state")), timeout=5
             )
@@ -155,8 +156,8 @@ def test_allowlist_guard_and_unverified_allow_entries(tmp_path: Path) -> None:
             headers=RFC822,
         ).json()
         names = {x["name"]: x["weight"] for x in r["reasons"]}
-        assert "allowlist_unverified" in names and names["allowlist_unverified"] == 0
-        assert "allowlisted" not in names
+        assert ALLOWLIST_UNVERIFIED in names and names[ALLOWLIST_UNVERIFIED] == 0
+        assert ALLOWLISTED not in names
 
 
 def test_audit_trail_finds_a_message(tmp_path: Path) -> None:

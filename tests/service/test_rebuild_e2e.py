@@ -21,8 +21,9 @@ import pytest
 from mailsift.learning.examples import example_of
 from mailsift.learning.trainlog import open_training_log
 from mailsift.models.features import FeatureConfig
-from mailsift.models.parse import DEFAULT_LIMITS
+from mailsift.models.parse import DEFAULT_LIMITS, TIME_BUDGET
 from mailsift.models.stored import features_version
+from mailsift.reasons import mime_reason
 from mailsift.training.corpus import open_source
 from tests.learning.examples import slow_to_parse
 from tests.service.server import Service, message, train, wait_for
@@ -175,7 +176,7 @@ def test_learning_stores_what_an_idle_machine_would_under_a_tiny_parse_budget(
         scored = admin.post(
             "/v1/score", params={"direction": "inbound"}, content=raw, headers=RFC822
         ).json()
-        assert "mime_time_budget" in [r["name"] for r in scored["reasons"]]  # scoring was cut
+        assert mime_reason(TIME_BUDGET) in [r["name"] for r in scored["reasons"]]  # scoring was cut
         taught = train(admin, raw, "spam")
     log = open_training_log(None, tmp_path / "data")
     try:

@@ -80,7 +80,7 @@ async def before_outbound(
 ) -> tuple[SendingDecision, AccountState]:
     """Count one outbound message against ``user``'s limits; their current risk state.
 
-    Put the results in ``ctx.extra["sending"]`` and ``ctx.extra["account"]``. A
+    Put the results in ``CheckContext.sending`` and ``CheckContext.account``. A
     suspended user's mail is held, so it is checked but not counted. The state is the
     one this process read or wrote within the last second or so.
     """

@@ -4,8 +4,8 @@ A check is a function ``(CheckContext) -> Iterable[Reason]``, one module per che
 registered in :data:`DEFAULT_CHECKS` the same way an extension would register its own.
 Weights are log-odds added to the model's; a reason may also force an action (a leak
 that must be rejected, a sender over its limit that must be deferred). Checks are pure:
-what needs I/O (counters, lists, account state) is gathered at the edge into
-``CheckContext.extra`` first.
+what needs I/O (counters, lists, account state) is gathered at the edge into the
+typed fields of :class:`CheckContext` first.
 """
 
 from __future__ import annotations

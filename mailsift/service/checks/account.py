@@ -1,6 +1,6 @@
 """The sender's account risk state: a suspended account's outbound mail is held.
 
-The edge reads the state (``AccountStore.get_state``) into ``ctx.extra["account"]``;
+The edge reads the state (``AccountStore.get_state``) into ``ctx.account``;
 how the state is decided is in :mod:`mailsift.service.accounts.risk`.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailsift.service.accounts import AccountState
+from mailsift.reasons import ACCOUNT_SUSPENDED, ACCOUNT_WATCH
 from mailsift.service.checks.base import CheckContext, Reason
 
 # Mail from an account that looks compromised is likelier spam; the weight is modest
@@ -18,16 +18,16 @@ SUSPENDED_WEIGHT = 1.0
 
 
 def account_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    account = ctx.extra.get("account")
-    if ctx.envelope.direction != "outbound" or not isinstance(account, AccountState):
+    account = ctx.account
+    if ctx.envelope.direction != "outbound" or account is None:
         return
     why = f": {account.reason}" if account.reason else ""
     if account.state == "suspended":
         yield Reason(
-            "account_suspended",
+            ACCOUNT_SUSPENDED,
             SUSPENDED_WEIGHT,
             f"{account.user} is suspended until an administrator clears it{why}",
             action=ctx.settings.account_suspend_action,
         )
     elif account.state == "watch":
-        yield Reason("account_watch", WATCH_WEIGHT, f"{account.user} is on watch{why}")
+        yield Reason(ACCOUNT_WATCH, WATCH_WEIGHT, f"{account.user} is on watch{why}")

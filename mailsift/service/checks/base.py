@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from mailsift.models.ensemble import Score
 from mailsift.models.parse import ParsedMessage
 from mailsift.service.settings import Action, Settings
+
+if TYPE_CHECKING:
+    from mailsift.learning.trainlog import Label
+    from mailsift.service.accounts import AccountState, SendingDecision
+    from mailsift.service.authres import AuthResults
+    from mailsift.service.dlp import DlpReport
+    from mailsift.service.lists.store import ListMatch
 
 Direction = Literal["inbound", "outbound"]
 
@@ -40,9 +47,23 @@ class Reason:
 
 @dataclass(frozen=True, slots=True)
 class CheckContext:
+    """One message as the checks see it; what needs I/O is gathered before they run (None:
+    not gathered, or nothing there), so that the checks are pure."""
+
     message: ParsedMessage
     envelope: Envelope
     score: Score
     model_ready: bool
     settings: Settings
-    extra: dict[str, object] = field(default_factory=dict)
+    auth: AuthResults | None = None
+    """The trusted Authentication-Results of the message."""
+    labelled: Label | None = None
+    """The label the learner holds for this very message (its fingerprint)."""
+    lists: ListMatch | None = None
+    """The allow/block list entry matching the From address, if any."""
+    dlp: DlpReport | None = None
+    """The leak scan, when the message was scanned."""
+    sending: SendingDecision | None = None
+    """The outbound sender's counts against the sending limits."""
+    account: AccountState | None = None
+    """The outbound sender's account state."""

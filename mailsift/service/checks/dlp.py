@@ -1,7 +1,7 @@
 """Leaks in a message, as reasons: one per finding type, with the configured action.
 
 The edge scans the message (:func:`mailsift.service.dlp.scan_message`) and leaves the
-:class:`~mailsift.service.dlp.DlpReport` in ``ctx.extra["dlp"]``; no report, nothing to
+:class:`~mailsift.service.dlp.DlpReport` in ``ctx.dlp``; no report, nothing to
 say. A leak is not spam, so weights are small: what happens to the message is the
 per-severity action setting's job (``flag`` = the reason only).
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import dlp_reason
 from mailsift.service.checks.base import CheckContext, Reason
-from mailsift.service.dlp import DlpReport, Finding, Severity
+from mailsift.service.dlp import Finding, Severity
 from mailsift.service.settings import Action, Settings
 
 __all__ = ["WEIGHTS", "dlp_reasons"]
@@ -39,12 +40,12 @@ def _detail(finding: Finding) -> str:
 
 
 def dlp_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    report = ctx.extra.get("dlp")
-    if not isinstance(report, DlpReport):
+    report = ctx.dlp
+    if report is None:
         return
     for finding in report.findings:
         yield Reason(
-            f"dlp_{finding.type}",
+            dlp_reason(finding.type),
             WEIGHTS[finding.severity],
             _detail(finding),
             _action(finding.severity, ctx.settings),

@@ -3,7 +3,7 @@
 The model learns every example a little (one example must not move everyone's verdicts
 far); the exact message itself, once labelled by an administrator or by enough users
 who received it, takes that label outright, like a checksum list of known spam. Reads
-``ctx.extra["labelled"]``: the label the learner holds for the message's fingerprint.
+``ctx.labelled``: the label the learner holds for the message's fingerprint.
 Outbound mail's ham labels are not here: they only teach the model.
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.reasons import LABELLED_HAM, LABELLED_SPAM
 from mailsift.service.checks.base import CheckContext, Reason
 
-__all__ = ["EXTRA_KEY", "REASONS", "labelled_reasons"]
+__all__ = ["REASONS", "labelled_reasons"]
 
-EXTRA_KEY = "labelled"
-SPAM = "labelled_spam"
-HAM = "labelled_ham"
+SPAM = LABELLED_SPAM
+HAM = LABELLED_HAM
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {
@@ -31,7 +31,7 @@ REASONS: dict[str, tuple[float, str]] = {
 
 
 def labelled_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    label = ctx.extra.get(EXTRA_KEY)
+    label = ctx.labelled
     if label == "spam":
         weight, detail = REASONS[SPAM]
         yield Reason(SPAM, weight, detail, verdict="spam")

@@ -1,7 +1,7 @@
 """Per-user sending limits: a sender over a limit is deferred, whatever the message says.
 
 The edge decides and counts (``AccountStore.check_and_record``, atomic across workers)
-and puts the :class:`SendingDecision` in ``ctx.extra["sending"]``; this check only says
+and puts the :class:`SendingDecision` in ``ctx.sending``; this check only says
 so. Defer, not reject: the gateway keeps the mail and retries once the hour has moved on.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailsift.service.accounts import SendingDecision
+from mailsift.reasons import limit_reason
 from mailsift.service.checks.base import CheckContext, Reason
 
 _WINDOW = {
@@ -20,15 +20,15 @@ _WINDOW = {
 
 
 def limit_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    decision = ctx.extra.get("sending")
-    if ctx.envelope.direction != "outbound" or not isinstance(decision, SendingDecision):
+    decision = ctx.sending
+    if ctx.envelope.direction != "outbound" or decision is None:
         return
     for name in decision.exceeded:
         extra = (
             f" (this message has {decision.recipients})" if name == "recipients_per_hour" else ""
         )
         yield Reason(
-            f"limit_{name}",
+            limit_reason(name),
             0.0,
             f"{decision.user} has sent {decision.count(name)} {_WINDOW[name]}{extra}; "
             f"the limit is {decision.limits.of(name)}",

@@ -1,8 +1,8 @@
 """Allow and block lists: a block entry makes the message spam; an allow entry counts only
 when the sender proved it is who the entry names.
 
-Reads ``ctx.extra["lists"]`` (a :class:`~mailsift.service.lists.store.ListMatch` for the
-From address) and ``ctx.extra["auth"]`` (the trusted
+Reads ``ctx.lists`` (a :class:`~mailsift.service.lists.store.ListMatch` for the
+From address) and ``ctx.auth`` (the trusted
 :class:`~mailsift.service.authres.AuthResults`). Anyone can write any From address, so an
 allow entry lowers the score only when SPF or DKIM passed for a domain aligned with that
 From domain, per our own MTA's Authentication-Results header; otherwise the reason
@@ -13,25 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mailsift.service.authres import AuthResults
+from mailsift.reasons import ALLOWLIST_UNVERIFIED, ALLOWLISTED, BLOCKLISTED
 from mailsift.service.checks.base import CheckContext, Reason
-from mailsift.service.lists.store import ListMatch
-
-EXTRA_KEY = "lists"
-AUTH_KEY = "auth"
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {
-    "blocklisted": (
+    BLOCKLISTED: (
         20.0,
         "the sender is on a block list: the message is spam whatever else it looks like "
         "(also forces the spam action while the model is still learning)",
     ),
-    "allowlisted": (
+    ALLOWLISTED: (
         -6.0,
         "the sender is on an allow list and authenticated (SPF or DKIM aligned with From)",
     ),
-    "allowlist_unverified": (
+    ALLOWLIST_UNVERIFIED: (
         0.0,
         "the sender is on an allow list but did not authenticate; the score stands",
     ),
@@ -39,27 +35,23 @@ REASONS: dict[str, tuple[float, str]] = {
 
 
 def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    match = ctx.extra.get(EXTRA_KEY)
-    if not isinstance(match, ListMatch) or match.kind is None or match.entry is None:
+    match = ctx.lists
+    if match is None or match.kind is None or match.entry is None:
         return
     owner = f" of {match.user}" if match.user else ""
     which = f"the {match.scope} {match.kind} list{owner} ({match.entry})"
     if match.kind == "block":
-        weight, _ = REASONS["blocklisted"]
+        weight, _ = REASONS[BLOCKLISTED]
         yield Reason(
-            "blocklisted",
+            BLOCKLISTED,
             weight,
             f"sender is on {which}",
             action=ctx.settings.spam_action,
             verdict="spam",
         )
         return
-    auth = ctx.extra.get(AUTH_KEY)
-    if (
-        isinstance(auth, AuthResults)
-        and auth.aligned_pass
-        and _entry_covers(match.entry, auth.from_domain)
-    ):
+    auth = ctx.auth
+    if auth is not None and auth.aligned_pass and _entry_covers(match.entry, auth.from_domain):
         how = " and ".join(
             name
             for name, ok in (
@@ -70,14 +62,14 @@ def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
             if ok
         )
         yield Reason(
-            "allowlisted",
-            REASONS["allowlisted"][0],
+            ALLOWLISTED,
+            REASONS[ALLOWLISTED][0],
             f"sender is on {which}; {how} passed for {auth.from_domain}",
         )
         return
     yield Reason(
-        "allowlist_unverified",
-        REASONS["allowlist_unverified"][0],
+        ALLOWLIST_UNVERIFIED,
+        REASONS[ALLOWLIST_UNVERIFIED][0],
         f"sender is on {which}, but no trusted Authentication-Results header shows SPF or "
         "DKIM passing for a domain aligned with the From domain; the allow entry is ignored",
     )

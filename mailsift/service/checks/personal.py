@@ -11,15 +11,21 @@ from __future__ import annotations
 from typing import Literal
 
 from mailsift.learning.personal import PersonalView
+from mailsift.reasons import (
+    PERSONAL_NOT_SPAM,
+    PERSONAL_REPORT,
+    PERSONAL_SENDER,
+    PERSONAL_SENDER_TRUSTED,
+)
 from mailsift.service.checks.base import Reason
 
 __all__ = ["REASONS", "personal_key", "personal_reasons"]
 
 MAX_ADDRESS = 320
-REPORTED = "personal_report"
-NOT_SPAM = "personal_not_spam"
-SENDER = "personal_sender"
-SENDER_TRUSTED = "personal_sender_trusted"
+REPORTED = PERSONAL_REPORT
+NOT_SPAM = PERSONAL_NOT_SPAM
+SENDER = PERSONAL_SENDER
+SENDER_TRUSTED = PERSONAL_SENDER_TRUSTED
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {

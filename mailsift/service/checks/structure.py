@@ -4,27 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mailsift.models.parse import (
+    MIME_DEFECTS,
+    TIME_BUDGET,
+    TOO_DEEP,
+    TOO_MANY_HEADERS,
+    TOO_MANY_PARTS,
+    TRUNCATED_MESSAGE,
+    UNPARSEABLE,
+)
+from mailsift.reasons import mime_reason
 from mailsift.service.checks.base import CheckContext, Reason
 
 # Log-odds per parser defect: caps that bite are rare in legitimate mail.
 _WEIGHTS = {
-    "too_deep": 1.5,
-    "too_many_parts": 1.0,
-    "too_many_headers": 1.0,
-    "unparseable": 1.5,
-    "mime_defects": 0.3,
-    "truncated_message": 0.0,
-    "time_budget": 0.0,
+    TOO_DEEP: 1.5,
+    TOO_MANY_PARTS: 1.0,
+    TOO_MANY_HEADERS: 1.0,
+    UNPARSEABLE: 1.5,
+    MIME_DEFECTS: 0.3,
+    TRUNCATED_MESSAGE: 0.0,
+    TIME_BUDGET: 0.0,
 }
 
 _DETAILS = {
-    "too_deep": "MIME nesting deeper than the limit; the rest was not examined",
-    "too_many_parts": "more MIME parts than the limit; the rest were not examined",
-    "too_many_headers": "more header fields than the limit",
-    "unparseable": "the message could not be parsed as MIME",
-    "mime_defects": "malformed MIME structure",
-    "truncated_message": "message larger than the parse limit; only its start was examined",
-    "time_budget": "parsing stopped at MAILSIFT_PARSE_TIME_BUDGET_MS; the rest was not "
+    TOO_DEEP: "MIME nesting deeper than the limit; the rest was not examined",
+    TOO_MANY_PARTS: "more MIME parts than the limit; the rest were not examined",
+    TOO_MANY_HEADERS: "more header fields than the limit",
+    UNPARSEABLE: "the message could not be parsed as MIME",
+    MIME_DEFECTS: "malformed MIME structure",
+    TRUNCATED_MESSAGE: "message larger than the parse limit; only its start was examined",
+    TIME_BUDGET: "parsing stopped at MAILSIFT_PARSE_TIME_BUDGET_MS; the rest was not "
     "examined (learning parses it whole)",
 }
 
@@ -33,7 +43,7 @@ def structure_reasons(ctx: CheckContext) -> Iterator[Reason]:
     for defect in ctx.message.defects:
         if defect in _WEIGHTS:
             yield Reason(
-                f"mime_{defect}" if not defect.startswith("mime") else defect,
+                mime_reason(defect),
                 _WEIGHTS[defect],
                 _DETAILS[defect],
             )

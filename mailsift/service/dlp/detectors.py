@@ -157,6 +157,16 @@ _CARD_WORDS = _words(
     "cvv", "cvc", "csc", "cc", "ccn", "pan", "kreditkarte", "karte", "carte", "tarjeta",
     "cartão", "carta", "payment",
 )  # fmt: skip
+# The card words that name a card itself (not "payment" or "exp", which an invoice or a
+# booking also has): beside a number that passes Luhn with an issuer's prefix and length,
+# they outweigh words such as "invoice" or "booking" nearby. A booking paid by card
+# quotes the card; an invoice number rarely passes both checks and never says "Visa".
+_CARD_NAMES = _words(
+    "card", "cards", "card_no", "card_number", "cardnumber", "ccnum", "credit", "debit", "visa",
+    "mastercard", "master card", "amex", "american express", "discover", "jcb", "diners",
+    "unionpay", "union pay", "maestro", "cvv", "cvc", "kreditkarte", "karte", "carte",
+    "tarjeta", "cartão", "carta",
+)  # fmt: skip
 
 
 def _card_grouping_ok(run: str) -> bool:
@@ -191,7 +201,10 @@ def _card_candidates(text: str, m: re.Match[str]) -> Iterator[tuple[str, int, bo
 
 
 def find_cards(seg: Segment) -> Iterator[Hit]:
-    """Payment card numbers: issuer prefix and length, Luhn, and sane grouping."""
+    """Payment card numbers: issuer prefix and length, Luhn, and sane grouping.
+
+    Words of other numbers nearby count against one only when no word naming a card is
+    there."""
     if seg.digits < 13:
         return
     text = seg.text
@@ -202,7 +215,9 @@ def find_cards(seg: Segment) -> Iterator[Hit]:
             conf = 0.5 + (0.15 if grouped else 0.0)
             if _near(seg, m.start(), end, _CARD_WORDS):
                 conf += 0.35
-            if _near(seg, m.start(), end, _OTHER_NUMBER):
+            if _near(seg, m.start(), end, _OTHER_NUMBER) and not _near(
+                seg, m.start(), end, _CARD_NAMES
+            ):
                 conf -= 0.4
             if _in_url(text, m.start()):
                 conf -= 0.5

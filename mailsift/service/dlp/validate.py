@@ -139,11 +139,19 @@ def looks_random(value: str) -> bool:
     return True
 
 
+# A token part decoded at most (real headers are tens of bytes, payloads rarely 4 KB).
+_MAX_JWT_PART = 64 * 1024
+
+
 def _b64url_json(part: str) -> object:
+    """The JSON a token part holds, or None: not base64url, not JSON, too long, or nested
+    past the JSON parser's recursion limit (``[[[[…`` would otherwise be a 500)."""
+    if len(part) > _MAX_JWT_PART:
+        return None
     padded = part + "=" * (-len(part) % 4)
     try:
         return json.loads(base64.urlsafe_b64decode(padded))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 

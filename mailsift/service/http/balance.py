@@ -44,6 +44,14 @@ MAX_WAIT = 0.010
 """Longest a worker defers to a less-loaded sibling before accepting anyway."""
 _TURN = 0.001
 _SLOT = struct.Struct("=qq")  # worker pid, connections it holds
+BOARD_PREFIX = "mailsift-load-"
+"""Board files are named ``<prefix><supervisor pid>-<random>``: a killed run's is known by
+its pid (:mod:`mailsift.service.leftovers` removes it)."""
+
+
+def board_directory() -> str:
+    """Where boards are made: shared memory when there is some."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
 class LoadBoard:
@@ -62,8 +70,7 @@ class LoadBoard:
     @classmethod
     def create(cls) -> str:
         """A new, empty board file; the supervisor removes it when it exits."""
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="mailsift-load-", dir=directory)
+        fd, path = tempfile.mkstemp(prefix=f"{BOARD_PREFIX}{os.getpid()}-", dir=board_directory())
         os.write(fd, bytes(SLOTS * _SLOT.size))
         os.close(fd)
         return path

@@ -18,11 +18,11 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
-from uvicorn.supervisors import Multiprocess
 
 from mailsift.service.errors import error_response
 from mailsift.service.http.balance import shared_listener
 from mailsift.service.http.protocol import HttpProtocol
+from mailsift.service.http.supervisor import Supervisor, WorkersFailed
 
 __all__ = [
     "GATEWAY_PATHS",
@@ -129,7 +129,8 @@ def serve(
     access_log: bool,
 ) -> None:
     """Bind both listeners, log where they listen, then run the app in ``workers``
-    processes over them; :class:`ListenError` if one cannot be bound (nothing started).
+    processes over them; :class:`ListenError` if one cannot be bound (nothing started),
+    :class:`WorkersFailed` if the workers kept dying.
 
     Several workers share each listener and accept from it by turns, the least-loaded
     first (:mod:`mailsift.service.http.balance`).
@@ -176,4 +177,7 @@ def serve(
         if workers == 1:
             uvicorn.Server(config).run(sockets=sockets)
         else:
-            Multiprocess(config, sockets=sockets).run()
+            supervisor = Supervisor(config, sockets=sockets)
+            supervisor.run()
+            if supervisor.failure is not None:
+                raise WorkersFailed(supervisor.failure)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import logging
 import re
 from typing import Annotated, Literal
@@ -11,13 +9,15 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
+from mailsift.models.charsets import decode_declared
 from mailsift.models.parse import parse_message
+from mailsift.service.analysis import INLINE_SCAN_CHARS
 from mailsift.service.deps import SettingsDep
 from mailsift.service.dlp import DlpConfig, DlpReport, scan_message, scan_text
 from mailsift.service.errors import UnusableMessage
 from mailsift.service.http.body import MESSAGE_TYPES, read_message
+from mailsift.service.offload import run_heavy
 from mailsift.service.schemas import ERRORS
 from mailsift.service.settings import Settings
 
@@ -60,22 +60,22 @@ class DlpScanOut(BaseModel):
     truncated: bool
 
 
-def _decode(raw: bytes, content_type: str) -> str:
-    """A text/plain body in its declared charset (UTF-8 when none or unknown)."""
+# A character takes at most four bytes in any charset honoured (UTF-32).
+_BYTES_PER_CHAR = 4
+
+
+def _decode(raw: bytes, content_type: str, max_chars: int) -> str:
+    """A text/plain body in its declared charset if mail uses it, else UTF-8; only the
+    bytes that can fill the ``max_chars`` scanned are decoded."""
     found = _CHARSET.search(content_type)
-    codec = "utf-8"
-    if found:
-        with contextlib.suppress(LookupError):
-            codec = codecs.lookup(found.group(1)).name
-    try:
-        return raw.decode(codec, "replace")
-    except (LookupError, UnicodeError, ValueError):  # charset=base64 (not text), idna (no replace)
-        return raw.decode("utf-8", "replace")
+    room = max_chars * _BYTES_PER_CHAR
+    declared = decode_declared(raw, found.group(1) if found else None, room)
+    return declared if declared is not None else raw[:room].decode("utf-8", "replace")
 
 
 def _scan(raw: bytes, content_type: str, settings: Settings, config: DlpConfig) -> DlpReport:
     if content_type.partition(";")[0].strip().lower() == "text/plain":
-        return scan_text(_decode(raw, content_type), config)
+        return scan_text(_decode(raw, content_type, config.max_scan_chars), config)
     msg = parse_message(raw, settings.parse_limits)
     if not msg.headers and not msg.text.strip():
         raise UnusableMessage(
@@ -90,8 +90,8 @@ async def scan(request: Request, settings: SettingsDep, dlp: Dlp) -> JSONRespons
     """Scan a raw message or a plain text for sensitive content; findings come redacted."""
     raw = await read_message(request, settings.max_message_bytes, types=_TYPES)
     content_type = request.headers.get("content-type", "")
-    if len(raw) > settings.offload_bytes:
-        report = await run_in_threadpool(_scan, raw, content_type, settings, dlp)
+    if len(raw) > min(settings.offload_bytes, INLINE_SCAN_CHARS):
+        report = await run_heavy(request, _scan, raw, content_type, settings, dlp)
     else:
         report = _scan(raw, content_type, settings, dlp)
     # Types and counts only: samples are redacted, but logs need not carry even those.

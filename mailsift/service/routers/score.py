@@ -17,15 +17,15 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.learning.outbound import eligible
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLogError
-from mailsift.service.accounts import AccountState
+from mailsift.reasons import LIMIT_PREFIX
+from mailsift.service.accounts import AccountState, SendingDecision
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
-from mailsift.service.analysis import Analysed, analyse, learning_example
+from mailsift.service.analysis import Analysed, analyse, leak_scan, learning_example
 from mailsift.service.audit import audit_record
 from mailsift.service.authres import auth_results
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
-from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
 from mailsift.service.checks.personal import personal_key, personal_reasons
-from mailsift.service.dlp.scan import DlpReport, scan_message
+from mailsift.service.dlp.scan import DlpReport
 from mailsift.service.errors import BadRequest
 from mailsift.service.explanation import hider
 from mailsift.service.http.body import read_message
@@ -114,7 +114,7 @@ async def score(request: Request) -> Response:
         except ValueError:
             raise BadRequest(f"client_ip {client_ip!r} is not an IP address") from None
     raw = await read_message(request, state.settings.max_message_bytes)
-    analysed = await analyse(raw, state)
+    analysed = await analyse(raw, state, request)
     envelope = Envelope(
         direction, mail_from, tuple(rcpt), client_ip, query.helo, user, query.queue_id, gateway
     )
@@ -123,24 +123,33 @@ async def score(request: Request) -> Response:
     sender = (user or mail_from or "").strip().lower() or None
     outbound = direction == "outbound"
 
-    extra: dict[str, object] = {"auth": auth_results(msg, settings)}
+    auth = auth_results(msg, settings)
     labelled = state.learner.labels.get(analysed.fingerprint)
-    if labelled is not None:
-        extra[LABELLED] = labelled
-    extra["lists"] = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
+    lists = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
     dlp: DlpReport | None = None
     if outbound or settings.dlp_inbound:
-        dlp = scan_message(msg, state.dlp)
-        extra["dlp"] = dlp
+        dlp = await leak_scan(msg, state, request)
     # The explanation leaves out any token that shows what a leak check redacts.
     hide = hider(dlp.words if dlp is not None else frozenset())
     model_score = state.learner.model.score(analysed.features, settings.explain_tokens, hide)
     account: AccountState | None = None
+    sending: SendingDecision | None = None
     if outbound and sender:
-        extra["sending"], account = await before_outbound(state, sender, list(rcpt))
-        extra["account"] = account
+        sending, account = await before_outbound(state, sender, list(rcpt))
 
-    ctx = CheckContext(msg, envelope, model_score, state.model_ready, settings, extra)
+    ctx = CheckContext(
+        msg,
+        envelope,
+        model_score,
+        state.model_ready,
+        settings,
+        auth=auth,
+        labelled=labelled,
+        lists=lists,
+        dlp=dlp,
+        sending=sending,
+        account=account,
+    )
     reasons = run_checks(ctx)
     verdict = decide(reasons, direction, settings)
     observe_verdict(direction, verdict.verdict, verdict.action, reasons, dlp)
@@ -250,7 +259,7 @@ async def _after_outbound(
         verdict=verdict.verdict,
         reasons=reasons,
         dlp_severities=dlp.severities if dlp else (),
-        over_limit=any(r.name.startswith("limit_") for r in reasons),
+        over_limit=any(r.name.startswith(LIMIT_PREFIX) for r in reasons),
         account_state=account.state,
         model_ready=state.model_ready,
         settings=state.settings,
