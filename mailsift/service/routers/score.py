@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -29,6 +29,7 @@ from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
 from mailsift.service.explanation import hider
 from mailsift.service.http.body import read_message
+from mailsift.service.identity import identity_key, optional_identity
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
 from mailsift.service.schemas import ERRORS, ScoreOut
@@ -37,7 +38,21 @@ from mailsift.service.verdict import Verdict, decide, decide_for_recipient
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-Address = Annotated[str | None, Field(max_length=320)]
+
+def _usable(value: str | None) -> str | None:
+    """An identity as sent, once its key is known to be usable (checked after
+    lower-casing, which may lengthen it); the null sender ``<>`` is none."""
+    return value if optional_identity(value, "address") is not None else None
+
+
+def _usable_rcpt(value: str) -> str:
+    identity_key(value, "rcpt")
+    return value
+
+
+# The bound before normalising only stops absurd input early; the real one is _usable's.
+Address = Annotated[str | None, Field(max_length=4 * 320), AfterValidator(_usable)]
+Rcpt = Annotated[str, Field(max_length=4 * 320), AfterValidator(_usable_rcpt)]
 Short = Annotated[str | None, Field(max_length=255)]
 _BODY = {
     "requestBody": {
@@ -54,7 +69,7 @@ class ScoreQuery(BaseModel):
 
     direction: Literal["inbound", "outbound"]
     mail_from: Address = None
-    rcpt: Annotated[list[Annotated[str, Field(max_length=320)]], Field(max_length=1000)] = []
+    rcpt: Annotated[list[Rcpt], Field(max_length=1000)] = []
     client_ip: Short = None
     helo: Short = None
     user: Address = None
