@@ -23,9 +23,13 @@ __all__ = [
     "JunkRecipient",
     "Outcome",
     "Reply",
+    "client_identity",
     "direction_of",
+    "is_local_submission",
     "junk_marks",
+    "misconfigured_outcome",
     "outcome_of",
+    "refused_outcome",
     "stricter",
     "unavailable_outcome",
 ]
@@ -159,6 +163,22 @@ def junk_marks(
     return tuple(found.values())
 
 
+def is_local_submission(
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address | Path | str | None, port: int
+) -> bool:
+    """Mail submitted on the MTA's host itself, not over SMTP: Postfix hands mail of its
+    ``sendmail`` command (pickup, ``non_smtpd_milters``) to milters as a client at
+    127.0.0.1 with port 0, which no TCP connection has. Outbound whatever
+    ``--internal-networks`` says."""
+    if port != 0 or client is None or isinstance(client, Path):
+        return False
+    try:
+        address = ipaddress.ip_address(client) if isinstance(client, str) else client
+    except ValueError:
+        return False
+    return address.is_loopback
+
+
 def direction_of(
     client: ipaddress.IPv4Address | ipaddress.IPv6Address | Path | str | None,
     authenticated_user: str | None,
@@ -166,8 +186,11 @@ def direction_of(
 ) -> Direction:
     """Outbound when the client authenticated or connects from an internal network.
 
-    A client without an IP address (a local submission through the MTA's own
-    ``sendmail`` command or a unix socket) is one of ours: outbound.
+    A client without an IP address (a unix socket, Sendmail's own stdin) is one of
+    ours: outbound. The milter passes a local submission (:func:`is_local_submission`)
+    as such a client; an SMTP client at a loopback address is outbound only when the
+    loopback network is internal (the default ``--internal-networks``), so a content
+    filter that re-injects outside mail over loopback can leave it out.
     """
     if authenticated_user:
         return "outbound"
@@ -178,6 +201,25 @@ def direction_of(
     except ValueError:
         return "outbound"  # Postfix names local pickup "localhost" without an address
     return "outbound" if any(address in net for net in networks) else "inbound"
+
+
+CLIENT_IDENTITY = "client:"
+"""Prefix of the identity of an outbound client that did not authenticate."""
+
+
+def client_identity(
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address | Path | str | None,
+) -> str:
+    """Whose limits an unauthenticated outbound client counts against: its address
+    (``client:10.0.0.5``), never the envelope sender it chose (a host rotating MAIL
+    FROM addresses would get a fresh limit with each); ``client:local`` without one."""
+    if client is None or isinstance(client, Path):
+        return f"{CLIENT_IDENTITY}local"
+    try:
+        address = ipaddress.ip_address(client) if isinstance(client, str) else client
+    except ValueError:
+        return f"{CLIENT_IDENTITY}local"
+    return f"{CLIENT_IDENTITY}{address.compressed}"
 
 
 def _short_reason(answer: ScoreAnswer) -> str:
@@ -231,4 +273,24 @@ def unavailable_outcome(mode: FailMode) -> Outcome:
         "defer",
         reply=Reply(451, "4.3.0", "filter temporarily unavailable, try again later"),
         reason="service unavailable",
+    )
+
+
+def misconfigured_outcome() -> Outcome:
+    """The service refused this gateway (a bad token, a wrong URL): a configuration
+    error, not an outage, so the client retries later whatever the fail mode; passing
+    mail unscanned until someone reads the log is what failing open must never mean."""
+    return Outcome(
+        "defer",
+        reply=Reply(451, "4.3.0", "filter temporarily unavailable, try again later"),
+        reason="gateway misconfigured",
+    )
+
+
+def refused_outcome() -> Outcome:
+    """The service refused what the client sent (an identity or address it cannot use):
+    the same envelope would be refused again, and passing it unscanned is a way round
+    the filter, so it is refused."""
+    return Outcome(
+        "reject", reply=Reply(550, "5.7.1", "envelope refused by the filter"), reason="refused"
     )

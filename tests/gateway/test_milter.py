@@ -462,12 +462,82 @@ def test_the_log_says_why_a_message_is_held_and_why_it_is_outbound(
             transaction(local, message(14, spammy=False))
         finally:
             local.close()
+        pickup = Mta(milter.port)  # Postfix's sendmail command: 127.0.0.1, port 0
+        try:
+            pickup.send(Negotiate(6, ActionFlags.ALL, EVERYTHING))
+            assert isinstance(pickup.receive(), Negotiate)
+            pickup.send(Connect("localhost", IPv4Address("127.0.0.1"), 0), Helo("localhost"))
+            transaction(pickup, message(15, spammy=False))
+        finally:
+            pickup.close()
         log = milter.log()
-    # Whose limits count (the envelope sender's, or the SASL login's) and why outbound.
-    assert f"{HELD}sender@remote.test via=network client=192.0.2.7\n" in log
+    # Whose limits count (the SASL login's, else the client's, never MAIL FROM) and why
+    # outbound; a local submission is outbound though 127.0.0.1 is not internal here.
+    assert f"{HELD}client:192.0.2.7 via=network client=192.0.2.7\n" in log
     assert f"{HELD}carol@corp.test via=sasl\n" in log
-    assert f"{HELD}sender@remote.test via=local\n" in log
-    assert [call["direction"] for call in canned.calls] == [["outbound"]] * 3
+    assert f"{HELD}client:local via=local\n" in log
+    assert log.count(f"{HELD}client:local via=local\n") == 2  # one host, one limit
+    assert [call["direction"] for call in canned.calls] == [["outbound"]] * 4
+    assert [call["user"] for call in canned.calls] == [
+        ["client:192.0.2.7"],
+        ["carol@corp.test"],
+        ["client:local"],
+        ["client:local"],
+    ]
+    assert all(call["mail_from"] == ["sender@remote.test"] for call in canned.calls)
+
+
+def test_an_smtp_client_at_loopback_follows_internal_networks(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    """Only the local pickup path (port 0) is outbound whatever the setting: an SMTP
+    client at 127.0.0.1 (a content filter re-injecting outside mail) is inbound when
+    loopback is left out, and outbound by default."""
+    canned.answer.update(LEAK_HOLD)
+    for networks, direction in (("192.0.2.0/24", "inbound"), (None, "outbound")):
+        args = ("--service-url", canned.url) + (
+            ("--internal-networks", networks) if networks else ()
+        )
+        canned.calls.clear()
+        with GatewayProcess("milter", tmp_path, *args) as milter:
+            mta = Mta(milter.port)
+            try:
+                mta.send(Negotiate(6, ActionFlags.ALL, EVERYTHING))
+                assert isinstance(mta.receive(), Negotiate)
+                mta.send(Connect("localhost", IPv4Address("127.0.0.1"), 41000), Helo("x"))
+                transaction(mta, message(16, spammy=False))
+            finally:
+                mta.close()
+        assert [call["direction"] for call in canned.calls] == [[direction]], networks
+
+
+@pytest.mark.parametrize(
+    ("headers", "user"),
+    [
+        ([b"X-Authenticated-User: dave@corp.test"], "dave@corp.test"),
+        ([], "client:192.0.2.7"),  # no header: the client's address
+        (  # two copies: one was written by someone else than the submission server
+            [b"X-Authenticated-User: dave@corp.test", b"X-Authenticated-User: eve@corp.test"],
+            "client:192.0.2.7",
+        ),
+    ],
+)
+def test_with_identity_source_header_the_submission_servers_header_names_the_sender(
+    tmp_path: Path, canned: CannedService, headers: list[bytes], user: str
+) -> None:
+    canned.answer.update(LEAK_HOLD)
+    args = ("--service-url", canned.url, "--internal-networks", "192.0.2.0/24")
+    env = {"MAILSIFT_GATEWAY_IDENTITY_SOURCE": "header"}
+    raw = b"\r\n".join([*headers, message(17, spammy=False)])
+    with GatewayProcess("milter", tmp_path, *args, env=env) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)
+            transaction(mta, raw)
+            transaction(mta, raw, user="sasl-login@corp.test")  # a login beats the header
+        finally:
+            mta.close()
+    assert [call["user"] for call in canned.calls] == [[user], ["sasl-login@corp.test"]]
 
 
 @pytest.mark.parametrize(
