@@ -29,6 +29,7 @@ __all__ = [
     "junk_marks",
     "misconfigured_outcome",
     "outcome_of",
+    "owner_refusals",
     "refused_outcome",
     "stricter",
     "unavailable_outcome",
@@ -77,7 +78,8 @@ class Outcome:
     ``accept`` delivers (with ``headers`` added and the subject prefixed when
     ``subject_prefix`` is set), ``quarantine`` delivers into the MTA's hold queue,
     ``reject`` and ``defer`` answer the client with ``reply``. A delivered message
-    has each recipient in ``junk`` replaced by its marked address.
+    has each recipient in ``junk`` replaced by its marked address, and each in
+    ``dropped`` (whose own verdict refuses it) removed.
     """
 
     kind: Literal["accept", "quarantine", "reject", "defer"]
@@ -86,6 +88,7 @@ class Outcome:
     reply: Reply | None = None
     reason: str = ""
     junk: tuple[JunkRecipient, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,7 @@ def junk_marks(
     """
     if mark is None or direction != "inbound" or answer.action not in _DELIVERED:
         return ()
-    strict = {r.rcpt for r in answer.recipients if stricter(r, answer)}
+    strict = {r.rcpt for r in answer.recipients if stricter(r, answer) and r.action != "reject"}
     if not strict:
         return ()
     found: dict[str, JunkRecipient] = {}
@@ -177,6 +180,23 @@ def is_local_submission(
     except ValueError:
         return False
     return address.is_loopback
+
+
+def owner_refusals(
+    answer: ScoreAnswer, direction: Direction, rcpts: Sequence[str]
+) -> tuple[str, ...]:
+    """The envelope recipients (as the MTA gave them) whose own verdict refuses the
+    message (``reject``: their own block entry) while it is delivered to the others.
+
+    Only their copy is refused: the milter removes them from the envelope. Inbound mail
+    only, as for Junk marks (outbound, the sender's own lists decide the message).
+    """
+    if direction != "inbound" or answer.action not in _DELIVERED:
+        return ()
+    refusing = {r.rcpt for r in answer.recipients if r.action == "reject"}
+    if not refusing:
+        return ()
+    return tuple(dict.fromkeys(r for r in rcpts if r.lower() in refusing))
 
 
 def direction_of(
@@ -237,10 +257,19 @@ def _short_reason(answer: ScoreAnswer) -> str:
 
 
 def outcome_of(
-    answer: ScoreAnswer, subject_prefix: str, junk: Sequence[JunkRecipient] = ()
+    answer: ScoreAnswer,
+    subject_prefix: str,
+    junk: Sequence[JunkRecipient] = (),
+    dropped: Sequence[str] = (),
+    rcpts: Sequence[str] = (),
 ) -> Outcome:
     """Map the service's action to what the MTA does (see :class:`Outcome`); ``junk``
-    (from :func:`junk_marks`) is kept when the message is delivered."""
+    (from :func:`junk_marks`) and ``dropped`` (from :func:`owner_refusals`) are kept when
+    the message is delivered. When ``dropped`` is every one of ``rcpts``, nobody wants
+    the message: it is refused."""
+    if dropped and {r.lower() for r in rcpts} <= {r.lower() for r in dropped}:
+        refusal = Reply(550, "5.7.1", "message refused by its recipients")
+        return Outcome("reject", reply=refusal, reason="refused by its recipients")
     reasons = ", ".join(answer.reasons)
     if len(reasons) > _MAX_REASONS_HEADER:
         reasons = reasons[: _MAX_REASONS_HEADER - 3].rsplit(",", 1)[0] + ", ..."
@@ -249,14 +278,17 @@ def outcome_of(
         (f"{HEADER_PREFIX}Verdict", answer.verdict),
         (f"{HEADER_PREFIX}Reasons", reasons or "none"),
     )
-    short, marks = _short_reason(answer), tuple(junk)
+    short, marks, gone = _short_reason(answer), tuple(junk), tuple(dropped)
     match answer.action:
         case "accept":
-            return Outcome("accept", headers, junk=marks)
+            return Outcome("accept", headers, junk=marks, dropped=gone)
         case "tag":
-            return Outcome("accept", headers, subject_prefix=subject_prefix or None, junk=marks)
+            prefix = subject_prefix or None
+            return Outcome("accept", headers, subject_prefix=prefix, junk=marks, dropped=gone)
         case "quarantine":
-            return Outcome("quarantine", headers, reason=f"mailsift: {short}", junk=marks)
+            return Outcome(
+                "quarantine", headers, reason=f"mailsift: {short}", junk=marks, dropped=gone
+            )
         case "reject":
             return Outcome("reject", reply=Reply(550, "5.7.1", short), reason=short)
         case "defer":

@@ -79,6 +79,7 @@ from mailsift.gateway.decisions import (
     junk_marks,
     misconfigured_outcome,
     outcome_of,
+    owner_refusals,
     refused_outcome,
     unavailable_outcome,
 )
@@ -120,13 +121,14 @@ RECIPIENT_ACTIONS = ActionFlags.ADD_RECIPIENT | ActionFlags.DELETE_RECIPIENT
 
 def negotiate(offer: Negotiate, *, recipients: bool = True) -> Negotiate:
     """Our answer to the MTA's offer: every event but unknown commands, no replies
-    wherever the MTA allows it, the three actions this filter needs, and, when
-    ``recipients`` (marking for Junk is on) and the MTA allows both, adding and
+    wherever the MTA allows it, the three actions this filter needs, deleting recipients
+    when the MTA allows it (a recipient whose own block list refuses the message), and,
+    when ``recipients`` (marking for Junk is on) and the MTA allows both, adding and
     deleting recipients."""
     missing = _ACTIONS & ~offer.action_flags
     if missing:
         raise ValueError(f"the MTA does not allow {missing!r}")
-    actions = _ACTIONS
+    actions = _ACTIONS | (ActionFlags.DELETE_RECIPIENT & offer.action_flags)
     if recipients and RECIPIENT_ACTIONS & offer.action_flags == RECIPIENT_ACTIONS:
         actions |= RECIPIENT_ACTIONS
     options = (ProtocolFlags.NO_UNKNOWN | _NO_REPLY) & offer.protocol_flags
@@ -282,6 +284,7 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
             edits.append(ChangeHeader(subject[0], "Subject", prefix + b" " + subject[1]))
     for junk in outcome.junk:
         edits += [RemoveRecipient(f"<{junk.rcpt}>"), AddRecipient(f"<{junk.marked}>")]
+    edits += [RemoveRecipient(f"<{rcpt}>") for rcpt in outcome.dropped]
     if outcome.kind == "quarantine":
         # A valid end-of-message action (kilter's state machine allows it) that its
         # FilterMessage type leaves out.
@@ -304,9 +307,11 @@ class MilterConnection:
         self.macros: dict[str, str] = {}
         self.txn = _Transaction(client.max_message_bytes)
         self.mark = JunkMark.from_settings(settings)  # None: off, or the MTA refused
+        self.can_drop = False  # may remove a recipient (negotiated)
 
     def _negotiate(self, offer: Negotiate) -> Negotiate:
         ours = negotiate(offer, recipients=self.mark is not None)
+        self.can_drop = ActionFlags.DELETE_RECIPIENT in ours.action_flags
         if self.mark is not None and RECIPIENT_ACTIONS & ~ours.action_flags:
             if not MilterConnection._told_no_recipient_actions:
                 MilterConnection._told_no_recipient_actions = True
@@ -410,8 +415,16 @@ class MilterConnection:
                 f" ({', '.join(why)})" if why else "",
                 sender.log(self.address) if sender else "",
             )
-            junk = junk_marks(answer, direction, txn.rcpts, self.mark)
-            outcome = outcome_of(answer, self.settings.subject_prefix, junk)
+            dropped = owner_refusals(answer, direction, txn.rcpts) if self.can_drop else ()
+            kept = [r for r in txn.rcpts if r not in dropped]
+            junk = junk_marks(answer, direction, kept, self.mark)
+            outcome = outcome_of(answer, self.settings.subject_prefix, junk, dropped, txn.rcpts)
+            if outcome.dropped:
+                log.info(
+                    "%s: refused for %s (their own block list), delivered to the others",
+                    queue_id,
+                    ", ".join(log_value(r) for r in outcome.dropped),
+                )
             if outcome.junk:
                 log.info("%s: %d recipient(s) marked for Junk", queue_id, len(outcome.junk))
                 JUNK_MARKS.inc(len(outcome.junk))

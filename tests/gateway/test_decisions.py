@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from kilter.protocol.messages import AddRecipient, RemoveRecipient
 
 from mailsift.gateway.client import RecipientVerdict, ScoreAnswer, ServiceUnavailable
 from mailsift.gateway.decisions import (
@@ -15,10 +16,11 @@ from mailsift.gateway.decisions import (
     direction_of,
     junk_marks,
     outcome_of,
+    owner_refusals,
     stricter,
     unavailable_outcome,
 )
-from mailsift.gateway.milter import strip_brackets
+from mailsift.gateway.milter import edits_for, strip_brackets
 from mailsift.gateway.settings import GatewaySettings
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8::/32"))
@@ -229,11 +231,51 @@ def test_every_delivered_outcome_keeps_the_marks(action: str) -> None:
     stricter_bob = answer(
         action,
         verdict,
-        recipients=(personal(BOB, "reject", "spam"), personal(CAROL, action, verdict)),
+        recipients=(personal(BOB, "quarantine", "spam"), personal(CAROL, action, verdict)),
     )
     marks = junk_marks(stricter_bob, "inbound", [BOB, CAROL], MARK)
     assert [m.rcpt for m in marks] == [BOB]
     assert outcome_of(stricter_bob, "[S]", marks).junk == marks
+
+
+@pytest.mark.parametrize("action", ["accept", "tag", "quarantine"])
+def test_a_recipient_whose_own_verdict_rejects_is_dropped_and_nobody_else(action: str) -> None:
+    """Bob's own block entry: his copy is refused (removed from the envelope, not marked),
+    carol's is delivered as the shared verdict says."""
+    bob_blocks = answer(
+        action, recipients=(personal(BOB, "reject", "spam"), personal(CAROL, action, "ham"))
+    )
+    rcpts = ["Bob@Example.test", CAROL]
+    dropped = owner_refusals(bob_blocks, "inbound", rcpts)
+    assert dropped == ("Bob@Example.test",)  # as the client spelled it
+    kept = [r for r in rcpts if r not in dropped]
+    assert junk_marks(bob_blocks, "inbound", kept, MARK) == ()
+    assert junk_marks(bob_blocks, "inbound", rcpts, MARK) == ()  # never marked instead
+    outcome = outcome_of(bob_blocks, "[S]", (), dropped, rcpts)
+    assert outcome.kind == ("quarantine" if action == "quarantine" else "accept")
+    assert outcome.dropped == dropped and outcome.reply is None
+    edits = edits_for([], outcome)
+    assert [e for e in edits if isinstance(e, RemoveRecipient)] == [
+        RemoveRecipient("<Bob@Example.test>")
+    ]
+    assert not [e for e in edits if isinstance(e, AddRecipient)]
+
+
+def test_a_message_every_recipient_refuses_is_rejected() -> None:
+    both = answer("accept", recipients=(personal(BOB, "reject", "spam"),) * 1)
+    dropped = owner_refusals(both, "inbound", [BOB, BOB.upper()])
+    outcome = outcome_of(both, "", (), dropped, [BOB, BOB.upper()])
+    assert outcome.kind == "reject" and outcome.reply == Reply(
+        550, "5.7.1", "message refused by its recipients"
+    )
+
+
+@pytest.mark.parametrize(("direction", "action"), [("outbound", "accept"), ("inbound", "defer")])
+def test_no_recipient_is_dropped_outbound_or_when_nobody_gets_the_message(
+    direction: str, action: str
+) -> None:
+    bob_blocks = answer(action, recipients=(personal(BOB, "reject", "spam"),))
+    assert owner_refusals(bob_blocks, direction, [BOB, CAROL]) == ()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("action", ["reject", "defer"])

@@ -21,9 +21,11 @@ from mailsift.service.accounts import AccountState
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
 from mailsift.service.analysis import Analysed, analyse, learning_example
 from mailsift.service.audit import audit_record
-from mailsift.service.authres import auth_results
+from mailsift.service.authres import AuthResults, auth_results
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
 from mailsift.service.checks.labelled import EXTRA_KEY as LABELLED
+from mailsift.service.checks.lists import AUTH_KEY, owner_reasons
+from mailsift.service.checks.lists import EXTRA_KEY as LISTS
 from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport, scan_message
 from mailsift.service.errors import BadRequest
@@ -138,11 +140,14 @@ async def score(request: Request) -> Response:
     sender = (user or mail_from or "").strip().lower() or None
     outbound = direction == "outbound"
 
-    extra: dict[str, object] = {"auth": auth_results(msg, settings)}
+    auth = auth_results(msg, settings)
+    extra: dict[str, object] = {AUTH_KEY: auth}
     labelled = state.learner.labels.get(analysed.fingerprint)
     if labelled is not None:
         extra[LABELLED] = labelled
-    extra["lists"] = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
+    # The message's verdict takes the global lists (outbound: the sender's own too); a
+    # recipient's own entries decide only that recipient's copy (_per_recipient).
+    extra[LISTS] = state.lists.match(msg.from_addr, [sender] if outbound else ())
     dlp: DlpReport | None = None
     if outbound or settings.dlp_inbound:
         dlp = scan_message(msg, state.dlp)
@@ -160,7 +165,7 @@ async def score(request: Request) -> Response:
     verdict = decide(reasons, direction, settings)
     observe_verdict(direction, verdict.verdict, verdict.action, reasons, dlp)
     recipients = _per_recipient(
-        state, envelope, analysed.fingerprint, msg.from_addr, reasons, verdict
+        state, envelope, analysed.fingerprint, msg.from_addr, auth, reasons, verdict
     )
     status = state.learner.status()
     state.audit.record(
@@ -216,22 +221,27 @@ def _per_recipient(
     envelope: Envelope,
     fingerprint: str,
     sender: str,
+    auth: AuthResults,
     reasons: list[Reason],
     shared: Verdict,
 ) -> list[dict[str, Any]] | None:
     """Each recipient's verdict: the shared one, made stricter (or milder) only by that
-    recipient's own reports. None without recipients."""
+    recipient's own reports and, inbound, their own list entries. None without
+    recipients."""
     if not envelope.rcpt:
         return None
     layers = state.learner.personal
     sender_key = personal_key(sender) if sender else None
-    sender_rule = state.settings.personal_sender
+    settings = state.settings
+    inbound = envelope.direction == "inbound"
     out: list[dict[str, Any]] = []
     for rcpt in envelope.rcpt:
         key = personal_key(rcpt)
         view = layers.view(key, fingerprint, sender_key) if key and layers.users else None
-        mine = personal_reasons(view, sender_rule=sender_rule)
-        own = decide_for_recipient(shared, reasons, mine, envelope.direction, state.settings)
+        mine = personal_reasons(view, sender_rule=settings.personal_sender)
+        if inbound:
+            mine += owner_reasons(state.lists.match(sender, [rcpt]), auth, settings)
+        own = decide_for_recipient(shared, reasons, mine, envelope.direction, settings)
         out.append(
             {
                 "rcpt": key or rcpt,
