@@ -209,8 +209,8 @@ def direction_of(
     A client without an IP address (a unix socket, Sendmail's own stdin) is one of
     ours: outbound. The milter passes a local submission (:func:`is_local_submission`)
     as such a client; an SMTP client at a loopback address is outbound only when the
-    loopback network is internal (the default ``--internal-networks``), so a content
-    filter that re-injects outside mail over loopback can leave it out.
+    loopback network is in ``--internal-networks`` (a webmail on the host: put it in; a
+    content filter re-injecting outside mail over loopback: leave it out).
     """
     if authenticated_user:
         return "outbound"

@@ -16,7 +16,12 @@ the milter only at end of message.
 A recipient whose personal verdict is stricter than the message's has its copy marked
 for its Junk folder by an address extension: the recipient is deleted and added back
 as ``bob+junk@…`` (SMFIR_DELRCPT, SMFIR_ADDRCPT), which the delivery agent writes
-into that copy only.
+into that copy only. A recipient whose own verdict is ``reject`` (their own block list)
+is deleted and not added back: the others still get the message.
+
+Only an outage of the service fails open; a service that refuses the gateway's token
+fails closed (and stops the milter at start), and an envelope it refuses is rejected
+(see :mod:`.client`).
 """
 
 from __future__ import annotations

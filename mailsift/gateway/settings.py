@@ -49,7 +49,7 @@ class GatewaySettings(BaseSettings):
         "answers 4xx so the client retries later.",
     )
     internal_networks: str = Field(
-        "127.0.0.0/8,::1/128",
+        "",
         description="Comma-separated client networks whose mail is outbound "
         "(SASL-authenticated clients and mail submitted on the MTA's host always are).",
     )

@@ -494,10 +494,11 @@ def test_an_smtp_client_at_loopback_follows_internal_networks(
     tmp_path: Path, canned: CannedService
 ) -> None:
     """Only the local pickup path (port 0) is outbound whatever the setting: an SMTP
-    client at 127.0.0.1 (a content filter re-injecting outside mail) is inbound when
-    loopback is left out, and outbound by default."""
+    client at 127.0.0.1 (a content filter re-injecting outside mail) is inbound unless
+    loopback is in ``--internal-networks``."""
     canned.answer.update(LEAK_HOLD)
-    for networks, direction in (("192.0.2.0/24", "inbound"), (None, "outbound")):
+    cases = (("192.0.2.0/24", "inbound"), (None, "inbound"), ("127.0.0.0/8", "outbound"))
+    for networks, direction in cases:
         args = ("--service-url", canned.url) + (
             ("--internal-networks", networks) if networks else ()
         )

@@ -95,7 +95,7 @@ def normalize_user(user: str) -> str:
     if any(c.isspace() for c in key):
         raise InvalidListEntry(f"user must be 1-{MAX_ENTRY} characters without spaces")
     if "@" in key:
-        _validate(key, "user")
+        _validate(key, "user", ours=True)
         key = entry_key(key)
         if len(key) > MAX_ENTRY:  # IDNA may lengthen the domain
             raise InvalidListEntry(f"user must be at most {MAX_ENTRY} characters once keyed")
@@ -165,9 +165,17 @@ def check_scope(scope: str, user: str | None) -> str | None:
     return None
 
 
-def _validate(address: str, what: str) -> None:
+def _validate(address: str, what: str, *, ours: bool = False) -> None:
+    """Address syntax. ``ours``: a list's owner, one of the site's own users, whose
+    domain may be one the public internet never routes (``.test``, ``.internal``); a
+    sender an entry names must be a public one."""
     try:
-        validate_email(address, check_deliverability=False)
+        validate_email(
+            address,
+            check_deliverability=False,
+            globally_deliverable=not ours,
+            test_environment=ours,
+        )
     except EmailNotValidError as exc:
         raise InvalidListEntry(f"invalid {what}: {exc}") from None
 
