@@ -7,7 +7,11 @@ and never a stored 640-character key. Real service, real SQLite, over HTTP.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -168,3 +172,25 @@ def test_an_outbound_score_with_a_lengthening_user_never_fails_the_service(
             headers=MSG,
         )
     assert good.status_code == 200, good.text
+
+
+@pytest.mark.parametrize(("local", "ok"), [("\u0130" * 155, True), ("\u0130" * 161, False)])
+def test_a_user_tokens_address_is_keyed_and_bounded_the_same_way(
+    tmp_path: Path, local: str, ok: bool
+) -> None:
+    """``token create --address``: 320 characters once lower-cased, the bound every
+    endpoint the token then calls applies; over it, one line and exit 2, no traceback."""
+    create = ["token", "create", "--role", "user", "--name", "t"]
+    done = subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", *create, "--address", f"{local}@x.example"],
+        env={**os.environ, "MAILSIFT_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if ok:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "320 characters once lower-cased" in " ".join(done.stderr.split())
