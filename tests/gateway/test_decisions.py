@@ -13,10 +13,14 @@ from mailsift.gateway.decisions import (
     JunkMark,
     JunkRecipient,
     Reply,
+    client_identity,
     direction_of,
+    is_local_submission,
     junk_marks,
+    misconfigured_outcome,
     outcome_of,
     owner_refusals,
+    refused_outcome,
     stricter,
     unavailable_outcome,
 )
@@ -321,3 +325,40 @@ def test_the_mark_comes_from_the_settings_and_can_be_turned_off() -> None:
 def test_settings_refuse_a_mark_that_would_change_the_address(field: str, value: str) -> None:
     with pytest.raises(ValueError, match=field):
         GatewaySettings.model_validate({field: value})
+
+
+@pytest.mark.parametrize(
+    ("client", "port", "local"),
+    [
+        (ipaddress.ip_address("127.0.0.1"), 0, True),  # Postfix's pickup (sendmail)
+        ("::1", 0, True),
+        (ipaddress.ip_address("127.0.0.1"), 41000, False),  # an SMTP client at loopback
+        (ipaddress.ip_address("10.0.0.5"), 0, False),  # port 0 from elsewhere: not ours
+        (None, 0, False),  # no address: direction_of already calls it outbound
+        (Path("/run/sock"), 0, False),
+        ("localhost", 0, False),
+    ],
+)
+def test_a_local_submission_is_loopback_with_port_0(client: object, port: int, local: bool) -> None:
+    assert is_local_submission(client, port) is local  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("client", "identity"),
+    [
+        (ipaddress.ip_address("10.0.0.5"), "client:10.0.0.5"),
+        ("2001:DB8::0:5", "client:2001:db8::5"),  # one spelling of one address
+        (None, "client:local"),
+        (Path("/run/sock"), "client:local"),
+        ("localhost", "client:local"),
+    ],
+)
+def test_an_unauthenticated_client_is_known_by_its_address(client: object, identity: str) -> None:
+    assert client_identity(client) == identity  # type: ignore[arg-type]
+
+
+def test_a_configuration_error_tempfails_and_a_refused_envelope_is_rejected() -> None:
+    assert misconfigured_outcome().reply == Reply(
+        451, "4.3.0", "filter temporarily unavailable, try again later"
+    )
+    assert refused_outcome().kind == "reject" and refused_outcome().reply is not None
