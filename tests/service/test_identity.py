@@ -72,6 +72,8 @@ CALLS: dict[str, Call] = {
     "admission path": lambda c, v: c.get(f"/v1/admission/{_path(v)}"),
     "account path": lambda c, v: c.get(f"/v1/accounts/{_path(v)}"),
     "account clear path": lambda c, v: c.post(f"/v1/accounts/{_path(v)}/clear"),
+    "audit sender": lambda c, v: c.get("/v1/audit", params={"sender": v}),
+    "audit user": lambda c, v: c.get("/v1/audit", params={"user": v}),
     "event body user": lambda c, v: c.post(
         "/v1/events", json={"type": "auth_failure", "user": v, "client_ip": "192.0.2.7"}
     ),
