@@ -301,6 +301,7 @@ class MilterConnection:
     """One MTA connection: the protocol state, the client, the current message."""
 
     _told_no_recipient_actions = False  # warn once a process, not once a connection
+    _told_no_drop = False
 
     def __init__(self, client: ServiceClient, settings: GatewaySettings) -> None:
         self.client = client
@@ -420,7 +421,15 @@ class MilterConnection:
                 f" ({', '.join(why)})" if why else "",
                 sender.log(self.address) if sender else "",
             )
-            dropped = owner_refusals(answer, direction, txn.rcpts) if self.can_drop else ()
+            dropped = owner_refusals(answer, direction, txn.rcpts)
+            if dropped and not self.can_drop:
+                if not MilterConnection._told_no_drop:
+                    MilterConnection._told_no_drop = True
+                    log.warning(
+                        "the MTA does not allow deleting recipients: a recipient whose own "
+                        "block list refuses a message still gets it"
+                    )
+                dropped = ()
             kept = [r for r in txn.rcpts if r not in dropped]
             junk = junk_marks(answer, direction, kept, self.mark)
             outcome = outcome_of(answer, self.settings.subject_prefix, junk, dropped, txn.rcpts)

@@ -584,3 +584,40 @@ def test_marking_turns_off_where_postfix_would_bounce_the_marked_copy(
 )
 def test_this_hosts_postfix_delimiter_is_read() -> None:
     assert isinstance(postfix_recipient_delimiter(), str)
+
+
+BOB_BLOCKS = {
+    **BOB_JUNKS,
+    "recipients": [
+        {"rcpt": "bob@example.test", "verdict": "spam", "action": "reject", "score": 1.0},
+        {"rcpt": CAROL, "verdict": "ham", "action": "accept", "score": 0.02},
+    ],
+}
+
+
+def test_a_recipient_whose_own_block_list_refuses_is_removed_and_only_them(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    """Bob's own verdict is reject (his block list): the milter deletes bob as the client
+    spelled him and adds nobody back; carol keeps the message. An MTA that forbids
+    deleting recipients gets the message for both, and the milter says so once."""
+    canned.answer.update(BOB_BLOCKS)
+    with GatewayProcess("milter", tmp_path, "--service-url", canned.url) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)
+            replies = transaction(mta, message(18, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+        mta = Mta(milter.port)
+        try:
+            connect(mta, ActionFlags.ALL & ~ActionFlags.DELETE_RECIPIENT)
+            kept = transaction(mta, message(19, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+        log = milter.log()
+    assert _recipient_edits(replies) == shape([RemoveRecipient(f"<{BOB}>")])
+    assert isinstance(replies[-1], Accept)
+    assert f"refused for {BOB} (their own block list), delivered to the others" in log
+    assert _recipient_edits(kept) == [] and isinstance(kept[-1], Accept)
+    assert log.count("does not allow deleting recipients") == 1
