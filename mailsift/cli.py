@@ -395,6 +395,13 @@ InternalNetworks = Annotated[
 MetricsPort = Annotated[
     int | None, typer.Option(help="Serve Prometheus metrics on this port (default: off).")
 ]
+IdentitySourceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Whose limits outbound mail counts against: sasl (the SASL login) or header "
+        "(else --identity-header); without either, the client's address (default: sasl)."
+    ),
+]
 
 
 _GATEWAY_OPTIONS = {  # gateway settings whose option is not --FIELD-NAME
@@ -442,6 +449,14 @@ def milter(
     ] = None,
     name: Annotated[str | None, typer.Option(help="Gateway name reported to the service.")] = None,
     metrics_port: MetricsPort = None,
+    identity_source: IdentitySourceOpt = None,
+    identity_header: Annotated[
+        str | None,
+        typer.Option(
+            help="With --identity-source header: the header your submission server sets "
+            "(default: X-Authenticated-User)."
+        ),
+    ] = None,
     junk_marking: Annotated[
         bool | None,
         typer.Option(
@@ -476,6 +491,8 @@ def milter(
             subject_prefix=subject_prefix,
             name=name,
             metrics_port=metrics_port,
+            identity_source=identity_source,
+            identity_header=identity_header,
             junk_marking=junk_marking,
             junk_detail=junk_detail,
             recipient_delimiter=recipient_delimiter,
@@ -499,6 +516,7 @@ def policy(
         str | None, typer.Option(help="Comma-separated domains whose recipients must be listed.")
     ] = None,
     metrics_port: MetricsPort = None,
+    identity_source: IdentitySourceOpt = None,
 ) -> None:
     """Run the Postfix policy server (check_policy_service inet:HOST:PORT)."""
     from mailsift.gateway.run import run_policy
@@ -515,6 +533,7 @@ def policy(
             recipients_file=recipients_file,
             local_domains=local_domains,
             metrics_port=metrics_port,
+            identity_source=identity_source,
         )
     )
 

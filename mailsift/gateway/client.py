@@ -1,12 +1,20 @@
 """The gateway side of the HTTP API: one keep-alive connection pool to the service.
 
-Every failure to get a usable answer (refused, reset, timed out, a 5xx, a body that is
-not the expected JSON) is one exception, :class:`ServiceUnavailable`, because the caller
-does the same for all of them: fail open or closed, per its setting.
+Three kinds of failure, because the caller does something different for each:
+
+* :class:`ServiceUnavailable`, an outage (refused, reset, timed out, a 5xx, a body that
+  is not the expected JSON): fail open or closed, per the setting;
+* :class:`GatewayMisconfigured`, the service refused this gateway (401 or 403: a wrong,
+  revoked or non-gateway token; another 4xx the gateway's own calls never cause, such as
+  404 from a wrong URL): always fail closed and log an error, since failing open would
+  let every message out unscanned until someone reads the log;
+* :class:`RequestRefused`, the service judged what the client sent unusable (400: an
+  identity or address it refuses): the message is refused, never passed unscanned.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,13 +29,18 @@ __all__ = [
     "Action",
     "Admission",
     "Direction",
+    "GatewayMisconfigured",
     "RecipientVerdict",
+    "RequestRefused",
     "ScoreAnswer",
     "ScoreRequest",
     "ServiceClient",
     "ServiceUnavailable",
+    "check_token",
     "recipients_that_fit",
 ]
+
+log = logging.getLogger("mailsift.gateway")
 
 Direction = Literal["inbound", "outbound"]
 Action = Literal["accept", "tag", "quarantine", "reject", "defer"]
@@ -58,6 +71,44 @@ def recipients_that_fit(rcpt: Sequence[str], budget: int = _RCPT_QUERY_BUDGET) -
 
 class ServiceUnavailable(Exception):
     """The service gave no usable answer in time; the message is the cause, never content."""
+
+
+class GatewayMisconfigured(Exception):
+    """The service refused this gateway's call (a bad token, a wrong URL): a configuration
+    error, not an outage. The message says which and what to check, never the token."""
+
+
+class RequestRefused(Exception):
+    """The service refused what the client sent (400: an identity it cannot use); the
+    message is the service's ``detail``, cut short."""
+
+
+# Answers that are an outage: transient, so the fail mode applies. 413 is the service's
+# size limit, below this gateway's own (the message passes as a too-large one would).
+_OUTAGE_4XX = frozenset({408, 413, 429})
+_REQUEST_REFUSED = frozenset({400, 422})
+_MAX_DETAIL = 200
+_PROBE_USER = "mailsift-gateway-token-check"
+
+
+def _refusal(response: httpx.Response) -> Exception:
+    """The exception for a non-200 answer (see the module's docstring)."""
+    status = response.status_code
+    if status >= 500 or status in _OUTAGE_4XX:
+        return ServiceUnavailable(f"HTTP {status}")
+    if status in _REQUEST_REFUSED:
+        try:
+            detail = str(response.json().get("detail", ""))
+        except (ValueError, AttributeError):
+            detail = ""
+        return RequestRefused(f"HTTP {status}: {detail[:_MAX_DETAIL]}".rstrip(": "))
+    if status == 401:
+        why = "the token is missing, unknown or revoked (check --token-file)"
+    elif status == 403:
+        why = "the token may not call this (it needs the gateway role)"
+    else:
+        why = "check --service-url: it must be the service's gateway listener"
+    return GatewayMisconfigured(f"HTTP {status} from {response.request.url.path}: {why}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +252,17 @@ class ServiceClient:
         )
         return ScoreAnswer.from_json(body)
 
+    async def check_token(self) -> None:
+        """At start: does the service take this gateway's token? Raises
+        :class:`GatewayMisconfigured` when it does not, :class:`ServiceUnavailable` when
+        the service cannot be asked now (the gateway starts anyway: an outage is what the
+        fail mode is for). Asks ``/v1/admission`` about a name no user has: it counts
+        nothing and needs the gateway role."""
+        try:
+            await self.admission(_PROBE_USER)
+        except RequestRefused as exc:
+            raise GatewayMisconfigured(f"the token check was refused: {exc}") from None
+
     async def admission(self, user: str) -> Admission:
         body = await self._call("GET", f"/v1/admission/{quote(user, safe='@')}")
         try:
@@ -221,8 +283,23 @@ class ServiceClient:
         except httpx.HTTPError as exc:
             raise ServiceUnavailable(type(exc).__name__) from None
         if response.status_code != 200:
-            raise ServiceUnavailable(f"HTTP {response.status_code}")
+            raise _refusal(response)
         try:
             return response.json()
         except ValueError:
             raise ServiceUnavailable("answer is not JSON") from None
+
+
+async def check_token(client: ServiceClient, component: str) -> None:
+    """Before serving: a token the service refuses raises :class:`GatewayMisconfigured`
+    (the process must not start: every message would fail); a service that cannot be
+    asked now is only logged, since outages are what the fail mode is for."""
+    try:
+        await client.check_token()
+    except GatewayMisconfigured:
+        await client.aclose()
+        raise
+    except ServiceUnavailable as exc:
+        log.warning("%s: cannot check the gateway token now (service %s): starting", component, exc)
+    else:
+        log.info("%s: the service accepts the gateway token", component)

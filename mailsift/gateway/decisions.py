@@ -25,9 +25,14 @@ __all__ = [
     "JunkRecipient",
     "Outcome",
     "Reply",
+    "client_identity",
     "direction_of",
+    "is_local_submission",
     "junk_marks",
+    "misconfigured_outcome",
     "outcome_of",
+    "owner_refusals",
+    "refused_outcome",
     "stricter",
     "unavailable_outcome",
 ]
@@ -75,7 +80,8 @@ class Outcome:
     ``accept`` delivers (with ``headers`` added and the subject prefixed when
     ``subject_prefix`` is set), ``quarantine`` delivers into the MTA's hold queue,
     ``reject`` and ``defer`` answer the client with ``reply``. A delivered message
-    has each recipient in ``junk`` replaced by its marked address.
+    has each recipient in ``junk`` replaced by its marked address, and each in
+    ``dropped`` (whose own verdict refuses it) removed.
     """
 
     kind: Literal["accept", "quarantine", "reject", "defer"]
@@ -84,6 +90,7 @@ class Outcome:
     reply: Reply | None = None
     reason: str = ""
     junk: tuple[JunkRecipient, ...] = ()
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +156,7 @@ def junk_marks(
     """
     if mark is None or direction != "inbound" or answer.action not in _DELIVERED:
         return ()
-    strict = {r.rcpt for r in answer.recipients if stricter(r, answer)}
+    strict = {r.rcpt for r in answer.recipients if stricter(r, answer) and r.action != "reject"}
     if not strict:
         return ()
     found: dict[str, JunkRecipient] = {}
@@ -161,6 +168,39 @@ def junk_marks(
     return tuple(found.values())
 
 
+def is_local_submission(
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address | Path | str | None, port: int
+) -> bool:
+    """Mail submitted on the MTA's host itself, not over SMTP: Postfix hands mail of its
+    ``sendmail`` command (pickup, ``non_smtpd_milters``) to milters as a client at
+    127.0.0.1 with port 0, which no TCP connection has. Outbound whatever
+    ``--internal-networks`` says."""
+    if port != 0 or client is None or isinstance(client, Path):
+        return False
+    try:
+        address = ipaddress.ip_address(client) if isinstance(client, str) else client
+    except ValueError:
+        return False
+    return address.is_loopback
+
+
+def owner_refusals(
+    answer: ScoreAnswer, direction: Direction, rcpts: Sequence[str]
+) -> tuple[str, ...]:
+    """The envelope recipients (as the MTA gave them) whose own verdict refuses the
+    message (``reject``: their own block entry) while it is delivered to the others.
+
+    Only their copy is refused: the milter removes them from the envelope. Inbound mail
+    only, as for Junk marks (outbound, the sender's own lists decide the message).
+    """
+    if direction != "inbound" or answer.action not in _DELIVERED:
+        return ()
+    refusing = {r.rcpt for r in answer.recipients if r.action == "reject"}
+    if not refusing:
+        return ()
+    return tuple(dict.fromkeys(r for r in rcpts if r.lower() in refusing))
+
+
 def direction_of(
     client: ipaddress.IPv4Address | ipaddress.IPv6Address | Path | str | None,
     authenticated_user: str | None,
@@ -168,8 +208,11 @@ def direction_of(
 ) -> Direction:
     """Outbound when the client authenticated or connects from an internal network.
 
-    A client without an IP address (a local submission through the MTA's own
-    ``sendmail`` command or a unix socket) is one of ours: outbound.
+    A client without an IP address (a unix socket, Sendmail's own stdin) is one of
+    ours: outbound. The milter passes a local submission (:func:`is_local_submission`)
+    as such a client; an SMTP client at a loopback address is outbound only when the
+    loopback network is in ``--internal-networks`` (a webmail on the host: put it in; a
+    content filter re-injecting outside mail over loopback: leave it out).
     """
     if authenticated_user:
         return "outbound"
@@ -180,6 +223,25 @@ def direction_of(
     except ValueError:
         return "outbound"  # Postfix names local pickup "localhost" without an address
     return "outbound" if any(address in net for net in networks) else "inbound"
+
+
+CLIENT_IDENTITY = "client:"
+"""Prefix of the identity of an outbound client that did not authenticate."""
+
+
+def client_identity(
+    client: ipaddress.IPv4Address | ipaddress.IPv6Address | Path | str | None,
+) -> str:
+    """Whose limits an unauthenticated outbound client counts against: its address
+    (``client:10.0.0.5``), never the envelope sender it chose (a host rotating MAIL
+    FROM addresses would get a fresh limit with each); ``client:local`` without one."""
+    if client is None or isinstance(client, Path):
+        return f"{CLIENT_IDENTITY}local"
+    try:
+        address = ipaddress.ip_address(client) if isinstance(client, str) else client
+    except ValueError:
+        return f"{CLIENT_IDENTITY}local"
+    return f"{CLIENT_IDENTITY}{address.compressed}"
 
 
 def _short_reason(answer: ScoreAnswer) -> str:
@@ -197,10 +259,19 @@ def _short_reason(answer: ScoreAnswer) -> str:
 
 
 def outcome_of(
-    answer: ScoreAnswer, subject_prefix: str, junk: Sequence[JunkRecipient] = ()
+    answer: ScoreAnswer,
+    subject_prefix: str,
+    junk: Sequence[JunkRecipient] = (),
+    dropped: Sequence[str] = (),
+    rcpts: Sequence[str] = (),
 ) -> Outcome:
     """Map the service's action to what the MTA does (see :class:`Outcome`); ``junk``
-    (from :func:`junk_marks`) is kept when the message is delivered."""
+    (from :func:`junk_marks`) and ``dropped`` (from :func:`owner_refusals`) are kept when
+    the message is delivered. When ``dropped`` is every one of ``rcpts``, nobody wants
+    the message: it is refused."""
+    if dropped and {r.lower() for r in rcpts} <= {r.lower() for r in dropped}:
+        refusal = Reply(550, "5.7.1", "message refused by its recipients")
+        return Outcome("reject", reply=refusal, reason="refused by its recipients")
     reasons = ", ".join(answer.reasons)
     if len(reasons) > _MAX_REASONS_HEADER:
         reasons = reasons[: _MAX_REASONS_HEADER - 3].rsplit(",", 1)[0] + ", ..."
@@ -209,14 +280,17 @@ def outcome_of(
         (f"{HEADER_PREFIX}Verdict", answer.verdict),
         (f"{HEADER_PREFIX}Reasons", reasons or "none"),
     )
-    short, marks = _short_reason(answer), tuple(junk)
+    short, marks, gone = _short_reason(answer), tuple(junk), tuple(dropped)
     match answer.action:
         case "accept":
-            return Outcome("accept", headers, junk=marks)
+            return Outcome("accept", headers, junk=marks, dropped=gone)
         case "tag":
-            return Outcome("accept", headers, subject_prefix=subject_prefix or None, junk=marks)
+            prefix = subject_prefix or None
+            return Outcome("accept", headers, subject_prefix=prefix, junk=marks, dropped=gone)
         case "quarantine":
-            return Outcome("quarantine", headers, reason=f"mailsift: {short}", junk=marks)
+            return Outcome(
+                "quarantine", headers, reason=f"mailsift: {short}", junk=marks, dropped=gone
+            )
         case "reject":
             return Outcome("reject", reply=Reply(550, "5.7.1", short), reason=short)
         case "defer":
@@ -233,4 +307,24 @@ def unavailable_outcome(mode: FailMode) -> Outcome:
         "defer",
         reply=Reply(451, "4.3.0", "filter temporarily unavailable, try again later"),
         reason="service unavailable",
+    )
+
+
+def misconfigured_outcome() -> Outcome:
+    """The service refused this gateway (a bad token, a wrong URL): a configuration
+    error, not an outage, so the client retries later whatever the fail mode; passing
+    mail unscanned until someone reads the log is what failing open must never mean."""
+    return Outcome(
+        "defer",
+        reply=Reply(451, "4.3.0", "filter temporarily unavailable, try again later"),
+        reason="gateway misconfigured",
+    )
+
+
+def refused_outcome() -> Outcome:
+    """The service refused what the client sent (an identity or address it cannot use):
+    the same envelope would be refused again, and passing it unscanned is a way round
+    the filter, so it is refused."""
+    return Outcome(
+        "reject", reply=Reply(550, "5.7.1", "envelope refused by the filter"), reason="refused"
     )

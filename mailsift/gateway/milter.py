@@ -16,7 +16,12 @@ the milter only at end of message.
 A recipient whose personal verdict is stricter than the message's has its copy marked
 for its Junk folder by an address extension: the recipient is deleted and added back
 as ``bob+junk@…`` (SMFIR_DELRCPT, SMFIR_ADDRCPT), which the delivery agent writes
-into that copy only.
+into that copy only. A recipient whose own verdict is ``reject`` (their own block list)
+is deleted and not added back: the others still get the message.
+
+Only an outage of the service fails open; a service that refuses the gateway's token
+fails closed (and stops the milter at start), and an envelope it refuses is rejected
+(see :mod:`.client`).
 """
 
 from __future__ import annotations
@@ -61,19 +66,26 @@ from kilter.protocol.messages import (
 )
 
 from mailsift.gateway.client import (
-    Direction,
+    GatewayMisconfigured,
+    RequestRefused,
     ScoreAnswer,
     ScoreRequest,
     ServiceClient,
     ServiceUnavailable,
+    check_token,
 )
 from mailsift.gateway.decisions import (
     HEADER_PREFIX,
     JunkMark,
     Outcome,
+    client_identity,
     direction_of,
+    is_local_submission,
     junk_marks,
+    misconfigured_outcome,
     outcome_of,
+    owner_refusals,
+    refused_outcome,
     unavailable_outcome,
 )
 from mailsift.gateway.metrics import DECISIONS, JUNK_MARKS, SERVICE_FAILURES
@@ -91,8 +103,10 @@ from mailsift.reasons import (
 __all__ = [
     "RECIPIENT_ACTIONS",
     "MilterConnection",
+    "Sender",
     "decided_by",
     "edits_for",
+    "identity_of",
     "negotiate",
     "serve_milter",
     "strip_brackets",
@@ -120,13 +134,14 @@ RECIPIENT_ACTIONS = ActionFlags.ADD_RECIPIENT | ActionFlags.DELETE_RECIPIENT
 
 def negotiate(offer: Negotiate, *, recipients: bool = True) -> Negotiate:
     """Our answer to the MTA's offer: every event but unknown commands, no replies
-    wherever the MTA allows it, the three actions this filter needs, and, when
-    ``recipients`` (marking for Junk is on) and the MTA allows both, adding and
+    wherever the MTA allows it, the three actions this filter needs, deleting recipients
+    when the MTA allows it (a recipient whose own block list refuses the message), and,
+    when ``recipients`` (marking for Junk is on) and the MTA allows both, adding and
     deleting recipients."""
     missing = _ACTIONS & ~offer.action_flags
     if missing:
         raise ValueError(f"the MTA does not allow {missing!r}")
-    actions = _ACTIONS
+    actions = _ACTIONS | (ActionFlags.DELETE_RECIPIENT & offer.action_flags)
     if recipients and RECIPIENT_ACTIONS & offer.action_flags == RECIPIENT_ACTIONS:
         actions |= RECIPIENT_ACTIONS
     options = (ProtocolFlags.NO_UNKNOWN | _NO_REPLY) & offer.protocol_flags
@@ -179,26 +194,47 @@ def _name(reason: str) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in "_-.:") else "?" for c in reason)
 
 
-def _sender(
-    direction: Direction,
-    address: IPv4Address | IPv6Address | Path | None,
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Whose limits an outbound message counts against, and why it is outbound: ``sasl``
+    (the SASL login), ``header`` (the submission server's identity header), ``network``
+    (an unauthenticated client of an internal network: its address) or ``local``
+    (submitted on the MTA's host, or a connection without an address)."""
+
+    user: str
+    via: str
+
+    def log(self, address: IPv4Address | IPv6Address | Path | None) -> str:
+        """`` user=… via=…`` for the log line (``network`` with the client's address)."""
+        via = self.via
+        if via == "network" and isinstance(address, IPv4Address | IPv6Address):
+            via = f"network client={address}"
+        return f" user={log_value(self.user)} via={via}"
+
+
+def identity_of(
+    settings: GatewaySettings,
     sasl_user: str | None,
-    user: str | None,
-) -> str:
-    """`` user=… via=sasl|network|local`` for outbound mail: whose limits it counts
-    against and why it is outbound (``network`` with the client's address); nothing for
-    inbound."""
-    if direction != "outbound":
-        return ""
+    headers: list[tuple[str, bytes]],
+    address: IPv4Address | IPv6Address | Path | None,
+    local: bool,
+) -> Sender:
+    """The identity of outbound mail, from the source the settings name (never MAIL
+    FROM, which the client chooses freely): the SASL login; with
+    ``identity_source=header`` else the identity header, when the message holds it
+    exactly once (a second copy means someone other than the submission server wrote
+    one); else the client's address, so one host has one limit."""
     if sasl_user:
-        via = "sasl"
-    elif isinstance(address, IPv4Address | IPv6Address):
-        # In --internal-networks. Postfix presents its own sendmail command and pickup
-        # as a client at 127.0.0.1, so local submissions are outbound this way too.
-        via = f"network client={address}"
-    else:
-        via = "local"  # a connection without an address: a unix socket, Sendmail's stdin
-    return f" user={log_value(user)} via={via}"
+        return Sender(sasl_user, "sasl")
+    if settings.identity_source == "header":
+        wanted = settings.identity_header.lower()
+        values = [v for name, v in headers if name.lower() == wanted]
+        if len(values) == 1:
+            value = values[0].decode("utf-8", "replace").strip()
+            if value:
+                return Sender(value, "header")
+    client = None if local else address
+    return Sender(client_identity(client), "local" if local or client is None else "network")
 
 
 @dataclass
@@ -261,6 +297,7 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
             edits.append(ChangeHeader(subject[0], "Subject", prefix + b" " + subject[1]))
     for junk in outcome.junk:
         edits += [RemoveRecipient(f"<{junk.rcpt}>"), AddRecipient(f"<{junk.marked}>")]
+    edits += [RemoveRecipient(f"<{rcpt}>") for rcpt in outcome.dropped]
     if outcome.kind == "quarantine":
         # A valid end-of-message action (kilter's state machine allows it) that its
         # FilterMessage type leaves out.
@@ -272,19 +309,23 @@ class MilterConnection:
     """One MTA connection: the protocol state, the client, the current message."""
 
     _told_no_recipient_actions = False  # warn once a process, not once a connection
+    _told_no_drop = False
 
     def __init__(self, client: ServiceClient, settings: GatewaySettings) -> None:
         self.client = client
         self.settings = settings
         self.proto = FilterProtocol(abort_on_unknown=True)
         self.address: IPv4Address | IPv6Address | Path | None = None
+        self.port = -1
         self.helo = ""
         self.macros: dict[str, str] = {}
         self.txn = _Transaction(client.max_message_bytes)
         self.mark = JunkMark.from_settings(settings)  # None: off, or the MTA refused
+        self.can_drop = False  # may remove a recipient (negotiated)
 
     def _negotiate(self, offer: Negotiate) -> Negotiate:
         ours = negotiate(offer, recipients=self.mark is not None)
+        self.can_drop = ActionFlags.DELETE_RECIPIENT in ours.action_flags
         if self.mark is not None and RECIPIENT_ACTIONS & ~ours.action_flags:
             if not MilterConnection._told_no_recipient_actions:
                 MilterConnection._told_no_recipient_actions = True
@@ -300,7 +341,7 @@ class MilterConnection:
             case Macro():
                 self.macros.update(event.macros)
             case Connect():
-                self.address = event.address
+                self.address, self.port = event.address, event.port
             case Helo():
                 self.helo = event.hostname
             case EnvelopeFrom():
@@ -330,8 +371,14 @@ class MilterConnection:
             log.info("%s: larger than %d bytes, passed unscanned", queue_id, txn.limit)
             DECISIONS.labels("milter", "unscanned").inc()
             return Outcome("accept")
-        user = self.macros.get("{auth_authen}") or None
-        direction = direction_of(self.address, user, self.settings.networks)
+        sasl = self.macros.get("{auth_authen}") or None
+        local = is_local_submission(self.address, self.port)
+        direction = direction_of(None if local else self.address, sasl, self.settings.networks)
+        sender = (
+            identity_of(self.settings, sasl, txn.headers, self.address, local)
+            if direction == "outbound"
+            else None
+        )
         is_ip = isinstance(self.address, IPv4Address | IPv6Address)
         request = ScoreRequest(
             raw=txn.raw(),
@@ -340,7 +387,7 @@ class MilterConnection:
             rcpt=txn.rcpts,
             client_ip=str(self.address) if is_ip else None,
             helo=self.helo or None,
-            user=user or (txn.mail_from if direction == "outbound" else None) or None,
+            user=sender.user if sender else None,
             queue_id=queue_id,
         )
         started = time.perf_counter()
@@ -357,6 +404,19 @@ class MilterConnection:
                 mode,
             )
             outcome = unavailable_outcome(mode)
+        except GatewayMisconfigured as exc:
+            SERVICE_FAILURES.labels("milter", "closed").inc()
+            log.error("%s: %s: failing closed whatever the fail mode", queue_id, exc)
+            outcome = misconfigured_outcome()
+        except RequestRefused as exc:
+            log.warning(
+                "%s: %s refused by the service (%s): rejected%s",
+                queue_id,
+                direction,
+                log_value(str(exc)),
+                sender.log(self.address) if sender else "",
+            )
+            outcome = refused_outcome()
         else:
             why = decided_by(answer)
             log.info(
@@ -367,10 +427,26 @@ class MilterConnection:
                 answer.score,
                 answer.action,
                 f" ({', '.join(why)})" if why else "",
-                _sender(direction, self.address, user, request.user),
+                sender.log(self.address) if sender else "",
             )
-            junk = junk_marks(answer, direction, txn.rcpts, self.mark)
-            outcome = outcome_of(answer, self.settings.subject_prefix, junk)
+            dropped = owner_refusals(answer, direction, txn.rcpts)
+            if dropped and not self.can_drop:
+                if not MilterConnection._told_no_drop:
+                    MilterConnection._told_no_drop = True
+                    log.warning(
+                        "the MTA does not allow deleting recipients: a recipient whose own "
+                        "block list refuses a message still gets it"
+                    )
+                dropped = ()
+            kept = [r for r in txn.rcpts if r not in dropped]
+            junk = junk_marks(answer, direction, kept, self.mark)
+            outcome = outcome_of(answer, self.settings.subject_prefix, junk, dropped, txn.rcpts)
+            if outcome.dropped:
+                log.info(
+                    "%s: refused for %s (their own block list), delivered to the others",
+                    queue_id,
+                    ", ".join(log_value(r) for r in outcome.dropped),
+                )
             if outcome.junk:
                 log.info("%s: %d recipient(s) marked for Junk", queue_id, len(outcome.junk))
                 JUNK_MARKS.inc(len(outcome.junk))
@@ -462,6 +538,7 @@ async def serve_milter(settings: GatewaySettings) -> None:
         found = await asyncio.to_thread(postfix_recipient_delimiter)
         settings = checked_marking(settings, found)
     client = ServiceClient(settings)
+    await check_token(client, "milter")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await MilterConnection(client, settings).serve(reader, writer)

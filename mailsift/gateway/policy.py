@@ -27,10 +27,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailsift.gateway.client import ServiceClient, ServiceUnavailable
-from mailsift.gateway.decisions import direction_of
+from mailsift.gateway.client import (
+    GatewayMisconfigured,
+    RequestRefused,
+    ServiceClient,
+    ServiceUnavailable,
+    check_token,
+)
+from mailsift.gateway.decisions import client_identity, direction_of
 from mailsift.gateway.metrics import DECISIONS, SERVICE_FAILURES
-from mailsift.gateway.settings import FailMode, GatewaySettings, Network
+from mailsift.gateway.settings import FailMode, GatewaySettings, IdentitySource, Network
 
 __all__ = [
     "DUNNO",
@@ -158,12 +164,17 @@ def refusal_line(attributes: dict[str, str], user: str | None, answer: str, reas
     return "refused " + " ".join(f"{name}={log_value(v)}" for name, v in fields.items())
 
 
-def outbound_sender(attributes: dict[str, str], networks: Iterable[Network]) -> str | None:
-    """The user whose limits apply: the SASL login, or the envelope sender of a client in
-    an internal network; None for inbound mail (nobody's limit)."""
+def outbound_sender(
+    attributes: dict[str, str], networks: Iterable[Network], source: IdentitySource = "sasl"
+) -> str | None:
+    """The identity whose limits apply, as the milter names it: the SASL login, else the
+    address of a client in an internal network (``client:10.0.0.5``, never the envelope
+    sender it chose); None for inbound mail (nobody's limit), and with
+    ``identity_source=header`` for a client without a login (the header is in the
+    message, which Postfix has not received at RCPT: its limits apply at end of
+    message)."""
     user = attributes.get("sasl_username") or None
     client = attributes.get("client_address") or None
-    sender = attributes.get("sender") or None
     try:
         address = ipaddress.ip_address(client) if client else None
     except ValueError:
@@ -172,7 +183,9 @@ def outbound_sender(attributes: dict[str, str], networks: Iterable[Network]) -> 
         return None  # no client address: not a request about SMTP mail we can judge
     if direction_of(address, user, networks) != "outbound":
         return None
-    return user or sender
+    if user:
+        return user
+    return None if source == "header" else client_identity(address)
 
 
 class PolicyServer:
@@ -210,13 +223,27 @@ class PolicyServer:
             DECISIONS.labels("policy", "unknown_recipient").inc()
             log.info("%s", refusal_line(attributes, None, refusal, "unknown recipient"))
             return refusal
-        user = outbound_sender(attributes, self.settings.networks)
+        settings = self.settings
+        user = outbound_sender(attributes, settings.networks, settings.identity_source)
         if user is None:
             return DUNNO
         try:
             admission = await self.client.admission(user)
         except ServiceUnavailable as exc:
-            return self._unavailable(attributes, user, str(exc), self.settings.fail_mode)
+            return self._unavailable(attributes, user, str(exc), settings.fail_mode)
+        except GatewayMisconfigured as exc:
+            # A configuration error, not an outage: closed whatever the fail mode.
+            SERVICE_FAILURES.labels("policy", "closed").inc()
+            answer = "DEFER 4.3.0 policy service temporarily unavailable, try again later"
+            log.error("%s", refusal_line(attributes, user, answer, f"{exc}: failing closed"))
+            return answer
+        except RequestRefused as exc:
+            DECISIONS.labels("policy", "refused").inc()
+            answer = "550 5.7.1 sender refused by the filter"
+            log.warning(
+                "%s", refusal_line(attributes, user, answer, f"refused by the service: {exc}")
+            )
+            return answer
         if admission.decision == "defer":
             DECISIONS.labels("policy", "defer").inc()
             reason = admission.reason or "not now"
@@ -288,6 +315,7 @@ async def _read_request(reader: asyncio.StreamReader) -> list[str] | None:
 async def serve_policy(settings: GatewaySettings) -> None:
     """Listen for Postfix connections until cancelled."""
     client = ServiceClient(settings)
+    await check_token(client, "policy")
     server = PolicyServer(client, settings)
     listener = await asyncio.start_server(
         server.handle, settings.policy_host, settings.policy_port, limit=MAX_LINE * 2

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
+from mailsift.gateway.client import GatewayMisconfigured
 from mailsift.gateway.metrics import serve_metrics
 from mailsift.gateway.milter import serve_milter
 from mailsift.gateway.policy import serve_policy
@@ -40,17 +43,25 @@ def _uvloop() -> bool:
     return True
 
 
-def run_milter(settings: GatewaySettings) -> None:
-    """Serve the milter until interrupted."""
+def _run(
+    name: str, serve: Callable[[GatewaySettings], Awaitable[None]], settings: GatewaySettings
+) -> None:
+    """Serve until interrupted; exit 2 with one line when the service refuses the token."""
     _logging()
     serve_metrics(settings.metrics_port)
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve_milter, settings, backend_options={"use_uvloop": _uvloop()})
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(serve, settings, backend_options={"use_uvloop": _uvloop()})
+    except GatewayMisconfigured as exc:
+        print(f"mailsift {name}: the service refused the gateway token: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_milter(settings: GatewaySettings) -> None:
+    """Serve the milter until interrupted."""
+    _run("milter", serve_milter, settings)
 
 
 def run_policy(settings: GatewaySettings) -> None:
     """Serve the policy server until interrupted."""
-    _logging()
-    serve_metrics(settings.metrics_port)
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve_policy, settings, backend_options={"use_uvloop": _uvloop()})
+    _run("policy", serve_policy, settings)

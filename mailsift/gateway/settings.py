@@ -17,9 +17,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailsift.service.settings import domain_set
 
-__all__ = ["FailMode", "GatewaySettings", "Network"]
+__all__ = ["FailMode", "GatewaySettings", "IdentitySource", "Network"]
 
 FailMode = Literal["open", "closed"]
+IdentitySource = Literal["sasl", "header"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Characters that would change what an address means (or end it) if put into its local part.
 _UNSAFE_IN_ADDRESS = frozenset('@<>",;:\\()[] \t\r\n\0')
@@ -50,7 +51,18 @@ class GatewaySettings(BaseSettings):
     internal_networks: str = Field(
         "",
         description="Comma-separated client networks whose mail is outbound "
-        "(SASL-authenticated clients always are).",
+        "(SASL-authenticated clients and mail submitted on the MTA's host always are).",
+    )
+    identity_source: IdentitySource = Field(
+        "sasl",
+        description="Whose limits outbound mail counts against: `sasl`, the SASL login; "
+        "`header`, the SASL login, else the `identity_header` the submission server "
+        "sets. Without either, the client's address (`client:10.0.0.5`), never MAIL FROM.",
+    )
+    identity_header: str = Field(
+        "X-Authenticated-User",
+        description="With `identity_source=header`: the header holding the sender's "
+        "login, trusted only when the message holds it exactly once.",
     )
     subject_prefix: str = Field(
         "[SPAM?]", description="Prefix added to the Subject of mail the service tags."
@@ -105,6 +117,9 @@ class GatewaySettings(BaseSettings):
             raise ValueError(
                 "junk_detail: characters an address's local part may hold, not the delimiter"
             )
+        name = self.identity_header
+        if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
+            raise ValueError("identity_header: a header field name (printable, no colon)")
         self.networks  # noqa: B018 - parse now: a typo must stop start-up, not the first mail
         return self
 

@@ -55,6 +55,7 @@ from mailsift.service.db import (
     write_transaction,
 )
 from mailsift.service.errors import Forbidden, Unauthorized
+from mailsift.service.identity import optional_identity
 from mailsift.service.settings import Settings
 
 __all__ = [
@@ -141,12 +142,13 @@ class TokenStore:
         """A new token; the returned secret is shown once and never stored."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
-        cleaned = tuple(sorted({a.strip().lower() for a in addresses if a.strip()}))
+        keys = [(a, optional_identity(a, "--address")) for a in addresses]  # 320 once keyed
+        cleaned = tuple(sorted({key for _, key in keys if key}))
         if role in SCOPED_ROLES and not cleaned:
             raise ValueError(f"a {role} token needs at least one --address (or @domain)")
-        for address in cleaned:
-            if "@" not in address or len(address) > 320:
-                raise ValueError(f"{address!r} is not an address or @domain")
+        for given, key in keys:
+            if key is not None and "@" not in key:
+                raise ValueError(f"{given!r} is not an address or @domain")
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         now = time.time()
         with write_transaction(self.engine) as conn:

@@ -78,13 +78,17 @@ def decide_for_recipient(
 ) -> Verdict:
     """One recipient's verdict: the shared reasons plus that recipient's own.
 
-    A recipient's stricter verdict must never refuse the message to the others, so it
-    never rejects or defers more than the shared verdict does: the strictest it gets is
-    the spam action (the gateway files that copy into Junk).
+    It acts on that recipient's copy only: the gateway removes a recipient whose own
+    action is ``reject`` and files a stricter copy into Junk, the others keep theirs.
+    So a reject comes only from what the recipient demanded themselves (their own
+    block entry); a score their reports pushed up, or a defer (a copy cannot wait on
+    its own), is capped at the spam action.
     """
     if not personal:
         return shared
     mine = decide([*reasons, *personal], direction, settings)
+    if mine.action == "reject" and any(r.action == "reject" for r in personal):
+        return mine
     if mine.action in ("reject", "defer") and _SEVERITY[mine.action] > _SEVERITY[shared.action]:
         capped = max(shared.action, settings.spam_action, key=_SEVERITY.__getitem__)
         if capped in ("reject", "defer"):

@@ -4,6 +4,9 @@ service, envelopes of every legal size."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from mailsift.gateway.client import (
+    GatewayMisconfigured,
     RecipientVerdict,
+    RequestRefused,
     ScoreAnswer,
     ScoreRequest,
     ServiceClient,
@@ -102,3 +107,82 @@ def test_a_message_to_a_thousand_of_the_longest_addresses_is_scored(tmp_path: Pa
                 await client.aclose()
 
         assert asyncio.run(score()) in ("ham", "spam", "suspect")
+
+
+class _Status(BaseHTTPRequestHandler):
+    """Answers every request with the status its path names (``/v1/score`` aside: the
+    test's ``status``), in the service's error shape."""
+
+    status = 200
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"error": "x", "detail": "what the service said"}).encode()
+        self.send_response(type(self).status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "raised"),
+    [
+        (500, ServiceUnavailable),  # an outage: the fail mode applies
+        (502, ServiceUnavailable),
+        (503, ServiceUnavailable),
+        (408, ServiceUnavailable),
+        (413, ServiceUnavailable),  # the service's size limit: as a too-large message
+        (429, ServiceUnavailable),
+        (401, GatewayMisconfigured),  # the token: closed whatever the fail mode
+        (403, GatewayMisconfigured),
+        (404, GatewayMisconfigured),  # a wrong --service-url
+        (405, GatewayMisconfigured),
+        (415, GatewayMisconfigured),
+        (400, RequestRefused),  # what the client sent: refused, never passed
+        (422, RequestRefused),
+    ],
+)
+def test_each_answer_the_service_gives_is_an_outage_a_misconfiguration_or_a_refusal(
+    status: int, raised: type[Exception]
+) -> None:
+    handler = type("Handler", (_Status,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = GatewaySettings(
+            service_url=f"http://127.0.0.1:{server.server_address[1]}",
+            token=SecretStr("msk_secret-never-shown"),
+        )
+
+        async def both() -> list[Exception]:
+            client = ServiceClient(settings)
+            found: list[Exception] = []
+            try:
+                for call in (
+                    client.score(ScoreRequest(b"Subject: x\r\n\r\nx", "outbound")),
+                    client.admission("carol@example.test"),
+                ):
+                    try:
+                        await call
+                    except Exception as exc:
+                        found.append(exc)
+            finally:
+                await client.aclose()
+            return found
+
+        found = asyncio.run(both())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [type(e) for e in found] == [raised, raised]
+    assert all("msk_" not in str(e) for e in found)
+    if raised is RequestRefused:
+        assert "what the service said" in str(found[0])
+    if status in (401, 403):
+        assert "token" in str(found[0])

@@ -6,19 +6,25 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from kilter.protocol.messages import AddRecipient, RemoveRecipient
 
 from mailsift.gateway.client import RecipientVerdict, ScoreAnswer, ServiceUnavailable
 from mailsift.gateway.decisions import (
     JunkMark,
     JunkRecipient,
     Reply,
+    client_identity,
     direction_of,
+    is_local_submission,
     junk_marks,
+    misconfigured_outcome,
     outcome_of,
+    owner_refusals,
+    refused_outcome,
     stricter,
     unavailable_outcome,
 )
-from mailsift.gateway.milter import strip_brackets
+from mailsift.gateway.milter import edits_for, strip_brackets
 from mailsift.gateway.settings import GatewaySettings
 from mailsift.reasons import MODEL, PERSONAL_SENDER, dlp_reason, limit_reason
 
@@ -230,11 +236,51 @@ def test_every_delivered_outcome_keeps_the_marks(action: str) -> None:
     stricter_bob = answer(
         action,
         verdict,
-        recipients=(personal(BOB, "reject", "spam"), personal(CAROL, action, verdict)),
+        recipients=(personal(BOB, "quarantine", "spam"), personal(CAROL, action, verdict)),
     )
     marks = junk_marks(stricter_bob, "inbound", [BOB, CAROL], MARK)
     assert [m.rcpt for m in marks] == [BOB]
     assert outcome_of(stricter_bob, "[S]", marks).junk == marks
+
+
+@pytest.mark.parametrize("action", ["accept", "tag", "quarantine"])
+def test_a_recipient_whose_own_verdict_rejects_is_dropped_and_nobody_else(action: str) -> None:
+    """Bob's own block entry: his copy is refused (removed from the envelope, not marked),
+    carol's is delivered as the shared verdict says."""
+    bob_blocks = answer(
+        action, recipients=(personal(BOB, "reject", "spam"), personal(CAROL, action, "ham"))
+    )
+    rcpts = ["Bob@Example.test", CAROL]
+    dropped = owner_refusals(bob_blocks, "inbound", rcpts)
+    assert dropped == ("Bob@Example.test",)  # as the client spelled it
+    kept = [r for r in rcpts if r not in dropped]
+    assert junk_marks(bob_blocks, "inbound", kept, MARK) == ()
+    assert junk_marks(bob_blocks, "inbound", rcpts, MARK) == ()  # never marked instead
+    outcome = outcome_of(bob_blocks, "[S]", (), dropped, rcpts)
+    assert outcome.kind == ("quarantine" if action == "quarantine" else "accept")
+    assert outcome.dropped == dropped and outcome.reply is None
+    edits = edits_for([], outcome)
+    assert [e for e in edits if isinstance(e, RemoveRecipient)] == [
+        RemoveRecipient("<Bob@Example.test>")
+    ]
+    assert not [e for e in edits if isinstance(e, AddRecipient)]
+
+
+def test_a_message_every_recipient_refuses_is_rejected() -> None:
+    both = answer("accept", recipients=(personal(BOB, "reject", "spam"),) * 1)
+    dropped = owner_refusals(both, "inbound", [BOB, BOB.upper()])
+    outcome = outcome_of(both, "", (), dropped, [BOB, BOB.upper()])
+    assert outcome.kind == "reject" and outcome.reply == Reply(
+        550, "5.7.1", "message refused by its recipients"
+    )
+
+
+@pytest.mark.parametrize(("direction", "action"), [("outbound", "accept"), ("inbound", "defer")])
+def test_no_recipient_is_dropped_outbound_or_when_nobody_gets_the_message(
+    direction: str, action: str
+) -> None:
+    bob_blocks = answer(action, recipients=(personal(BOB, "reject", "spam"),))
+    assert owner_refusals(bob_blocks, direction, [BOB, CAROL]) == ()  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("action", ["reject", "defer"])
@@ -280,3 +326,40 @@ def test_the_mark_comes_from_the_settings_and_can_be_turned_off() -> None:
 def test_settings_refuse_a_mark_that_would_change_the_address(field: str, value: str) -> None:
     with pytest.raises(ValueError, match=field):
         GatewaySettings.model_validate({field: value})
+
+
+@pytest.mark.parametrize(
+    ("client", "port", "local"),
+    [
+        (ipaddress.ip_address("127.0.0.1"), 0, True),  # Postfix's pickup (sendmail)
+        ("::1", 0, True),
+        (ipaddress.ip_address("127.0.0.1"), 41000, False),  # an SMTP client at loopback
+        (ipaddress.ip_address("10.0.0.5"), 0, False),  # port 0 from elsewhere: not ours
+        (None, 0, False),  # no address: direction_of already calls it outbound
+        (Path("/run/sock"), 0, False),
+        ("localhost", 0, False),
+    ],
+)
+def test_a_local_submission_is_loopback_with_port_0(client: object, port: int, local: bool) -> None:
+    assert is_local_submission(client, port) is local  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("client", "identity"),
+    [
+        (ipaddress.ip_address("10.0.0.5"), "client:10.0.0.5"),
+        ("2001:DB8::0:5", "client:2001:db8::5"),  # one spelling of one address
+        (None, "client:local"),
+        (Path("/run/sock"), "client:local"),
+        ("localhost", "client:local"),
+    ],
+)
+def test_an_unauthenticated_client_is_known_by_its_address(client: object, identity: str) -> None:
+    assert client_identity(client) == identity  # type: ignore[arg-type]
+
+
+def test_a_configuration_error_tempfails_and_a_refused_envelope_is_rejected() -> None:
+    assert misconfigured_outcome().reply == Reply(
+        451, "4.3.0", "filter temporarily unavailable, try again later"
+    )
+    assert refused_outcome().kind == "reject" and refused_outcome().reply is not None

@@ -96,8 +96,10 @@ def test_negotiation_asks_no_reply_wherever_the_mta_allows() -> None:
 
 
 def test_recipient_changes_are_asked_only_when_marking_is_on_and_the_mta_allows_both() -> None:
+    """Adding a recipient only for the Junk mark; deleting one whenever the MTA allows it
+    (a recipient whose own block list refuses the message is removed)."""
     off = negotiate(Negotiate(6, ActionFlags.ALL, EVERYTHING), recipients=False)
-    assert not off.action_flags & RECIPIENT_ACTIONS
+    assert off.action_flags & RECIPIENT_ACTIONS == ActionFlags.DELETE_RECIPIENT
     header_only = ActionFlags.ALL & ~ActionFlags.DELETE_RECIPIENT
     refused = negotiate(Negotiate(6, header_only, EVERYTHING))  # still a working filter
     assert not refused.action_flags & RECIPIENT_ACTIONS
@@ -428,7 +430,8 @@ def test_with_marking_off_or_refused_by_the_mta_every_copy_is_left_alone(
     with GatewayProcess("milter", tmp_path, "--service-url", url, "--no-junk-marking") as milter:
         mta = Mta(milter.port)
         try:
-            assert not connect(mta).action_flags & RECIPIENT_ACTIONS
+            flags = connect(mta).action_flags
+            assert flags & RECIPIENT_ACTIONS == ActionFlags.DELETE_RECIPIENT  # no marks
             replies = transaction(mta, message(9, spammy=False), rcpts=(BOB, CAROL))
         finally:
             mta.close()
@@ -477,12 +480,83 @@ def test_the_log_says_why_a_message_is_held_and_why_it_is_outbound(
             transaction(local, message(14, spammy=False))
         finally:
             local.close()
+        pickup = Mta(milter.port)  # Postfix's sendmail command: 127.0.0.1, port 0
+        try:
+            pickup.send(Negotiate(6, ActionFlags.ALL, EVERYTHING))
+            assert isinstance(pickup.receive(), Negotiate)
+            pickup.send(Connect("localhost", IPv4Address("127.0.0.1"), 0), Helo("localhost"))
+            transaction(pickup, message(15, spammy=False))
+        finally:
+            pickup.close()
         log = milter.log()
-    # Whose limits count (the envelope sender's, or the SASL login's) and why outbound.
-    assert f"{HELD}sender@remote.test via=network client=192.0.2.7\n" in log
+    # Whose limits count (the SASL login's, else the client's, never MAIL FROM) and why
+    # outbound; a local submission is outbound though 127.0.0.1 is not internal here.
+    assert f"{HELD}client:192.0.2.7 via=network client=192.0.2.7\n" in log
     assert f"{HELD}carol@corp.test via=sasl\n" in log
-    assert f"{HELD}sender@remote.test via=local\n" in log
-    assert [call["direction"] for call in canned.calls] == [["outbound"]] * 3
+    assert f"{HELD}client:local via=local\n" in log
+    assert log.count(f"{HELD}client:local via=local\n") == 2  # one host, one limit
+    assert [call["direction"] for call in canned.calls] == [["outbound"]] * 4
+    assert [call["user"] for call in canned.calls] == [
+        ["client:192.0.2.7"],
+        ["carol@corp.test"],
+        ["client:local"],
+        ["client:local"],
+    ]
+    assert all(call["mail_from"] == ["sender@remote.test"] for call in canned.calls)
+
+
+def test_an_smtp_client_at_loopback_follows_internal_networks(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    """Only the local pickup path (port 0) is outbound whatever the setting: an SMTP
+    client at 127.0.0.1 (a content filter re-injecting outside mail) is inbound unless
+    loopback is in ``--internal-networks``."""
+    canned.answer.update(LEAK_HOLD)
+    cases = (("192.0.2.0/24", "inbound"), (None, "inbound"), ("127.0.0.0/8", "outbound"))
+    for networks, direction in cases:
+        args = ("--service-url", canned.url) + (
+            ("--internal-networks", networks) if networks else ()
+        )
+        canned.calls.clear()
+        with GatewayProcess("milter", tmp_path, *args) as milter:
+            mta = Mta(milter.port)
+            try:
+                mta.send(Negotiate(6, ActionFlags.ALL, EVERYTHING))
+                assert isinstance(mta.receive(), Negotiate)
+                mta.send(Connect("localhost", IPv4Address("127.0.0.1"), 41000), Helo("x"))
+                transaction(mta, message(16, spammy=False))
+            finally:
+                mta.close()
+        assert [call["direction"] for call in canned.calls] == [[direction]], networks
+
+
+@pytest.mark.parametrize(
+    ("headers", "user"),
+    [
+        ([b"X-Authenticated-User: dave@corp.test"], "dave@corp.test"),
+        ([], "client:192.0.2.7"),  # no header: the client's address
+        (  # two copies: one was written by someone else than the submission server
+            [b"X-Authenticated-User: dave@corp.test", b"X-Authenticated-User: eve@corp.test"],
+            "client:192.0.2.7",
+        ),
+    ],
+)
+def test_with_identity_source_header_the_submission_servers_header_names_the_sender(
+    tmp_path: Path, canned: CannedService, headers: list[bytes], user: str
+) -> None:
+    canned.answer.update(LEAK_HOLD)
+    args = ("--service-url", canned.url, "--internal-networks", "192.0.2.0/24")
+    env = {"MAILSIFT_GATEWAY_IDENTITY_SOURCE": "header"}
+    raw = b"\r\n".join([*headers, message(17, spammy=False)])
+    with GatewayProcess("milter", tmp_path, *args, env=env) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)
+            transaction(mta, raw)
+            transaction(mta, raw, user="sasl-login@corp.test")  # a login beats the header
+        finally:
+            mta.close()
+    assert [call["user"] for call in canned.calls] == [[user], ["sasl-login@corp.test"]]
 
 
 @pytest.mark.parametrize(
@@ -525,3 +599,40 @@ def test_marking_turns_off_where_postfix_would_bounce_the_marked_copy(
 )
 def test_this_hosts_postfix_delimiter_is_read() -> None:
     assert isinstance(postfix_recipient_delimiter(), str)
+
+
+BOB_BLOCKS = {
+    **BOB_JUNKS,
+    "recipients": [
+        {"rcpt": "bob@example.test", "verdict": "spam", "action": "reject", "score": 1.0},
+        {"rcpt": CAROL, "verdict": "ham", "action": "accept", "score": 0.02},
+    ],
+}
+
+
+def test_a_recipient_whose_own_block_list_refuses_is_removed_and_only_them(
+    tmp_path: Path, canned: CannedService
+) -> None:
+    """Bob's own verdict is reject (his block list): the milter deletes bob as the client
+    spelled him and adds nobody back; carol keeps the message. An MTA that forbids
+    deleting recipients gets the message for both, and the milter says so once."""
+    canned.answer.update(BOB_BLOCKS)
+    with GatewayProcess("milter", tmp_path, "--service-url", canned.url) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)
+            replies = transaction(mta, message(18, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+        mta = Mta(milter.port)
+        try:
+            connect(mta, ActionFlags.ALL & ~ActionFlags.DELETE_RECIPIENT)
+            kept = transaction(mta, message(19, spammy=False), rcpts=(BOB, CAROL))
+        finally:
+            mta.close()
+        log = milter.log()
+    assert _recipient_edits(replies) == shape([RemoveRecipient(f"<{BOB}>")])
+    assert isinstance(replies[-1], Accept)
+    assert f"refused for {BOB} (their own block list), delivered to the others" in log
+    assert _recipient_edits(kept) == [] and isinstance(kept[-1], Accept)
+    assert log.count("does not allow deleting recipients") == 1

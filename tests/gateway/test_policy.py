@@ -61,19 +61,28 @@ def test_without_a_list_nobody_is_refused() -> None:
     ("attrs", "expected"),
     [
         ({"client_address": "192.0.2.1", "sender": "x@remote.example"}, None),
-        ({"client_address": "10.1.1.1", "sender": "carol@corp.example"}, "carol@corp.example"),
+        # An internal client without a login: its address, whatever MAIL FROM it chose.
+        ({"client_address": "10.1.1.1", "sender": "carol@corp.example"}, "client:10.1.1.1"),
+        ({"client_address": "10.1.1.1", "sender": "dave@corp.example"}, "client:10.1.1.1"),
+        ({"client_address": "10.1.1.1", "sender": ""}, "client:10.1.1.1"),  # <> too
         (
             {"client_address": "192.0.2.1", "sasl_username": "carol", "sender": "c@corp.example"},
             "carol",
         ),
-        ({"client_address": "10.1.1.1", "sender": ""}, None),  # a bounce: nobody's limit
         ({"sender": "x@remote.example"}, None),
     ],
 )
-def test_the_limit_is_the_sasl_users_or_an_internal_senders(
+def test_the_limit_is_the_sasl_users_or_an_internal_clients(
     attrs: dict[str, str], expected: str | None
 ) -> None:
     assert outbound_sender(attrs, NETS) == expected
+
+
+def test_with_identity_source_header_a_client_without_login_is_left_to_end_of_message() -> None:
+    """The identity header is in the message, which Postfix has not received at RCPT."""
+    internal = {"client_address": "10.1.1.1", "sender": "carol@corp.example"}
+    assert outbound_sender(internal, NETS, "header") is None
+    assert outbound_sender({**internal, "sasl_username": "carol"}, NETS, "header") == "carol"
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from tests.gateway.processes import GatewayProcess, gateway_token
 from tests.service.server import Service, free_port, message
 
 USER = "carol@corp.example"
+CLIENT = "client:10.0.0.5"  # whose limit an internal client without a login counts against
 
 
 class PolicyClient:
@@ -72,7 +73,7 @@ def test_policy_answers_recipients_and_limits_from_the_service(
                 for i in range(3):  # what the milter's /v1/score calls count
                     r = c.post(
                         "/v1/score",
-                        params={"direction": "outbound", "user": USER},
+                        params={"direction": "outbound", "user": CLIENT},
                         content=message(i, spammy=False),
                         headers={"content-type": "message/rfc822"},
                     )
@@ -94,7 +95,7 @@ def test_policy_answers_recipients_and_limits_from_the_service(
             'answer="550 5.1.1 no such user here"'
         )
         assert refusals[1].endswith(
-            f"refused queue_id=4F2A1C client=10.0.0.5 user={USER} sender={USER} "
+            f"refused queue_id=4F2A1C client=10.0.0.5 user={CLIENT} sender={USER} "
             'recipient=x@partner.example reason="over the limit: messages_per_hour (ok)" '
             f'answer="{deferred}"'
         )
@@ -118,7 +119,7 @@ def test_a_dead_service_fails_open_or_closed(tmp_path: Path, mode: str, expected
         assert line in metrics
         (warning,) = [line for line in p.log().splitlines() if "service unavailable" in line]
         assert " WARNING " in warning and f"failing {mode}" in warning
-        assert f"user={USER}" in warning and "recipient=x@partner.example" in warning
+        assert f"user={CLIENT}" in warning and "recipient=x@partner.example" in warning
         # Failing closed refuses the recipient: that is the refusal's one line.
         assert (" refused queue_id=- " in warning) == (mode == "closed")
 

@@ -4,8 +4,10 @@ server -> the running service, and what Postfix then does with the mail.
 Run alone with ``pytest -m postfix``. Skipped where Postfix is not installed (``.ci/run``
 installs it). One stack for the module: a service taught a little ham and spam, two
 milters sharing it (one failing open, one failing closed, each behind its own Postfix
-SMTP port), a policy server, and one private Postfix instance. 127.0.0.2 is the internal
-network: a client connecting from there sends outbound mail, from 127.0.0.1 inbound.
+SMTP port), a policy server, and one private Postfix instance. 127.0.0.2/31 is the
+internal network: a client connecting from 127.0.0.2 or .3 sends outbound mail, from
+127.0.0.1 inbound; mail of Postfix's own ``sendmail`` command goes through the
+fail-open milter too (``non_smtpd_milters``), as outbound mail.
 Postfix's ``recipient_delimiter`` is ``+``, so the milter's Junk mark (``bob+junk@``)
 reaches bob's Maildir.
 """
@@ -16,6 +18,8 @@ import email
 import email.policy
 import re
 import smtplib
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +40,10 @@ pytestmark = [
 ]
 
 INTERNAL = "127.0.0.2"
-LIMITED = "limited@corp.test"
+NETWORK = "127.0.0.2/31"  # INTERNAL and ROTATOR
+ROTATOR = "127.0.0.3"  # an internal host without a login, limited to 20 an hour
+LIMITED = f"client:{ROTATOR}"  # its identity: its address, whatever MAIL FROM it uses
+AWS_KEY = "AKIAIOSFODNN7QWERTY1"
 CARD = "4111 1111 1111 1111"
 
 
@@ -95,7 +102,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--token-file",
             str(token_file),
             "--internal-networks",
-            f"{INTERNAL}/32",
+            NETWORK,
         )
         postfix_env = _postconf_env(tmp)
         with (
@@ -118,7 +125,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     },
                 },
                 policy_port=policy.port,
-                internal_network=f"{INTERNAL}/32",
+                internal_network=NETWORK,
+                main={"non_smtpd_milters": f"inet:127.0.0.1:{fail_open.port}"},
             ) as postfix,
         ):
             try:
@@ -133,9 +141,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         service.kill()
 
 
-def smtp(port: int, *, internal: bool = False) -> smtplib.SMTP:
-    source = (INTERNAL, 0) if internal else ("127.0.0.1", 0)
-    return smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=source)
+def smtp(port: int, *, internal: bool = False, source: str | None = None) -> smtplib.SMTP:
+    address = source or (INTERNAL if internal else "127.0.0.1")
+    return smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(address, 0))
 
 
 def _with_id(raw: bytes, message_id: str) -> bytes:
@@ -194,22 +202,29 @@ def test_outbound_card_number_is_held_in_the_hold_queue(stack: Stack) -> None:
     assert wait_for(held, 30), stack.postfix.queue_entries()
 
 
-def test_the_21st_message_of_a_user_limited_to_20_is_deferred_at_rcpt(stack: Stack) -> None:
-    with smtp(stack.open_port, internal=True) as s:  # one connection: 20 transactions
+def test_an_internal_host_rotating_mail_from_hits_its_own_limit_at_rcpt(stack: Stack) -> None:
+    """Without a login, outbound mail counts against the client's address: a host that
+    uses a new MAIL FROM for every message still has one limit (20 an hour here), and
+    the 21st message is deferred at RCPT by the policy server."""
+    with smtp(stack.open_port, source=ROTATOR) as s:  # one connection: 20 transactions
         for i in range(20):
             raw = _with_id(message(100 + i, spammy=False), f"limit-{i}@corp.test")
-            s.sendmail(LIMITED, ["partner@partner.test"], raw)
+            s.sendmail(f"sender{i}@corp.test", ["partner@partner.test"], raw)
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
-            s.sendmail(LIMITED, ["partner@partner.test"], message(121, spammy=False))
+            s.sendmail("fresh-sender@corp.test", ["partner@partner.test"], message(121, False))
     code, text = refused.value.recipients["partner@partner.test"]
     assert code == 450 and b"4.7.1" in text, (code, text)
     # The policy server's log has the refusal, with what Postfix's own NOQUEUE line has.
-    (line,) = stack.log_lines(stack.policy, f"refused queue_id=- client={INTERNAL} user={LIMITED}")
+    (line,) = stack.log_lines(stack.policy, f"refused queue_id=- client={ROTATOR} user={LIMITED}")
     assert 'reason="over the limit: messages_per_hour (ok)"' in line
+    assert "sender=fresh-sender@corp.test" in line
     assert "recipient=partner@partner.test" in line and 'answer="DEFER 4.7.1 ' in line
-    noqueue = rf"NOQUEUE: reject: RCPT from \S*\[{re.escape(INTERNAL)}\]: 450 4\.7\.1 "
+    noqueue = rf"NOQUEUE: reject: RCPT from \S*\[{re.escape(ROTATOR)}\]: 450 4\.7\.1 "
     # postlogd writes the maillog a moment later.
     assert wait_for(lambda: re.search(noqueue, stack.postfix.maillog()) is not None, 10)
+    # The milter counted every one of them against the host, never against a sender.
+    counted = stack.log_lines(stack.milter, f" user={LIMITED} via=network client={ROTATOR}")
+    assert len(counted) == 20, counted
 
 
 def test_a_nonexistent_local_recipient_is_rejected_at_rcpt(stack: Stack) -> None:
@@ -245,8 +260,8 @@ def test_a_held_message_is_released_and_delivered_at_once(stack: Stack) -> None:
     (queue_id,) = queued()
     (line,) = stack.log_lines(stack.milter, f"{queue_id}: outbound ")
     assert re.search(
-        r" action=quarantine \(dlp_card(, score)?\) user=dave@corp\.test via=network "
-        rf"client={re.escape(INTERNAL)}$",
+        rf" action=quarantine \(dlp_card(, score)?\) user=client:{re.escape(INTERNAL)} "
+        rf"via=network client={re.escape(INTERNAL)}$",
         line,
     ), line
     hold = f"{queue_id}: milter-hold: END-OF-MESSAGE"
@@ -382,22 +397,19 @@ def test_postfix_delivers_the_marked_copy_into_the_users_maildir(tmp_path: Path)
         assert copy is not None and copy["Subject"].startswith("[SPAM?] ")
 
 
-@pytest.mark.parametrize(
-    ("internal", "direction"),
-    [("127.0.0.0/8,::1/128,192.0.2.0/24", "outbound"), ("192.0.2.0/24", "inbound")],
-)
-def test_a_local_submission_is_outbound_when_loopback_is_internal(
-    tmp_path: Path, internal: str, direction: str
+@pytest.mark.parametrize("internal", [None, "127.0.0.0/8,::1/128,192.0.2.0/24", "192.0.2.0/24"])
+def test_a_local_submission_is_outbound_whatever_the_internal_networks(
+    tmp_path: Path, internal: str | None
 ) -> None:
     """README, "Which mail is outbound": Postfix hands mail of its own ``sendmail``
-    command (``non_smtpd_milters``) to the milter as a client at 127.0.0.1, so it is
-    outbound, counted against its envelope sender, only when ``--internal-networks``
-    holds the loopback network (as Postfix's default ``mynetworks`` does)."""
+    command (``non_smtpd_milters``) to the milter as a client at 127.0.0.1 with port 0;
+    the milter knows it by that and scores it outbound, counted against the host
+    (``client:local``), also when ``--internal-networks`` leaves loopback out."""
+    networks = ("--internal-networks", internal) if internal else ()
     with (
         CannedService() as canned,
         GatewayProcess(
-            "milter", tmp_path, "--service-url", canned.url, "--internal-networks", internal,
-            "--no-junk-marking",
+            "milter", tmp_path, "--service-url", canned.url, *networks, "--no-junk-marking"
         ) as milter,
         Postfix(
             listeners={"in": {"smtpd_milters": f"inet:127.0.0.1:{milter.port}"}},
@@ -405,20 +417,126 @@ def test_a_local_submission_is_outbound_when_loopback_is_internal(
             internal_network=f"{INTERNAL}/32",
             main={"non_smtpd_milters": f"inet:127.0.0.1:{milter.port}"},
         ) as postfix,
-    ):  # fmt: skip
+    ):
         canned.answer.update(score=0.01, verdict="ham", action="accept", reasons=[])
         postfix.submit("app@corp.test", f"alice@{DOMAIN}", b"Subject: nightly report\n\nok\n")
         assert wait_for(lambda: bool(canned.calls), 30), postfix.maillog()[-3000:]
         assert wait_for(lambda: " ham score=" in milter.log(), 10), milter.log()
         log = milter.log()
     (call,) = canned.calls
-    assert call["direction"] == [direction] and call["client_ip"] == ["127.0.0.1"]
-    if direction == "outbound":
-        assert call["user"] == ["app@corp.test"]
-        assert " outbound ham score=0.0100 action=accept user=app@corp.test via=network " in log
-        assert log.rstrip().endswith("client=127.0.0.1")
-    else:
-        assert "user" not in call and " inbound ham score=0.0100 action=accept" in log
+    assert call["direction"] == ["outbound"] and call["client_ip"] == ["127.0.0.1"]
+    assert call["user"] == ["client:local"] and call["mail_from"] == ["app@corp.test"]
+    assert " outbound ham score=0.0100 action=accept user=client:local via=local" in log
+
+
+def test_a_leak_submitted_with_sendmail_is_held(stack: Stack) -> None:
+    """The hostile test's find: with the README's settings, an AWS key submitted with
+    ``sendmail`` was scored inbound (no leak check) and delivered. The stack's milter
+    leaves loopback out of ``--internal-networks``; the key is found and held."""
+    raw = (
+        b"From: app@corp.test\nTo: partner@partner.test\nSubject: deploy\n"
+        b"Message-ID: <local-aws-9@corp.test>\n\n" + f"aws_access_key_id = {AWS_KEY}\n".encode()
+    )
+    stack.postfix.submit("app@corp.test", "partner@partner.test", raw)
+
+    def held() -> list[dict[str, object]]:
+        return [
+            e
+            for e in stack.postfix.queue_entries()
+            if e.get("sender") == "app@corp.test" and e.get("queue_name") == "hold"
+        ]
+
+    assert wait_for(lambda: bool(held()), 30), stack.postfix.queue_entries()
+    queue_id = str(held()[0]["queue_id"])
+    (line,) = stack.log_lines(stack.milter, f"{queue_id}: outbound ")
+    assert "(dlp_aws_access_key" in line and line.endswith("user=client:local via=local")
+
+
+def test_a_personal_block_refuses_only_its_owners_copy(stack: Stack) -> None:
+    """Bob blocks partner.example for himself; a message from there to bob and carol:
+    carol's copy is delivered, bob gets none (the milter removed him)."""
+    bob, carol = f"bob@{DOMAIN}", f"carol@{DOMAIN}"
+    with stack.service.client() as admin:
+        put = admin.put("/v1/lists/block/partner.example", params={"scope": "user", "user": bob})
+        assert put.status_code in (200, 201), put.text
+    sender = "news@partner.example"
+    with smtp(stack.open_port) as s:
+        s.sendmail(sender, [bob, carol], _from(sender, 51, "blocked-51@partner.example"))
+    assert wait_for(lambda: _delivered(stack.postfix, "carol", "blocked-51@") is not None, 30)
+    carols = _delivered(stack.postfix, "carol", "blocked-51@")
+    assert carols is not None and carols["X-Mailsift-Verdict"] == "ham"
+    assert carols["Delivered-To"] == carol
+    assert stack.log_lines(stack.milter, f"refused for {bob} (their own block list)")
+    for box in ("bob",):  # not even marked for Junk: his copy is gone
+        assert all(b"blocked-51@" not in raw for raw in stack.postfix.delivered(box))
+    assert not (stack.postfix.mail / DOMAIN / "bob" / "new").exists() or not any(
+        b"blocked-51@" in p.read_bytes()
+        for p in (stack.postfix.mail / DOMAIN / "bob").rglob("*")
+        if p.is_file()
+    )
+
+
+def test_a_revoked_gateway_token_tempfails_through_postfix_even_failing_open(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A token revoked while the milter runs: the service answers 401, which is no
+    outage. The milter fails closed (Postfix answers 451) though ``--fail-mode open``,
+    and logs an ERROR; before, the AWS key went out unscanned."""
+    name = "mx-revoked"
+    token = tmp_path / "revoked.token"
+    token.write_text(
+        gateway_token(stack.data, stack.service.env, "--role", "gateway", "--name", name)
+    )
+    args = ("--service-url", stack.service.url, "--token-file", str(token))
+    args += ("--internal-networks", NETWORK, "--fail-mode", "open")
+    with (
+        GatewayProcess("milter", tmp_path, *args, env=_postconf_env(tmp_path)) as milter,
+        Postfix(
+            listeners={
+                "in": {
+                    "smtpd_milters": f"inet:127.0.0.1:{milter.port}",
+                    "milter_default_action": "accept",
+                }
+            },
+            policy_port=None,
+            internal_network=NETWORK,
+        ) as postfix,
+    ):
+        assert "the service accepts the gateway token" in milter.log()
+        _revoke(stack, name)
+        raw = (
+            b"From: dave@corp.test\r\nTo: partner@partner.test\r\nSubject: keys\r\n\r\n"
+            + f"aws_access_key_id = {AWS_KEY}\r\n".encode()
+        )
+        with (
+            smtp(postfix.ports["in"], internal=True) as s,
+            pytest.raises(smtplib.SMTPDataError) as refused,
+        ):
+            s.sendmail("dave@corp.test", ["partner@partner.test"], raw)
+        log = milter.log()
+    assert refused.value.smtp_code == 451 and b"4.3.0" in refused.value.smtp_error
+    (error,) = [line for line in log.splitlines() if " ERROR " in line]
+    assert "HTTP 401" in error and "failing closed whatever the fail mode" in error
+
+
+def _revoke(stack: Stack, name: str) -> None:
+    """``mailsift token revoke`` of the active token called ``name``."""
+    env = {**stack.service.env, "MAILSIFT_DATA_DIR": str(stack.data)}
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", "token", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
+    ids = [f[0] for f in map(str.split, cli("list").splitlines()) if len(f) >= 4 and f[3] == name]
+    assert ids, cli("list")
+    for token_id in ids:
+        cli("revoke", token_id)
 
 
 def test_with_the_service_stopped_fail_open_delivers_and_fail_closed_tempfails(

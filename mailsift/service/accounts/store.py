@@ -68,6 +68,7 @@ from mailsift.service.db import (
     raw_runner,
     write_transaction,
 )
+from mailsift.service.identity import MAX_IDENTITY, identity_key
 from mailsift.service.settings import Settings
 
 __all__ = ["AccountStore", "normalise_user"]
@@ -91,7 +92,7 @@ MAX_PENDING_ROWS = 1_000_000  # queued rows kept while the database is unreachab
 # sends two messages a day is not a "burst" at eleven.
 USUAL_FLOOR_MESSAGES = 10.0
 USUAL_FLOOR_RECIPIENTS = 50.0
-MAX_USER = 320
+MAX_USER = MAX_IDENTITY
 MAX_DOMAIN = 255
 MAX_REASON = 1000
 
@@ -185,13 +186,9 @@ Index("account_state_history_by_user", _history.c.user, _history.c.id)
 
 
 def normalise_user(user: str) -> str:
-    """The key one user's counters are kept under; ValueError when unusable."""
-    key = user.strip().lower()
-    if not key:
-        raise ValueError("user must not be empty")
-    if len(key) > MAX_USER:
-        raise ValueError(f"user must be at most {MAX_USER} characters")
-    return key
+    """The key one user's counters are kept under (:func:`identity_key`: checked after
+    lower-casing); InvalidIdentity, a ValueError and a 400, when unusable."""
+    return identity_key(user)
 
 
 def _domain_of(address: str) -> str | None:

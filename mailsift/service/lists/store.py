@@ -14,8 +14,9 @@ copy and the refresh is retried every ``refresh_seconds``.
 Precedence: an address entry beats a domain entry, a deeper domain beats its parent, and
 at equal specificity block beats allow. Global entries apply to every message; a user's
 entries to mail for or from that user. Each user is decided on its own (global plus that
-user's entries); then one user's block makes the message spam for all, since a verdict is
-per message.
+user's entries): the scoring asks once for the message (global entries; outbound, the
+sender's too) and once per inbound recipient, whose own entry then changes only that
+recipient's verdict (:func:`mailsift.service.checks.lists.owner_reasons`).
 """
 
 from __future__ import annotations

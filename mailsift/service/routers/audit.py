@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.deps import State
 from mailsift.service.errors import BadRequest, StateUnavailable
+from mailsift.service.identity import optional_identity
 from mailsift.service.schemas import ErrorBody
 
 router = APIRouter(prefix="/v1", tags=["audit"])
@@ -140,6 +141,9 @@ async def search_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Verdicts recorded for a message, sender or user, newest first."""
+    # Checked as every identity is (a value no key can be is a 400), matched as given.
+    optional_identity(sender, "sender")
+    optional_identity(user, "user")
     start = parse_time(since, "since") if since else None
     end = parse_time(until, "until") if until else None
     events = await _call(

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -22,13 +22,15 @@ from mailsift.service.accounts import AccountState, SendingDecision
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
 from mailsift.service.analysis import Analysed, analyse, leak_scan, learning_example
 from mailsift.service.audit import audit_record
-from mailsift.service.authres import auth_results
+from mailsift.service.authres import AuthResults, auth_results
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
+from mailsift.service.checks.lists import owner_reasons
 from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport
 from mailsift.service.errors import BadRequest
 from mailsift.service.explanation import hider
 from mailsift.service.http.body import read_message
+from mailsift.service.identity import identity_key, optional_identity
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
 from mailsift.service.schemas import ERRORS, ScoreOut
@@ -37,7 +39,21 @@ from mailsift.service.verdict import Verdict, decide, decide_for_recipient
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-Address = Annotated[str | None, Field(max_length=320)]
+
+def _usable(value: str | None) -> str | None:
+    """An identity as sent, once its key is known to be usable (checked after
+    lower-casing, which may lengthen it); the null sender ``<>`` is none."""
+    return value if optional_identity(value, "address") is not None else None
+
+
+def _usable_rcpt(value: str) -> str:
+    identity_key(value, "rcpt")
+    return value
+
+
+# The bound before normalising only stops absurd input early; the real one is _usable's.
+Address = Annotated[str | None, Field(max_length=4 * 320), AfterValidator(_usable)]
+Rcpt = Annotated[str, Field(max_length=4 * 320), AfterValidator(_usable_rcpt)]
 Short = Annotated[str | None, Field(max_length=255)]
 _BODY = {
     "requestBody": {
@@ -54,7 +70,7 @@ class ScoreQuery(BaseModel):
 
     direction: Literal["inbound", "outbound"]
     mail_from: Address = None
-    rcpt: Annotated[list[Annotated[str, Field(max_length=320)]], Field(max_length=1000)] = []
+    rcpt: Annotated[list[Rcpt], Field(max_length=1000)] = []
     client_ip: Short = None
     helo: Short = None
     user: Address = None
@@ -125,7 +141,9 @@ async def score(request: Request) -> Response:
 
     auth = auth_results(msg, settings)
     labelled = state.learner.labels.get(analysed.fingerprint)
-    lists = state.lists.match(msg.from_addr, [sender] if outbound else rcpt)
+    # The message's verdict takes the global lists (outbound: the sender's own too); a
+    # recipient's own entries decide only that recipient's copy (_per_recipient).
+    lists = state.lists.match(msg.from_addr, [sender] if outbound else ())
     dlp: DlpReport | None = None
     if outbound or settings.dlp_inbound:
         dlp = await leak_scan(msg, state, request)
@@ -154,7 +172,7 @@ async def score(request: Request) -> Response:
     verdict = decide(reasons, direction, settings)
     observe_verdict(direction, verdict.verdict, verdict.action, reasons, dlp)
     recipients = _per_recipient(
-        state, envelope, analysed.fingerprint, msg.from_addr, reasons, verdict
+        state, envelope, analysed.fingerprint, msg.from_addr, auth, reasons, verdict
     )
     status = state.learner.status()
     state.audit.record(
@@ -210,22 +228,27 @@ def _per_recipient(
     envelope: Envelope,
     fingerprint: str,
     sender: str,
+    auth: AuthResults,
     reasons: list[Reason],
     shared: Verdict,
 ) -> list[dict[str, Any]] | None:
     """Each recipient's verdict: the shared one, made stricter (or milder) only by that
-    recipient's own reports. None without recipients."""
+    recipient's own reports and, inbound, their own list entries. None without
+    recipients."""
     if not envelope.rcpt:
         return None
     layers = state.learner.personal
     sender_key = personal_key(sender) if sender else None
-    sender_rule = state.settings.personal_sender
+    settings = state.settings
+    inbound = envelope.direction == "inbound"
     out: list[dict[str, Any]] = []
     for rcpt in envelope.rcpt:
         key = personal_key(rcpt)
         view = layers.view(key, fingerprint, sender_key) if key and layers.users else None
-        mine = personal_reasons(view, sender_rule=sender_rule)
-        own = decide_for_recipient(shared, reasons, mine, envelope.direction, state.settings)
+        mine = personal_reasons(view, sender_rule=settings.personal_sender)
+        if inbound:
+            mine += owner_reasons(state.lists.match(sender, [rcpt]), auth, settings)
+        own = decide_for_recipient(shared, reasons, mine, envelope.direction, settings)
         out.append(
             {
                 "rcpt": key or rcpt,
