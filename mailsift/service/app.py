@@ -30,6 +30,7 @@ from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
 from mailsift.service.history import MessageHistory
+from mailsift.service.http.gate import RequestGate
 from mailsift.service.http.listeners import ListenerGuard
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
@@ -148,6 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         (health.router, []),
     ):
         app.include_router(router, dependencies=needs)
+    # Inside out: the token and the body's bound before any router reads a byte
+    # (gate), admin paths hidden on the gateway listener (guard), everything timed.
+    app.add_middleware(RequestGate, settings=settings)
     app.add_middleware(ListenerGuard, admin_port=settings.admin_port)
     app.add_middleware(MetricsMiddleware)  # outermost: counts the guard's 404s too
     return app
