@@ -59,12 +59,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _HeadTooLarge(detail)
 
     def send_400_response(self, msg: str) -> None:
+        """The parser's refusals answer with the service's JSON error body too: 431 for
+        a head over the bound, 400 for anything that is not HTTP (a 0xFF byte in the
+        request line, say)."""
         if self._too_large is None:
-            super().send_400_response(msg)
-            return
-        body = error_body("request_head_too_large", self._too_large)
+            status = b"400 Bad Request"
+            body = error_body("bad_request", "the request is not valid HTTP/1.1")
+        else:
+            status = b"431 Request Header Fields Too Large"
+            body = error_body("request_head_too_large", self._too_large)
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body
