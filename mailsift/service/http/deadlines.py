@@ -15,9 +15,10 @@ Either answers 408 with the JSON error body when an answer can still be given, t
 closes. A client that goes away mid-body is one short log line, never a traceback.
 
 When the answer is given before the request's body is all in (a 401, a 413), reading
-the rest would let the client push the whole body through the parser. The connection
-is instead half-closed after the answer and what still arrives is discarded for
-:data:`LINGER_SECONDS`, so the client can read the answer before the socket closes.
+the rest would let the client push the whole body through the parser. The answer
+instead says ``connection: close``, the connection is half-closed after it, and what
+still arrives is discarded for :data:`LINGER_SECONDS`, so the client can read the
+answer before the socket closes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._body_bytes = 0
         self._lingering = False
         self._ended = False  # this connection's end is logged already (a timeout)
+        self._keep_alive = True  # what the request asked for, once its body is in
+        self._shutting_down = False
 
     # -- the connection ------------------------------------------------------------------
 
@@ -94,6 +97,12 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         super().on_headers_complete()
         self._body_at = self.loop.time()
         self._arm(self._body_idle, self._body_stalled)
+        # Until the body is all in, an answer says "connection: close" (and the
+        # connection lingers, then closes): the rest of the body is never parsed.
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            self._keep_alive = cycle.keep_alive
+            cycle.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
         self._body_at = self.loop.time()
@@ -103,7 +112,14 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_message = False
         self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started and not self._shutting_down:
+            cycle.keep_alive = self._keep_alive
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        super().shutdown()
 
     def on_response_complete(self) -> None:
         if self._in_message and not self.transport.is_closing():

@@ -157,6 +157,7 @@ def serve(
         log_config=log_config,
         access_log=access_log,
         http=HttpProtocol,
+        ws="none",  # no WebSocket endpoints: no upgrade path for a client to try
         proxy_headers=False,
         server_header=False,
         ssl_certfile=certfile,

@@ -31,14 +31,22 @@ from mailsift.service.explanation import hider
 from mailsift.service.http.body import read_message
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
-from mailsift.service.schemas import ERRORS, ScoreOut
+from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN, ScoreOut
 from mailsift.service.state import ServiceState
 from mailsift.service.verdict import Verdict, decide, decide_for_recipient
 
 router = APIRouter(prefix="/v1", tags=["score"])
 
-Address = Annotated[str | None, Field(max_length=320)]
+Address = Annotated[str | None, Field(max_length=320, pattern=IDENTITY_PATTERN)]
 Short = Annotated[str | None, Field(max_length=255)]
+ClientIp = Annotated[
+    str | None,
+    Field(
+        max_length=255,
+        description="The SMTP client's IPv4 or IPv6 address.",
+        json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+    ),
+]
 _BODY = {
     "requestBody": {
         "required": True,
@@ -54,8 +62,11 @@ class ScoreQuery(BaseModel):
 
     direction: Literal["inbound", "outbound"]
     mail_from: Address = None
-    rcpt: Annotated[list[Annotated[str, Field(max_length=320)]], Field(max_length=1000)] = []
-    client_ip: Short = None
+    rcpt: Annotated[
+        list[Annotated[str, Field(max_length=320, pattern=IDENTITY_PATTERN)]],
+        Field(max_length=1000),
+    ] = []
+    client_ip: ClientIp = None
     helo: Short = None
     user: Address = None
     queue_id: Short = None
