@@ -32,7 +32,7 @@ from mailsift.service.errors import install_error_handlers
 from mailsift.service.history import MessageHistory
 from mailsift.service.http.gate import RequestGate
 from mailsift.service.http.listeners import ListenerGuard
-from mailsift.service.http.operations import document_refusals, operations
+from mailsift.service.http.operations import document_links, document_refusals, operations
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
@@ -158,7 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            document_refusals(generate(), table)
+            schema = generate()
+            document_refusals(schema, table)
+            document_links(schema)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -2,11 +2,14 @@
 
 One table, built from the routers the app includes, serves the OpenAPI document (each
 operation lists the refusals it can give: 400, 401, 403, 404, 408, 413, 415, 422, 431)
-and the tests that walk every operation, so neither keeps a list by hand.
+and the tests that walk every operation, so neither keeps a list by hand. The document
+also links each answer to the operations its fields address (a score's ``fingerprint``
+to ``/v1/feedback/{fingerprint}`` …), which is what a stateful fuzzer follows.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +22,7 @@ from mailsift.service.auth import Role, RoleCheck
 from mailsift.service.http.gate import PUBLIC_PATHS, takes_message
 from mailsift.service.http.listeners import GATEWAY_PATHS
 
-__all__ = ["Operation", "document_refusals", "operations"]
+__all__ = ["Operation", "document_links", "document_refusals", "operations"]
 
 BodyKind = Literal["message", "json", "none"]
 
@@ -114,3 +117,35 @@ def document_refusals(schema: dict[str, Any], table: Iterable[Operation]) -> Non
                 str(status),
                 {"description": text, "content": {"application/json": {"schema": error}}},
             )
+
+
+_PARAMETER = re.compile(r"\{([^}]+)\}")
+
+
+def document_links(schema: dict[str, Any]) -> None:
+    """OpenAPI links from each successful answer to every operation whose path parameters
+    are all fields of that answer (``fingerprint``; ``kind`` and ``entry``; ``user``)."""
+    components = schema.get("components", {}).get("schemas", {})
+    targets = [
+        (entry["operationId"], set(_PARAMETER.findall(path)))
+        for path, methods in schema["paths"].items()
+        for entry in methods.values()
+        if _PARAMETER.search(path)
+    ]
+    for methods in schema["paths"].values():
+        for entry in methods.values():
+            for status in ("200", "201"):
+                answer = entry.get("responses", {}).get(status)
+                ref = (answer or {}).get("content", {}).get("application/json", {})
+                name = ref.get("schema", {}).get("$ref", "").rpartition("/")[2]
+                fields = set(components.get(name, {}).get("properties", {}))
+                links = {
+                    target: {
+                        "operationId": target,
+                        "parameters": {p: f"$response.body#/{p}" for p in sorted(params)},
+                    }
+                    for target, params in targets
+                    if params <= fields and target != entry["operationId"]
+                }
+                if links:
+                    answer["links"] = links
