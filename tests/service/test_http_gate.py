@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mailsift.service.http.deadlines import LINGER_SECONDS
+from mailsift.service.http.deadlines import LINGER_BYTES, LINGER_SECONDS
 from mailsift.service.http.operations import Operation
 from tests.service.routes import body_operations, concrete, operations
 from tests.service.server import ADMIN_TOKEN, Service, message
@@ -115,7 +115,7 @@ def test_every_body_operation_refuses_a_tokenless_upload_before_reading_it(
     service: Service,
 ) -> None:
     """1 GiB chunked bodies at 100 MiB/s, to every POST/PUT/PATCH operation at once: each
-    is answered 401 at once, and the server stops taking the body (it would take 10 s)."""
+    is answered 401 at once, and the server stops taking the body after a few MiB."""
     ops = body_operations()
     assert {op.body for op in ops} == {"message", "json", "none"}  # guard: all kinds walked
     assert service.proc is not None
@@ -130,7 +130,8 @@ def test_every_body_operation_refuses_a_tokenless_upload_before_reading_it(
         assert up.status == 401 and up.body["error"] == "unauthorized", (where, up)
         assert up.answered_after < 1.5, (where, up.answered_after)
         assert up.closed, where
-        assert up.cut_off and up.sent < GiB, (where, up.sent)
+        # It read at most what it lingers over (plus socket buffers), not the body.
+        assert up.cut_off and up.sent <= LINGER_BYTES + 16 * CHUNK, (where, up.sent)
     assert grown < 64, f"the worker grew {grown:.0f} MiB"
 
 
@@ -149,7 +150,7 @@ def test_every_body_an_operation_reads_is_bounded_while_read(service: Service) -
     for op, up in zip(readers, uploads, strict=True):
         where = f"{op.method} {op.path}"
         assert up.status == 413 and up.body["error"] == "message_too_large", (where, up)
-        assert up.closed and up.cut_off, where
+        assert up.closed and up.cut_off and up.sent <= 32 * CHUNK, (where, up.sent)
 
 
 def test_a_declared_length_over_the_bound_and_a_wrong_type_are_refused(service: Service) -> None:

@@ -17,8 +17,8 @@ closes. A client that goes away mid-body is one short log line, never a tracebac
 When the answer is given before the request's body is all in (a 401, a 413), reading
 the rest would let the client push the whole body through the parser. The answer
 instead says ``connection: close``, the connection is half-closed after it, and what
-still arrives is discarded for :data:`LINGER_SECONDS`, so the client can read the
-answer before the socket closes.
+still arrives is discarded for :data:`LINGER_SECONDS` (at most :data:`LINGER_BYTES`), so
+the client can read the answer before the socket closes.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from mailsift.service.errors import error_body
 from mailsift.service.http.limits import BoundedHttpToolsProtocol
 from mailsift.service.settings import get_settings
 
-__all__ = ["LINGER_SECONDS", "TimedHttpToolsProtocol"]
+__all__ = ["LINGER_BYTES", "LINGER_SECONDS", "TimedHttpToolsProtocol"]
 
 log = logging.getLogger("mailsift.http")
 
 LINGER_SECONDS = 2.0
-"""How long what a client still sends after an early answer is read and dropped."""
+"""How long what a client still sends after an early answer is read and dropped…"""
+LINGER_BYTES = 1 << 20
+"""…and how much of it: at loopback speed a client pushes 1 GiB through in under a second."""
 
 
 class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
@@ -54,6 +56,8 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._body_bytes = 0
         self._lingering = False
         self._ended = False  # this connection's end is logged already (a timeout)
+        self._lingered = 0
+        self._raw_close: Any = None
         self._keep_alive = True  # what the request asked for, once its body is in
         self._shutting_down = False
 
@@ -79,7 +83,12 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
-            return  # the answer is given: the rest of the body is dropped unread
+            # The answer is given: the rest of the body is dropped unread, up to a bound.
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self._disarm()
+                self._raw_close()
+            return
         super().data_received(data)
 
     # -- parser callbacks ------------------------------------------------------------------
@@ -122,6 +131,8 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         super().shutdown()
 
     def on_response_complete(self) -> None:
+        if self._lingering:
+            return  # closing already (the answer said connection: close)
         if self._in_message and not self.transport.is_closing():
             # Answered before the body was all in: do not read the rest (module doc).
             self.server_state.total_requests += 1
@@ -133,10 +144,13 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
 
     def close_or_linger(self, transport: asyncio.Transport) -> None:
         """Close ``transport`` (the socket's own); mid-request, half-close and linger."""
-        if not self._in_message or self._lingering:
+        if self._lingering:
+            return  # the linger's timer closes it
+        if not self._in_message:
             transport.close()
             return
         self._lingering = True
+        self._raw_close = transport.close
         self._disarm()
         self.flow.resume_reading()
         if transport.can_write_eof():
