@@ -16,9 +16,11 @@ closes. A client that goes away mid-body is one short log line, never a tracebac
 
 When the answer is given before the request's body is all in (a 401, a 413), reading
 the rest would let the client push the whole body through the parser. The answer
-instead says ``connection: close``, the connection is half-closed after it, and what
-still arrives is discarded for :data:`LINGER_SECONDS` (at most :data:`LINGER_BYTES`), so
-the client can read the answer before the socket closes.
+instead says ``connection: close``, the connection is half-closed after it, and it is
+no longer read: a client sending on stalls once the socket buffers are full (a few
+MiB). After :data:`LINGER_SECONDS` it is closed; until then a client can read the
+answer without a reset destroying it (a close with unread data sends one). A linger
+that read and dropped let a client at loopback speed push a whole 1 GiB in 0.7 s.
 """
 
 from __future__ import annotations
@@ -31,14 +33,12 @@ from mailsift.service.errors import error_body
 from mailsift.service.http.limits import BoundedHttpToolsProtocol
 from mailsift.service.settings import get_settings
 
-__all__ = ["LINGER_BYTES", "LINGER_SECONDS", "TimedHttpToolsProtocol"]
+__all__ = ["LINGER_SECONDS", "TimedHttpToolsProtocol"]
 
 log = logging.getLogger("mailsift.http")
 
 LINGER_SECONDS = 2.0
-"""How long what a client still sends after an early answer is read and dropped…"""
-LINGER_BYTES = 1 << 20
-"""…and how much of it: at loopback speed a client pushes 1 GiB through in under a second."""
+"""How long a connection answered early stays half-open, not read, before it closes."""
 
 
 class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
@@ -56,8 +56,6 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._body_bytes = 0
         self._lingering = False
         self._ended = False  # this connection's end is logged already (a timeout)
-        self._lingered = 0
-        self._raw_close: Any = None
         self._keep_alive = True  # what the request asked for, once its body is in
         self._shutting_down = False
 
@@ -83,12 +81,7 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
-            # The answer is given: the rest of the body is dropped unread, up to a bound.
-            self._lingered += len(data)
-            if self._lingered > LINGER_BYTES:
-                self._disarm()
-                self._raw_close()
-            return
+            return  # the answer is given: what was read already is dropped unparsed
         super().data_received(data)
 
     # -- parser callbacks ------------------------------------------------------------------
@@ -150,9 +143,8 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
             transport.close()
             return
         self._lingering = True
-        self._raw_close = transport.close
         self._disarm()
-        self.flow.resume_reading()
+        transport.pause_reading()  # the client's sending stalls once the buffers are full
         if transport.can_write_eof():
             transport.write_eof()
         self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
