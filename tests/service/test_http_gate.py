@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from mailsift.service.app import create_app
 from mailsift.service.http.deadlines import LINGER_SECONDS
 from mailsift.service.http.operations import Operation
+from mailsift.service.schemas import FINGERPRINT_PATTERN, IDENTITY_PATTERN
+from mailsift.service.settings import Settings
 from tests.service.routes import body_operations, concrete, operations
 from tests.service.server import ADMIN_TOKEN, Service, message
 
@@ -29,6 +32,7 @@ MAX_JSON = 4096
 MAX_MESSAGE = 64 * 1024
 QUERY = "direction=inbound&label=spam&user=alice%40example.org"
 """Every query parameter a body operation requires (the others ignore what they do not use)."""
+IDENTITIES = frozenset({"user", "by", "actor", "entry", "mail_from", "rcpt"})
 EVENT = {"type": "auth_failure", "user": "alice@example.org", "client_ip": "192.0.2.1"}
 
 
@@ -244,3 +248,59 @@ def _valid_body(op: Operation) -> dict[str, object]:
     if op.body == "json":
         return {"json": EVENT}
     return {}
+
+
+# -- the OpenAPI document --------------------------------------------------------------------
+
+
+def test_the_openapi_document_states_each_operations_refusals() -> None:
+    spec = create_app(Settings(data_dir=Path("unused"))).openapi()
+    for op in operations():
+        responses = spec["paths"][op.path][op.method.lower()]["responses"]
+        expected = {"400", "408", "431"}
+        if op.roles is not None:
+            expected |= {"401", "403", "404"}
+        if op.body != "none":
+            expected |= {"413", "415"}
+        if op.body == "message":
+            expected.add("422")
+        assert expected <= set(responses), (op, sorted(responses))
+        if op.body == "none":
+            assert "413" not in responses and "415" not in responses, op
+        for status in expected:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (op, status)
+
+
+def test_the_openapi_document_states_the_real_constraints() -> None:
+    spec = create_app(Settings(data_dir=Path("unused"))).openapi()
+
+    def parameter(path: str, method: str, name: str) -> dict[str, object]:
+        found = [p for p in spec["paths"][path][method]["parameters"] if p["name"] == name]
+        assert found, (path, method, name)
+        return dict(found[0]["schema"])
+
+    def patterns(schema: dict[str, object]) -> set[str]:
+        found = {str(schema["pattern"])} if "pattern" in schema else set()
+        inner = [*schema.get("anyOf", []), *([schema["items"]] if "items" in schema else [])]  # type: ignore[misc]
+        for alternative in inner:
+            found |= patterns(alternative)
+        return found
+
+    for path in spec["paths"]:
+        for method, entry in spec["paths"][path].items():
+            for p in entry.get("parameters", []):
+                if p["name"] == "fingerprint":
+                    assert patterns(p["schema"]) == {FINGERPRINT_PATTERN}, (path, method)
+                searched = path in ("/v1/audit", "/v1/reports/outbound")  # filters, not kept
+                if p["name"] in IDENTITIES and not searched:
+                    assert IDENTITY_PATTERN in patterns(p["schema"]), (path, p["name"])
+    event = spec["components"]["schemas"]["AuthFailureEvent"]["properties"]
+    assert patterns(event["user"]) == {IDENTITY_PATTERN}
+    ip_formats = [{"format": "ipv4"}, {"format": "ipv6"}]
+    assert event["client_ip"]["anyOf"] == ip_formats
+    assert parameter("/v1/score", "post", "client_ip")["anyOf"] == ip_formats
+    for name in ("since", "until"):
+        alternatives = parameter("/v1/audit", "get", name)["anyOf"]
+        assert {"type": "string", "format": "date-time", "maxLength": 64} in alternatives
+        assert any("pattern" in a for a in alternatives)

@@ -21,6 +21,7 @@ from fastapi.routing import APIRoute
 from mailsift.service.auth import Role, RoleCheck
 from mailsift.service.http.gate import PUBLIC_PATHS, takes_message
 from mailsift.service.http.listeners import GATEWAY_PATHS
+from mailsift.service.schemas import ERRORS
 
 __all__ = ["Operation", "document_links", "document_refusals", "operations"]
 
@@ -112,6 +113,14 @@ def document_refusals(schema: dict[str, Any], table: Iterable[Operation]) -> Non
             )
         refusals.update(_BODY[op.body])
         responses = entry.setdefault("responses", {})
+        generated = responses.get("422", {}).get("content", {}).get("application/json", {})
+        if generated.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+            del responses["422"]  # FastAPI's own; an invalid parameter is a 400 here
+        for status in _BODY["message"]:
+            # The shared table's body refusals, on an operation that reads no message.
+            shared = ERRORS.get(status, {}).get("description")
+            if responses.get(str(status), {}).get("description") == shared:
+                del responses[str(status)]
         for status, text in refusals.items():
             responses.setdefault(
                 str(status),
