@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,14 +276,14 @@ def test_the_openapi_document_states_each_operations_refusals() -> None:
 def test_the_openapi_document_states_the_real_constraints() -> None:
     spec = create_app(Settings(data_dir=Path("unused"))).openapi()
 
-    def parameter(path: str, method: str, name: str) -> dict[str, object]:
+    def parameter(path: str, method: str, name: str) -> dict[str, Any]:
         found = [p for p in spec["paths"][path][method]["parameters"] if p["name"] == name]
         assert found, (path, method, name)
         return dict(found[0]["schema"])
 
-    def patterns(schema: dict[str, object]) -> set[str]:
+    def patterns(schema: dict[str, Any]) -> set[str]:
         found = {str(schema["pattern"])} if "pattern" in schema else set()
-        inner = [*schema.get("anyOf", []), *([schema["items"]] if "items" in schema else [])]  # type: ignore[misc]
+        inner = [*schema.get("anyOf", []), *([schema["items"]] if "items" in schema else [])]
         for alternative in inner:
             found |= patterns(alternative)
         return found
