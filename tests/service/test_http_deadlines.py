@@ -126,3 +126,19 @@ def test_a_client_gone_mid_upload_is_one_short_line_and_no_traceback(service: Se
 
 def _new_lines(log: Path, before: list[str]) -> list[str]:
     return log.read_text().splitlines()[len(before) :]
+
+
+def test_a_pipelined_request_whose_body_is_still_coming_is_served(service: Service) -> None:
+    """The first answer must not close the connection because the second request's body
+    is not all in yet: that one has no answer yet."""
+    raw = b"From: a@example.org\r\nSubject: pipelined\r\n\r\nhello there\r\n"
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" + score_head(len(raw)) + raw[:10])
+        time.sleep(0.3)
+        s.sendall(raw[10:])
+        answer = b""
+        while answer.count(b"HTTP/1.1 200 ") < 2 or not answer.endswith(b"}"):
+            chunk = s.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200 ") == 2

@@ -29,6 +29,8 @@ import asyncio
 import logging
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
 from mailsift.service.errors import error_body
 from mailsift.service.http.limits import BoundedHttpToolsProtocol
 from mailsift.service.settings import get_settings
@@ -57,6 +59,7 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         self._lingering = False
         self._ended = False  # this connection's end is logged already (a timeout)
         self._keep_alive = True  # what the request asked for, once its body is in
+        self._unfinished: RequestResponseCycle | None = None  # its body is still coming
         self._shutting_down = False
 
     # -- the connection ------------------------------------------------------------------
@@ -68,7 +71,8 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         cycle = self.cycle
-        if self._in_message and not self._lingering and not self._ended and cycle is not None:
+        quiet = self._in_head or self._lingering or self._ended
+        if self._in_message and not quiet and cycle is not None:
             log.info(
                 "client %s closed the connection during the request body of %s %s "
                 "(%d bytes received)",
@@ -105,6 +109,7 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             self._keep_alive = cycle.keep_alive
             cycle.keep_alive = False
+            self._unfinished = cycle
 
     def on_body(self, body: bytes) -> None:
         self._body_at = self.loop.time()
@@ -113,6 +118,7 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._unfinished = None
         self._disarm()
         cycle = self.cycle
         if cycle is not None and not cycle.response_started and not self._shutting_down:
@@ -126,8 +132,10 @@ class TimedHttpToolsProtocol(BoundedHttpToolsProtocol):
     def on_response_complete(self) -> None:
         if self._lingering:
             return  # closing already (the answer said connection: close)
-        if self._in_message and not self.transport.is_closing():
+        unfinished = self._unfinished
+        if unfinished is not None and unfinished.response_complete:
             # Answered before the body was all in: do not read the rest (module doc).
+            # (A pipelined request whose body is still coming has no answer yet.)
             self.server_state.total_requests += 1
             self.transport.close()
             return
