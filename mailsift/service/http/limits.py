@@ -4,11 +4,12 @@ uvicorn's httptools protocol keeps every header byte a client sends: a 2 MB head
 was read whole and answered 200. The application cannot help, since it sees the headers
 only once they are all in memory; so the bound is counted here, as the parser hands the
 bytes over, and an oversized head is answered 431 with the service's JSON error body,
-then the connection is closed.
+then the connection is closed. Whatever else the parser refuses (bytes that are not
+HTTP, a 0xFF in the request line) is a 400 with the same JSON body, not uvicorn's text.
 
 The request line gets its own bound, 64 KiB: ``/v1/score`` carries the envelope in its
 query, and clients refuse longer URLs anyway (httpx at 64 KiB; the parser itself gives up
-near 80 KiB with a bare 400). The gateway client sends the recipients that fit
+near 80 KiB). The gateway client sends the recipients that fit
 (:func:`mailsift.gateway.client.recipients_that_fit`): 1,000 of usual length, about 180
 of the longest legal one.
 """
