@@ -3,7 +3,6 @@ functions, which do the work."""
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import math
@@ -281,7 +280,6 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
 ) -> None:
     """Run the HTTP service (settings from MAILSIFT_* variables)."""
-    import uvicorn
 
     from mailsift.service.db import private_dir
     from mailsift.service.http.listeners import ListenError, is_loopback
@@ -314,12 +312,9 @@ def serve(
         from mailsift.service.metrics import prepare_multiprocess_dir
 
         prepare_multiprocess_dir(settings.data_dir)  # the spawned workers pool metrics here
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["mailsift"] = {
-        "handlers": ["default"],
-        "level": "INFO",
-        "propagate": False,
-    }
+    from mailsift.service.logsafe import log_config as safe_log_config
+
+    log_config = safe_log_config()  # control characters escaped in every line
     try:
         serve_listeners(
             host=host,

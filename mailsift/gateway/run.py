@@ -30,6 +30,10 @@ def _logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from mailsift.service.logsafe import EscapeControls  # a daemon: the import cost is once
+
+    for handler in logging.getLogger().handlers:  # a sender or a header cannot forge a line
+        handler.addFilter(EscapeControls())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     logging.getLogger("kilter").setLevel(logging.WARNING)
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from mailsift import __version__
@@ -25,12 +25,14 @@ from mailsift.service.accounts.flow import flush_outbound, run_flusher
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditTrail
-from mailsift.service.auth import FeedbackLimiter, TokenStore, require
+from mailsift.service.auth import FeedbackLimiter, Role, TokenStore, require
 from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
 from mailsift.service.history import MessageHistory
+from mailsift.service.http.gate import RequestGate
 from mailsift.service.http.listeners import ListenerGuard
+from mailsift.service.http.operations import document_links, document_refusals, operations
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
@@ -51,7 +53,7 @@ from mailsift.service.routers import metrics as metrics_router
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
 
-__all__ = ["create_app"]
+__all__ = ["ROUTERS", "create_app"]
 
 log = logging.getLogger("mailsift.app")
 
@@ -67,6 +69,24 @@ _NO_NATIVE_TELEMETRY: dict[str, Any] = (
     {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
     if "telemetry" in inspect.signature(FastAPI).parameters
     else {}
+)
+
+
+ROUTERS: tuple[tuple[APIRouter, tuple[Role, ...]], ...] = (
+    # Who may call what: gateways score, report events and scan; routers that mix roles
+    # (feedback, lists) check per endpoint; everything else is for administrators.
+    (score.router, ("gateway",)),
+    (events.router, ("gateway",)),
+    (dlp.router, ("gateway",)),
+    (feedback.router, ()),
+    (lists.router, ()),
+    (accounts.gateway_router, ("gateway",)),
+    (accounts.router, ("admin",)),
+    (audit.router, ("admin",)),
+    (model.router, ("admin",)),
+    (diagnostics.router, ("admin",)),
+    (metrics_router.router, ("admin",)),
+    (health.router, ()),
 )
 
 
@@ -130,24 +150,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         **_NO_NATIVE_TELEMETRY,
     )
     install_error_handlers(app)
-    # Who may call what: gateways score, report events and scan; routers that mix roles
-    # (feedback, lists) check per endpoint; everything else is for administrators.
-    gateway, admin = [require("gateway")], [require("admin")]
-    for router, needs in (
-        (score.router, gateway),
-        (events.router, gateway),
-        (dlp.router, gateway),
-        (feedback.router, []),
-        (lists.router, []),
-        (accounts.gateway_router, gateway),
-        (accounts.router, admin),
-        (audit.router, admin),
-        (model.router, admin),
-        (diagnostics.router, admin),
-        (metrics_router.router, admin),
-        (health.router, []),
-    ):
-        app.include_router(router, dependencies=needs)
+    for router, needs in ROUTERS:
+        app.include_router(router, dependencies=[require(*needs)] if needs else [])
+    table = operations(ROUTERS)
+    app.state.operations = table
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            document_refusals(schema, table)
+            document_links(schema)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    # Inside out: the token and the body's bound before any router reads a byte
+    # (gate), admin paths hidden on the gateway listener (guard), everything timed.
+    app.add_middleware(RequestGate, settings=settings)
     app.add_middleware(ListenerGuard, admin_port=settings.admin_port)
     app.add_middleware(MetricsMiddleware)  # outermost: counts the guard's 404s too
     return app

@@ -8,11 +8,15 @@ leaves as a 500 with the same shape, never as a stack trace.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from mailsift.service.schemas import IDENTITY_PATTERN
 
 __all__ = [
     "ApiError",
@@ -110,8 +114,10 @@ class StateUnavailable(ApiError):
     code = "unavailable"
 
 
-def error_response(status: int, code: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+def error_response(
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 def error_body(code: str, detail: str) -> bytes:
@@ -125,8 +131,10 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "message_too_large",
     415: "unsupported_media_type",
+    431: "request_head_too_large",
 }
 
 
@@ -144,7 +152,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail))
+        # The headers too: a 405 names the methods the path has (Allow).
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def client_gone(_: Request, exc: Exception) -> JSONResponse:
+        # The connection is gone: nobody reads this answer, and the protocol layer has
+        # already logged the one line a dropped upload is worth (no traceback).
+        return error_response(400, "client_disconnected", "the client closed the connection")
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error(
@@ -155,6 +169,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
 
 
@@ -162,5 +177,10 @@ def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "body"))
-        parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "string_pattern_mismatch" and (
+            err.get("ctx", {}).get("pattern") == IDENTITY_PATTERN
+        ):
+            msg = "must not contain control characters (nor U+2028, U+2029)"
+        parts.append(f"{where or 'request'}: {msg}")
     return "; ".join(parts) or "invalid request"

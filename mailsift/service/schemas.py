@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0, DEL, C1 and the Unicode line and paragraph separators: never part of an identity,
+and escaped in every log line (:mod:`mailsift.service.logsafe`)."""
+IDENTITY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
+"""A user, an actor, a list entry: :data:`CONTROL_CHARACTERS` refused (400), since they
+would forge lines in logs and records; the OpenAPI document states it."""
+FINGERPRINT_PATTERN = r"^[0-9a-f]{32}$"
 
 
 class ErrorBody(BaseModel):

@@ -35,6 +35,25 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         25 * MiB, ge=1024, description="Largest message accepted; larger bodies get 413."
     )
+    max_json_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest body of any other request (JSON); larger bodies get 413.",
+    )
+    http_head_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="A connection's request head (request line and header fields) must "
+        "arrive within this; otherwise 408 and the connection is closed.",
+    )
+    http_body_idle_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="A request body that sends nothing for this long gets 408 and the "
+        "connection is closed.",
+    )
 
     # Verdict thresholds on the combined spam probability, per direction.
     inbound_suspect_threshold: float = Field(

@@ -4,13 +4,18 @@ The real ``mailsift serve`` (a subprocess, its own data dir) is driven over HTTP
 schema-conforming and schema-violating requests (schemathesis' coverage and fuzzing
 phases, positive and negative). Every answer must come within :data:`RESPONSE_BUDGET`,
 must not be a 5xx, and a 4xx must have the one JSON error shape. Raw-message bodies
-(``message/rfc822``) come from the hostile MIME strategy of ``test_hostile_mime``.
+(``message/rfc822``: a strategy and its serializer, registered together) come from the
+hostile MIME strategy of ``test_hostile_mime``; a guard checks that every operation taking
+a message got messages past its Content-Type check. A stateful run then follows the
+document's links (a score's fingerprint into feedback, labels and forgetting; a list
+entry into its reads and deletion) for a few short workflows.
 
 Cases tried per operation are shown in pytest's terminal summary.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +43,13 @@ RAW_BODY_PATHS = ["/v1/score", "/v1/dlp/scan", "/v1/feedback", "/v1/train"]
 ADMIN_TOKEN = "fuzz-admin-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
+STATEFUL_EXAMPLES = 25
+"""Stateful workflows, each of at most :data:`STATEFUL_STEPS` calls."""
+STATEFUL_STEPS = 6
+
 TALLY = Tally("schemathesis")
+MESSAGES_ANSWERED: Counter[str] = Counter()
+"""Cases per operation whose raw message got past the Content-Type check (not a 415)."""
 
 schemathesis.openapi.media_type("message/rfc822", hostile_messages(max_bytes=50_000))
 
@@ -97,6 +108,12 @@ def test_the_fuzzer_gets_past_authentication(service: Service) -> None:
 def test_no_server_error_and_no_slow_answer(service: Service, case: schemathesis.Case[Any]) -> None:
     response = case.call(base_url=service.url, headers=AUTH)
     TALLY.add(case.operation.label, response.elapsed)
+    if case.media_type == "message/rfc822" and response.status_code != 415:
+        MESSAGES_ANSWERED[case.operation.path] += 1
+    check_answer(case, response)
+
+
+def check_answer(case: schemathesis.Case[Any], response: Any) -> None:
     case.validate_response(response, checks=[not_a_server_error, max_response_time])
     target = urlsplit(response.request.url or "")
     if len(target.path) + len(target.query) + 1 > MAX_URL_BYTES:
@@ -106,6 +123,60 @@ def test_no_server_error_and_no_slow_answer(service: Service, case: schemathesis
     if 400 <= response.status_code < 500:
         body = response.json()
         assert isinstance(body, dict) and set(body) == {"error", "detail"}, response.text
+
+
+def test_every_operation_taking_a_message_was_fuzzed_with_messages() -> None:
+    """Guard (runs after the fuzzing above): without a serializer for message/rfc822 the
+    raw-message operations would get no bodies and the hostile MIME would reach nothing."""
+    message_paths = [p for p in RAW_BODY_PATHS if "message/rfc822" in _body_types(p)]
+    assert set(message_paths) >= {"/v1/score", "/v1/feedback", "/v1/train"}
+    for path in message_paths:
+        assert MESSAGES_ANSWERED[path] >= 10, (path, MESSAGES_ANSWERED)
+
+
+def _body_types(path: str) -> set[str]:
+    body = SPEC["paths"][path]["post"].get("requestBody", {})
+    return set(body.get("content", {}))
+
+
+STATEFUL = schemathesis.openapi.from_dict(
+    SPEC,
+    config=schemathesis.Config.from_dict(
+        {"checks": {"max_response_time": RESPONSE_BUDGET}, "request-timeout": RESPONSE_BUDGET * 4}
+    ),
+)
+
+
+class Workflow(STATEFUL.as_state_machine()):  # type: ignore[misc]
+    """Schemathesis' state machine over the document's links, against :attr:`base_url`."""
+
+    base_url = ""
+
+    def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
+        return {"base_url": self.base_url, "headers": AUTH}
+
+    def validate_response(  # type: ignore[override]
+        self, response: Any, case: schemathesis.Case[Any], **kwargs: Any
+    ) -> None:
+        TALLY.add(f"stateful {case.operation.label}", response.elapsed)
+        check_answer(case, response)
+
+
+def test_stateful_workflows_follow_the_links(service: Service) -> None:
+    assert any(
+        "links" in answer
+        for op in SPEC["paths"]["/v1/score"].values()
+        for answer in op["responses"].values()
+    )  # guard: there is something to follow
+    Workflow.base_url = service.url
+    Workflow.run(
+        settings=settings(
+            max_examples=STATEFUL_EXAMPLES,
+            stateful_step_count=STATEFUL_STEPS,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
 
 
 def test_a_list_offset_beyond_any_sql_integer_is_a_400(service: Service) -> None:

@@ -4,11 +4,12 @@ uvicorn's httptools protocol keeps every header byte a client sends: a 2 MB head
 was read whole and answered 200. The application cannot help, since it sees the headers
 only once they are all in memory; so the bound is counted here, as the parser hands the
 bytes over, and an oversized head is answered 431 with the service's JSON error body,
-then the connection is closed.
+then the connection is closed. Whatever else the parser refuses (bytes that are not
+HTTP, a 0xFF in the request line) is a 400 with the same JSON body, not uvicorn's text.
 
 The request line gets its own bound, 64 KiB: ``/v1/score`` carries the envelope in its
 query, and clients refuse longer URLs anyway (httpx at 64 KiB; the parser itself gives up
-near 80 KiB with a bare 400). The gateway client sends the recipients that fit
+near 80 KiB). The gateway client sends the recipients that fit
 (:func:`mailsift.gateway.client.recipients_that_fit`): 1,000 of usual length, about 180
 of the longest legal one.
 """
@@ -59,12 +60,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         raise _HeadTooLarge(detail)
 
     def send_400_response(self, msg: str) -> None:
+        """The parser's refusals answer with the service's JSON error body too: 431 for
+        a head over the bound, 400 for anything that is not HTTP (a 0xFF byte in the
+        request line, say)."""
         if self._too_large is None:
-            super().send_400_response(msg)
-            return
-        body = error_body("request_head_too_large", self._too_large)
+            status = b"400 Bad Request"
+            body = error_body("bad_request", "the request is not valid HTTP/1.1")
+        else:
+            status = b"431 Request Header Fields Too Large"
+            body = error_body("request_head_too_large", self._too_large)
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body

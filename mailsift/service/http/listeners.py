@@ -29,6 +29,7 @@ __all__ = [
     "ListenError",
     "ListenerGuard",
     "is_loopback",
+    "on_gateway_listener",
     "serve",
     "tls_context",
 ]
@@ -68,6 +69,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def on_gateway_listener(scope: Scope, admin_port: int | None) -> bool:
+    """Whether the request came in on the gateway listener of a split pair (with one
+    listener for everything, there is no gateway-only side)."""
+    if admin_port is None:
+        return False
+    server = scope.get("server")
+    return server is None or server[1] != admin_port
+
+
 class ListenerGuard:
     """Admin endpoints are not reachable through the gateway listener (404, as if absent)."""
 
@@ -76,13 +86,14 @@ class ListenerGuard:
         self.admin_port = admin_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.admin_port is not None:
-            server = scope.get("server")
-            on_admin = server is not None and server[1] == self.admin_port
-            if not on_admin and not scope["path"].startswith(GATEWAY_PATHS):
-                response = error_response(404, "not_found", "Not Found")
-                await response(scope, receive, send)
-                return
+        if (
+            scope["type"] == "http"
+            and on_gateway_listener(scope, self.admin_port)
+            and not scope["path"].startswith(GATEWAY_PATHS)
+        ):
+            response = error_response(404, "not_found", "Not Found")
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -147,6 +158,7 @@ def serve(
         log_config=log_config,
         access_log=access_log,
         http=HttpProtocol,
+        ws="none",  # no WebSocket endpoints: no upgrade path for a client to try
         proxy_headers=False,
         server_header=False,
         ssl_certfile=certfile,

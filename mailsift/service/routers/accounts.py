@@ -26,12 +26,20 @@ from mailsift.service.accounts.flow import ALERT_AUTH_FAILURES, announce_change
 from mailsift.service.accounts.store import normalise_user
 from mailsift.service.deps import State
 from mailsift.service.errors import BadRequest
-from mailsift.service.schemas import ERRORS
+from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 gateway_router = APIRouter(prefix="/v1/admission", tags=["accounts"])
 
-UserPath = Annotated[str, Path(min_length=1, max_length=320, description="The sending user.")]
+UserPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=320,
+        pattern=IDENTITY_PATTERN,
+        description="The sending user (no control characters).",
+    ),
+]
 RiskName = Literal["ok", "watch", "suspended"]
 
 
@@ -150,7 +158,10 @@ async def get_account(state: State, user: UserPath) -> dict[str, object]:
 async def clear_account(
     state: State,
     user: UserPath,
-    by: Annotated[str, Query(min_length=1, max_length=320, description="Who clears it.")] = "admin",
+    by: Annotated[
+        str,
+        Query(min_length=1, max_length=320, pattern=IDENTITY_PATTERN, description="Who clears it."),
+    ] = "admin",
 ) -> dict[str, object]:
     """An administrator's all-clear: the user is back to ok and judged afresh from now."""
     key = _key(user)

@@ -28,7 +28,20 @@ router = APIRouter(prefix="/v1", tags=["audit"])
 T = TypeVar("T")
 DAY = 86_400.0
 MAX_UNIX = 253_402_300_800.0  # 10000-01-01: beyond it a timestamp cannot be shown as a date
-TimeQuery = Annotated[str | None, Query(max_length=64, description="ISO 8601 or unix seconds.")]
+TimeQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="ISO 8601 (no zone = UTC) or unix seconds.",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "string", "format": "date-time", "maxLength": 64},
+                {"type": "string", "pattern": r"^[0-9]{1,11}(\.[0-9]+)?$"},
+            ],
+            "examples": ["2025-01-31T08:00:00Z", "1738310400"],
+        },
+    ),
+]
 AddressQuery = Annotated[str | None, Query(max_length=320)]
 
 ERRORS: dict[int | str, dict[str, object]] = {

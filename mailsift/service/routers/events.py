@@ -12,15 +12,30 @@ from mailsift.service.accounts.flow import auth_failure
 from mailsift.service.accounts.store import normalise_user
 from mailsift.service.deps import State
 from mailsift.service.metrics import observe_auth_failure
-from mailsift.service.schemas import ERRORS
+from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["accounts"])
 
 
 class AuthFailureEvent(BaseModel):
     type: Literal["auth_failure"]
-    user: Annotated[str, Field(min_length=1, max_length=320, description="The login that failed.")]
-    client_ip: Annotated[str, Field(max_length=64, description="Where the attempt came from.")]
+    user: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=320,
+            pattern=IDENTITY_PATTERN,
+            description="The login that failed (no control characters).",
+        ),
+    ]
+    client_ip: Annotated[
+        str,
+        Field(
+            max_length=64,
+            description="Where the attempt came from: an IPv4 or IPv6 address.",
+            json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+        ),
+    ]
 
     @field_validator("user")
     @classmethod

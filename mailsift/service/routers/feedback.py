@@ -42,7 +42,13 @@ from mailsift.service.errors import (
     RateLimited,
 )
 from mailsift.service.http.body import read_message
-from mailsift.service.schemas import ERRORS, LearnOut, ReportOut
+from mailsift.service.schemas import (
+    ERRORS,
+    FINGERPRINT_PATTERN,
+    IDENTITY_PATTERN,
+    LearnOut,
+    ReportOut,
+)
 from mailsift.service.state import ServiceState
 
 router = APIRouter(prefix="/v1", tags=["learning"])
@@ -52,7 +58,13 @@ T = TypeVar("T")
 Label = Literal["spam", "ham"]
 LabelQuery = Annotated[Label, Query(description="What the message really is.")]
 UserQuery = Annotated[
-    str, Query(min_length=1, max_length=320, description="Whose report it is (an address).")
+    str,
+    Query(
+        min_length=1,
+        max_length=320,
+        description="Whose report it is (an address, no spaces or control characters).",
+        json_schema_extra={"pattern": IDENTITY_PATTERN},  # refused by _reporter, with why
+    ),
 ]
 Via = Literal["api", "imap"]
 ViaQuery = Annotated[
@@ -63,7 +75,11 @@ ViaQuery = Annotated[
     ),
 ]
 FingerprintPath = Annotated[
-    str, Path(description="The fingerprint a score or feedback answer returned.")
+    str,
+    Path(
+        description="The fingerprint a score or feedback answer returned (32 lower-case hex).",
+        json_schema_extra={"pattern": FINGERPRINT_PATTERN},  # refused by _fingerprint, with why
+    ),
 ]
 _NOT_IN_ADDRESS = re.compile(r"[\s\x00-\x1f\x7f]")
 _BODY = {

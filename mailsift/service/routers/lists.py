@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.service.auth import Principal, UserCaller
 from mailsift.service.deps import State
 from mailsift.service.errors import Forbidden, NotFound, StateUnavailable
-from mailsift.service.schemas import ErrorBody
+from mailsift.service.schemas import IDENTITY_PATTERN, ErrorBody
 
 router = APIRouter(prefix="/v1/lists", tags=["lists"])
 
@@ -26,12 +26,21 @@ T = TypeVar("T")
 
 KindPath = Annotated[Literal["allow", "block"], Path(description="Which list.")]
 EntryPath = Annotated[
-    str, Path(min_length=1, max_length=320, description="An address or a domain.")
+    str,
+    Path(
+        min_length=1,
+        max_length=320,
+        pattern=IDENTITY_PATTERN,
+        description="An address or a domain.",
+    ),
 ]
 ScopeQuery = Annotated[
     Literal["global", "user"], Query(description="global (administrators) or one user's.")
 ]
-UserQuery = Annotated[str | None, Query(max_length=320, description="The user, for scope=user.")]
+UserQuery = Annotated[
+    str | None,
+    Query(max_length=320, pattern=IDENTITY_PATTERN, description="The user, for scope=user."),
+]
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": text}
@@ -134,7 +143,12 @@ async def put_entry(
     scope: ScopeQuery = "global",
     user: UserQuery = None,
     actor: Annotated[
-        str | None, Query(max_length=320, description="Who adds it (default: user or admin).")
+        str | None,
+        Query(
+            max_length=320,
+            pattern=IDENTITY_PATTERN,
+            description="Who adds it (default: user or admin).",
+        ),
     ] = None,
 ) -> JSONResponse:
     """Add an entry (201), or confirm it is there (200); allow entries pass the guard."""

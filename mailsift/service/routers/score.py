@@ -33,7 +33,7 @@ from mailsift.service.http.body import read_message
 from mailsift.service.identity import identity_key, optional_identity
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
-from mailsift.service.schemas import ERRORS, ScoreOut
+from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN, ScoreOut
 from mailsift.service.state import ServiceState
 from mailsift.service.verdict import Verdict, decide, decide_for_recipient
 
@@ -52,9 +52,21 @@ def _usable_rcpt(value: str) -> str:
 
 
 # The bound before normalising only stops absurd input early; the real one is _usable's.
-Address = Annotated[str | None, Field(max_length=4 * 320), AfterValidator(_usable)]
-Rcpt = Annotated[str, Field(max_length=4 * 320), AfterValidator(_usable_rcpt)]
+Address = Annotated[
+    str | None, Field(max_length=4 * 320, pattern=IDENTITY_PATTERN), AfterValidator(_usable)
+]
+Rcpt = Annotated[
+    str, Field(max_length=4 * 320, pattern=IDENTITY_PATTERN), AfterValidator(_usable_rcpt)
+]
 Short = Annotated[str | None, Field(max_length=255)]
+ClientIp = Annotated[
+    str | None,
+    Field(
+        max_length=255,
+        description="The SMTP client's IPv4 or IPv6 address.",
+        json_schema_extra={"anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]},
+    ),
+]
 _BODY = {
     "requestBody": {
         "required": True,
@@ -71,7 +83,7 @@ class ScoreQuery(BaseModel):
     direction: Literal["inbound", "outbound"]
     mail_from: Address = None
     rcpt: Annotated[list[Rcpt], Field(max_length=1000)] = []
-    client_ip: Short = None
+    client_ip: ClientIp = None
     helo: Short = None
     user: Address = None
     queue_id: Short = None
