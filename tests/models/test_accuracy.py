@@ -1,7 +1,9 @@
-"""Accuracy floors on the SpamAssassin public corpus (TREC layout), by the TREC protocols.
+"""The TREC protocols run whole on the SpamAssassin public corpus (TREC layout).
 
-The floors sit a little above today's results, so a change that makes the filter
-measurably worse fails here.
+What these assert is behaviour: every message is scored once, the measures are defined,
+the model that learned the corpus round-trips. How accurate the filter is, is measured
+by ``mailsift eval`` and quoted with its command, never asserted here: a floor in a test
+tunes the filter to one corpus.
 """
 
 from __future__ import annotations
@@ -34,19 +36,19 @@ def online(corpus: str) -> tuple[EvalResult, SpamModel]:
     return evaluate(open_source(corpus), mode="online", model=model), model
 
 
-def test_online_floor(online: tuple[EvalResult, SpamModel]) -> None:
-    result, _ = online
+def test_online_scores_every_message_once(online: tuple[EvalResult, SpamModel]) -> None:
+    result, model = online
     summary = result.summary
-    assert summary["n"] == summary["ham"] + summary["spam"] == 6046
-    assert summary["one_minus_roca_pct"] <= 0.10
-    assert summary["hm_pct"] <= 0.5
-    assert summary["lam_pct"] <= 1.0
+    assert summary["n"] == summary["ham"] + summary["spam"] == 6046 == result.scores.size
+    assert (model.n_ham, model.n_spam) == (summary["ham"], summary["spam"])
+    assert ((result.scores >= 0) & (result.scores <= 1)).all()
+    assert not result.undefined
 
 
-def test_split_floor(corpus: str) -> None:
-    summary = evaluate(open_source(corpus), mode="split", train_frac=0.7).summary
-    assert summary["n"] == 6046 - int(6046 * 0.7)
-    assert summary["one_minus_roca_pct"] <= 0.20
+def test_split_scores_the_rest(corpus: str) -> None:
+    result = evaluate(open_source(corpus), mode="split", train_frac=0.7)
+    assert result.summary["n"] == 6046 - int(6046 * 0.7)
+    assert not result.undefined
 
 
 def test_snapshot_of_the_whole_corpus_is_small(
