@@ -178,6 +178,49 @@ def test_inbound_ham_is_delivered_with_the_mailsift_headers(stack: Stack) -> Non
     assert msg["X-Mailsift-Reasons"]
 
 
+def test_the_same_message_scores_the_same_through_postfix_and_through_the_api(
+    stack: Stack,
+) -> None:
+    """Postfix hands the milter the message under its own ``Received`` header; that
+    header says only that this MTA received it, and must not move the score."""
+    raw = _with_id(
+        b"From: Quarterly <figures@remote.test>\r\nTo: alice@" + DOMAIN.encode() + b"\r\n"
+        b"Subject: the figures you asked for\r\nDate: Sun, 6 Dec 2026 09:00:00 +0000\r\n"
+        b"\r\nHere are the numbers for the quarter.\r\n",
+        "same-51@remote.test",
+    )
+    try:
+        with smtp(stack.open_port) as s:
+            s.sendmail("figures@remote.test", [f"alice@{DOMAIN}"], raw)
+    except smtplib.SMTPResponseException:
+        pass  # refused or not, it was scored
+    with stack.service.client() as admin:
+
+        def scored() -> list[dict[str, object]]:
+            answer = admin.get("/v1/audit", params={"message_id": "<same-51@remote.test>"})
+            events: list[dict[str, object]] = answer.json()["events"]
+            return events
+
+        assert wait_for(lambda: len(scored()) == 1, 30), stack.milter.log()
+        (through_postfix,) = scored()
+        direct = admin.post(
+            "/v1/score",
+            params={
+                "direction": "inbound",
+                "mail_from": "figures@remote.test",
+                "rcpt": f"alice@{DOMAIN}",
+                "client_ip": "127.0.0.1",
+            },
+            content=raw,
+            headers={"content-type": "message/rfc822"},
+        ).json()
+    # The model's own log-odds (four decimals in the audit trail) show what a probability
+    # near 0 or 1 would hide.
+    model = {r["name"]: r["weight"] for r in through_postfix["reasons"]}[MODEL]  # type: ignore[index]
+    assert model == round({r["name"]: r["weight"] for r in direct["reasons"]}[MODEL], 4)
+    assert through_postfix["score"] == direct["score"]
+
+
 def test_inbound_spam_is_rejected_with_5xx(stack: Stack) -> None:
     raw = _with_id(message(2, spammy=True), "spam-2@remote.test")
     with smtp(stack.open_port) as s, pytest.raises(smtplib.SMTPDataError) as refused:
@@ -555,46 +598,3 @@ def test_with_the_service_stopped_fail_open_delivers_and_fail_closed_tempfails(
         s.sendmail("news@remote.test", [f"bob@{DOMAIN}"], message(6, spammy=False))
     assert refused.value.smtp_code == 451
     assert b"4.3.0" in refused.value.smtp_error
-
-
-def test_the_same_message_scores_the_same_through_postfix_and_through_the_api(
-    stack: Stack,
-) -> None:
-    """Postfix hands the milter the message under its own ``Received`` header; that
-    header says only that this MTA received it, and must not move the score."""
-    raw = _with_id(
-        b"From: Quarterly <figures@remote.test>\r\nTo: alice@" + DOMAIN.encode() + b"\r\n"
-        b"Subject: the figures you asked for\r\nDate: Sun, 6 Dec 2026 09:00:00 +0000\r\n"
-        b"\r\nHere are the numbers for the quarter.\r\n",
-        "same-51@remote.test",
-    )
-    try:
-        with smtp(stack.open_port) as s:
-            s.sendmail("figures@remote.test", [f"alice@{DOMAIN}"], raw)
-    except smtplib.SMTPResponseException:
-        pass  # refused or not, it was scored
-    with stack.service.client() as admin:
-
-        def scored() -> list[dict[str, object]]:
-            answer = admin.get("/v1/audit", params={"message_id": "<same-51@remote.test>"})
-            events: list[dict[str, object]] = answer.json()["events"]
-            return events
-
-        assert wait_for(lambda: len(scored()) == 1, 30), stack.milter.log()
-        (through_postfix,) = scored()
-        direct = admin.post(
-            "/v1/score",
-            params={
-                "direction": "inbound",
-                "mail_from": "figures@remote.test",
-                "rcpt": f"alice@{DOMAIN}",
-                "client_ip": "127.0.0.1",
-            },
-            content=raw,
-            headers={"content-type": "message/rfc822"},
-        ).json()
-    # The model's own log-odds (four decimals in the audit trail) show what a probability
-    # near 0 or 1 would hide.
-    model = {r["name"]: r["weight"] for r in through_postfix["reasons"]}[MODEL]  # type: ignore[index]
-    assert model == round({r["name"]: r["weight"] for r in direct["reasons"]}[MODEL], 4)
-    assert through_postfix["score"] == direct["score"]
