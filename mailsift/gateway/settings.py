@@ -62,7 +62,8 @@ class GatewaySettings(BaseSettings):
     internal_networks: str = Field(
         "",
         description="Comma-separated client networks whose mail is outbound "
-        "(SASL-authenticated clients and mail submitted on the MTA's host always are).",
+        "(SASL-authenticated clients and mail submitted on the MTA's host always are); "
+        "Postfix's `mynetworks` as `postconf -h mynetworks` prints it is taken too.",
     )
     identity_source: IdentitySource = Field(
         "sasl",
@@ -142,11 +143,13 @@ class GatewaySettings(BaseSettings):
 
     @cached_property
     def networks(self) -> tuple[Network, ...]:
+        # Postfix's mynetworks notation too (`postconf -h mynetworks`): spaces between
+        # the networks, brackets round an IPv6 address (`[::1]/128`).
+        words = self.internal_networks.replace(",", " ").split()
         try:
             return tuple(
-                ipaddress.ip_network(n.strip(), strict=False)
-                for n in self.internal_networks.split(",")
-                if n.strip()
+                ipaddress.ip_network(word.replace("[", "").replace("]", ""), strict=False)
+                for word in words
             )
         except ValueError as exc:
             raise ValueError(f"internal_networks: {exc}") from None
