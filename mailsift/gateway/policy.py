@@ -188,6 +188,10 @@ def outbound_sender(
     return None if source == "header" else client_identity(address)
 
 
+# The recipient file's modification time while it cannot be read: warned about once.
+_UNREADABLE = -1.0
+
+
 class PolicyServer:
     """Answers policy requests; one instance serves every Postfix connection."""
 
@@ -200,15 +204,27 @@ class PolicyServer:
         self._reload_recipients()
 
     def _reload_recipients(self) -> None:
-        """Re-read the recipient list when its file changed (a stat per request)."""
+        """Re-read the recipient list when its file changed (a stat per request). A file
+        that cannot be read (removed while being replaced, not UTF-8) keeps the list last
+        loaded, with one WARNING, rather than failing the request."""
         path = self._recipients_path
         if path is None:
             return
-        mtime = os.stat(path).st_mtime
-        if mtime != self._recipients_mtime:
-            self.recipients = RecipientList.load(path, self.settings.local_domain_set)
-            self._recipients_mtime = mtime
-            log.info("recipient list loaded: %d addresses", len(self.recipients.addresses))
+        try:
+            mtime = os.stat(path).st_mtime
+            if mtime != self._recipients_mtime:
+                self.recipients = RecipientList.load(path, self.settings.local_domain_set)
+                self._recipients_mtime = mtime
+                log.info("recipient list loaded: %d addresses", len(self.recipients.addresses))
+        except (OSError, UnicodeDecodeError) as exc:
+            if self._recipients_mtime != _UNREADABLE:
+                self._recipients_mtime = _UNREADABLE
+                log.warning(
+                    "recipient list %s unreadable (%s): keeping the %d addresses loaded",
+                    path,
+                    getattr(exc, "strerror", None) or type(exc).__name__,
+                    len(self.recipients.addresses),
+                )
 
     async def answer(self, attributes: dict[str, str]) -> str:
         """The action for one request (``DUNNO`` when this server has no objection)."""

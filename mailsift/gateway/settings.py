@@ -26,6 +26,17 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _UNSAFE_IN_ADDRESS = frozenset('@<>",;:\\()[] \t\r\n\0')
 
 
+def _readable(field: str, path: Path) -> None:
+    """A file named in the settings can be read now: a missing one is a line at start-up
+    (``--recipients-file=/etc/mailsift/recipients: cannot read it: No such file or
+    directory``), not a traceback, nor a policy server that fails every request."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{field}: cannot read it: {exc.strerror or exc}") from None
+
+
 class GatewaySettings(BaseSettings):
     """Where the service is, how long to wait for it, and what to do when it does not answer."""
 
@@ -51,7 +62,8 @@ class GatewaySettings(BaseSettings):
     internal_networks: str = Field(
         "",
         description="Comma-separated client networks whose mail is outbound "
-        "(SASL-authenticated clients and mail submitted on the MTA's host always are).",
+        "(SASL-authenticated clients and mail submitted on the MTA's host always are); "
+        "Postfix's `mynetworks` as `postconf -h mynetworks` prints it is taken too.",
     )
     identity_source: IdentitySource = Field(
         "sasl",
@@ -121,15 +133,23 @@ class GatewaySettings(BaseSettings):
         if not name or not all(33 <= ord(c) <= 126 and c != ":" for c in name):
             raise ValueError("identity_header: a header field name (printable, no colon)")
         self.networks  # noqa: B018 - parse now: a typo must stop start-up, not the first mail
+        for field, path in (
+            ("token_file", self.token_file),
+            ("recipients_file", self.recipients_file),
+        ):
+            if path is not None:
+                _readable(field, path)
         return self
 
     @cached_property
     def networks(self) -> tuple[Network, ...]:
+        # Postfix's mynetworks notation too (`postconf -h mynetworks`): spaces between
+        # the networks, brackets round an IPv6 address (`[::1]/128`).
+        words = self.internal_networks.replace(",", " ").split()
         try:
             return tuple(
-                ipaddress.ip_network(n.strip(), strict=False)
-                for n in self.internal_networks.split(",")
-                if n.strip()
+                ipaddress.ip_network(word.replace("[", "").replace("]", ""), strict=False)
+                for word in words
             )
         except ValueError as exc:
             raise ValueError(f"internal_networks: {exc}") from None

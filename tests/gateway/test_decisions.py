@@ -167,6 +167,14 @@ def test_settings_refuse_a_bad_network_and_two_tokens(tmp_path: Path) -> None:
         GatewaySettings(token="x", token_file=token)
     assert GatewaySettings(token_file=token).bearer() == "msk_secret"
     assert len(GatewaySettings(internal_networks="10.0.0.0/8,192.168.1.0/24").networks) == 2
+    # What `postconf -h mynetworks` prints, pasted as it is (the README's step 2).
+    mynetworks = "127.0.0.0/8 192.0.2.0/24 [::ffff:127.0.0.0]/104 [::1]/128 [fe80::]/64"
+    expected = "127.0.0.0/8,192.0.2.0/24,::ffff:127.0.0.0/104,::1/128,fe80::/64"
+    assert GatewaySettings(internal_networks=mynetworks).networks == tuple(
+        ipaddress.ip_network(n) for n in expected.split(",")
+    )
+    with pytest.raises(ValueError, match="internal_networks"):
+        GatewaySettings(internal_networks="127.0.0.0/8 hash:/etc/postfix/network_table")
 
 
 # -- per-recipient verdicts: which copies are marked for Junk --------------------------

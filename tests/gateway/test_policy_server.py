@@ -4,6 +4,8 @@ a running service (no Postfix needed): recipients, limits, and a service that is
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,3 +138,49 @@ def test_garbage_is_dropped_and_the_server_keeps_serving(tmp_path: Path) -> None
             assert client.ask(**inbound) == "DUNNO"
         finally:
             client.close()
+
+
+def test_a_recipient_file_removed_while_running_keeps_the_list_last_loaded(
+    tmp_path: Path,
+) -> None:
+    recipients = tmp_path / "recipients"
+    recipients.write_text("alice@example.org\n")
+    args = ("--service-url", f"http://127.0.0.1:{free_port()}", "--recipients-file")
+    with GatewayProcess("policy", tmp_path, *args, str(recipients)) as policy:
+        client = PolicyClient(policy.port)
+        try:
+            inbound = {"client_address": "192.0.2.9", "sender": "x@remote.example"}
+            recipients.unlink()  # as an editor or a deploy script replacing it does
+            for _ in range(2):  # answered each time, and warned about once
+                assert client.ask(**inbound, recipient="nobody@example.org").startswith("550 ")
+                assert client.ask(**inbound, recipient="alice@example.org") == "DUNNO"
+            recipients.write_text("alice@example.org\nbob@example.org\n")
+            assert client.ask(**inbound, recipient="bob@example.org") == "DUNNO"
+        finally:
+            client.close()
+        warnings = [line for line in policy.log().splitlines() if " WARNING " in line]
+        unreadable = [line for line in warnings if "recipient list" in line]
+        assert len(unreadable) == 1, policy.log()
+        assert "No such file or directory" in unreadable[0] and "keeping the 1 " in unreadable[0]
+        assert "recipient list loaded: 2 addresses" in policy.log()
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("milter", "--token-file"), ("policy", "--token-file"), ("policy", "--recipients-file")],
+)
+def test_a_file_that_cannot_be_read_stops_the_process_at_start(
+    tmp_path: Path, command: str, option: str
+) -> None:
+    missing = tmp_path / "recipients"  # the README's step 2 before the file was written
+    done = subprocess.run(
+        [sys.executable, "-m", "mailsift.cli", command, option, str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip().splitlines() == [
+        f"error: {option}={missing}: cannot read it: No such file or directory"
+    ]
