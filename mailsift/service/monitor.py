@@ -391,7 +391,7 @@ def note_gateway(state: _GatewayHost, gateway: str | None) -> None:
 
 # -- auth failures ----------------------------------------------------------------------
 
-# The account store's auth-failure buckets (accounts/store.py), read only.
+# The account store's auth-failure buckets (accounts/schema.py), read only.
 _auth_buckets = table(
     "account_auth_failures", column("minute", Integer), column("failures", Integer)
 )

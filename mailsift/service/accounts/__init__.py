@@ -1,9 +1,9 @@
 """Outbound accounts: per-user sending limits and compromised-account detection.
 
 The value types live here so that checks and the pure risk rules can use them without
-importing the store: :mod:`.store` keeps the counters and states in the state database,
-:mod:`.risk` decides a user's state from their numbers, :mod:`.flow` is what the score
-handler and the routers call.
+importing the store: :mod:`.store` keeps the counters and states in the state database
+(its parts are listed there), :mod:`.risk` decides a user's state from their numbers,
+:mod:`.flow` is what the score handler and the routers call.
 """
 
 from __future__ import annotations
