@@ -28,7 +28,12 @@ from mailsift.service.accounts.schema import (
     user_lock,
 )
 from mailsift.service.accounts.states import STATE_OF, AccountStates, account_state
-from mailsift.service.accounts.window import HOUR_MINUTES, auth_counts, risk_window
+from mailsift.service.accounts.window import (
+    DAY_MINUTES,
+    HOUR_MINUTES,
+    auth_counts,
+    risk_window,
+)
 from mailsift.service.db import (
     Runner,
     core_runner,
@@ -40,11 +45,10 @@ from mailsift.service.db import (
 )
 from mailsift.service.settings import Settings
 
-__all__ = ["DAY_MINUTES", "SendingCounters"]
+__all__ = ["SendingCounters"]
 
 log = logging.getLogger("mailsift.accounts")
 
-DAY_MINUTES = 24 * 60
 MINUTE_RETENTION = 25 * 60  # minutes: a rolling day plus slack for clock skew
 HOUR_RETENTION = 8 * 24  # hours: the usual rate looks back a week
 DOMAIN_RETENTION_SECONDS = 180 * 86400.0

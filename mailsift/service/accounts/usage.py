@@ -16,10 +16,20 @@ from sqlalchemy import Connection, Float, Integer, bindparam, case, func, select
 
 from mailsift.service.accounts import AccountState, AccountStats, UsualRate, schema
 from mailsift.service.accounts.connections import Connections
-from mailsift.service.accounts.counters import DAY_MINUTES
-from mailsift.service.accounts.schema import HOUR_START, KEYS, in_hour, normalise_user
+from mailsift.service.accounts.schema import (
+    DAY_START,
+    HOUR_START,
+    KEYS,
+    in_hour,
+    normalise_user,
+)
 from mailsift.service.accounts.states import MAX_CACHED_USERS, AccountStates, risk_state
-from mailsift.service.accounts.window import HOUR_MINUTES, auth_counts, risk_window
+from mailsift.service.accounts.window import (
+    DAY_MINUTES,
+    HOUR_MINUTES,
+    auth_counts,
+    risk_window,
+)
 
 __all__ = ["AccountUsage"]
 
@@ -38,7 +48,6 @@ _m, _h, _d, _a, _s = (
     schema.state.c,
 )
 _SINCE = bindparam("since", type_=Float)
-_DAY_START = schema.DAY_START
 
 _STATE_ROWS = select(_s.user, _s.state, _s.since, _s.reason, _s.reset_at).where(_s.user.in_(KEYS))
 _MINUTES_BY_USER = (
@@ -50,7 +59,7 @@ _MINUTES_BY_USER = (
         in_hour(_m.scored),
         in_hour(_m.spam),
     )
-    .where(_m.user.in_(KEYS), _m.minute >= _DAY_START)
+    .where(_m.user.in_(KEYS), _m.minute >= DAY_START)
     .group_by(_m.user)
 )
 _AUTH_BY_USER = (
@@ -120,7 +129,7 @@ class AccountUsage:
 
     def _stats(self, conn: Connection, key: str, now: float) -> AccountStats:
         minute = int(now // 60)
-        m, d = _m, _d
+        m, d = _m, _d  # the minute buckets and the recipient domains
         window = risk_window(conn, key, now)
         in_window = m.minute >= window.minute
         row = conn.execute(

@@ -13,9 +13,10 @@ from sqlalchemy import Connection, func, select
 
 from mailsift.service.accounts.schema import BASE_COLUMNS, auth, minutes, state
 
-__all__ = ["HOUR_MINUTES", "Window", "auth_counts", "bucket_counts", "risk_window"]
+__all__ = ["DAY_MINUTES", "HOUR_MINUTES", "Window", "auth_counts", "bucket_counts", "risk_window"]
 
 HOUR_MINUTES = 60
+DAY_MINUTES = 24 * 60  # the daily limit's rolling day, in minute buckets
 
 
 @dataclass(frozen=True, slots=True)
