@@ -171,7 +171,8 @@ class AccountUsage:
         self, users: Iterable[str], now: float
     ) -> list[tuple[AccountState, AccountStats]]:
         """Many users' states and numbers at once, in a few grouped queries (what a
-        flush re-judges). Reads only what is written: call :meth:`flush` first."""
+        flush re-judges). Reads only what is written: flush the queue first
+        (:meth:`~mailsift.service.accounts.pending.PendingCounts.flush`)."""
         keys = sorted({normalise_user(u) for u in users})
         out: list[tuple[AccountState, AccountStats]] = []
         with self.db.reading() as conn:
