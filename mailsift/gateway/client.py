@@ -141,6 +141,8 @@ class RecipientVerdict:
     action: Action
     score: float
     reasons: tuple[str, ...] = ()
+    owner: str | None = None
+    """Set when the recipient is a live temporary address: whom it delivers to."""
 
     @classmethod
     def from_json(cls, item: Any) -> RecipientVerdict:
@@ -148,13 +150,28 @@ class RecipientVerdict:
         rcpt = item["rcpt"]
         if not isinstance(rcpt, str):
             raise TypeError(f"rcpt is {type(rcpt).__name__}")
+        owner = (item.get("alias") or {}).get("owner")
+        if owner is not None and not (isinstance(owner, str) and _plain_address(owner)):
+            raise ValueError("alias owner is not an address")
         return cls(
             rcpt=rcpt.lower(),
             verdict=str(item["verdict"]),
             action=_action(item["action"]),
             score=float(item["score"]),
             reasons=tuple(str(r["name"]) for r in item.get("reasons") or ()),
+            owner=owner,
         )
+
+
+def _plain_address(value: str) -> bool:
+    """An address the MTA can be given as a recipient: one ``@``, no spaces, brackets or
+    control characters (it goes into a milter command as ``<value>``)."""
+    return (
+        0 < len(value) <= 320
+        and value.count("@") == 1
+        and not value.startswith("@")
+        and all(c.isprintable() and not c.isspace() and c not in "<>" for c in value)
+    )
 
 
 def _recipients(value: Any) -> tuple[RecipientVerdict, ...]:
@@ -274,6 +291,15 @@ class ServiceClient:
             )
         except (KeyError, TypeError) as exc:
             raise ServiceUnavailable(f"unexpected admission answer: {exc}") from None
+
+    async def alias_state(self, address: str) -> str | None:
+        """Is ``address`` a temporary address (``live``, ``expired``, ``deleted``), or
+        not one (None)? Asked by the policy server about a recipient it does not list."""
+        body = await self._call("GET", f"/v1/recipients/{quote(address, safe='@')}")
+        state = body.get("alias") if isinstance(body, dict) else None
+        if state not in (None, "live", "expired", "deleted"):
+            raise ServiceUnavailable(f"unexpected recipient answer: {state!r}")
+        return cast(str | None, state)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -231,7 +231,7 @@ def test_gateways_learn_whether_a_recipient_is_a_live_address(
     deleted = _create(bob, BOB)["address"]
     expired = _create(bob, BOB)["address"]
     assert bob.delete(f"/v1/aliases/{deleted}").json()["state"] == "deleted"
-    _expire(service.data_dir, expired)
+    expire(service.data_dir, expired)
     token = gateway_token(service.data_dir, service.env)
     with service.client(token) as gateway:
 
@@ -257,7 +257,7 @@ def test_gateways_learn_whether_a_recipient_is_a_live_address(
     assert bob.get(f"/v1/recipients/{live}").status_code == 403  # a gateway's question
 
 
-def _expire(data_dir: Path, address: str) -> None:
+def expire(data_dir: Path, address: str) -> None:
     """Age an address past its expiry, as the clock would, in the service's own database."""
     with sqlite3.connect(data_dir / STATE_FILENAME) as db:
         db.execute(

@@ -22,7 +22,7 @@ __all__ = ["REASONS", "alias_reasons", "expired_reasons"]
 REASONS: dict[str, tuple[float, str]] = {
     ALIAS_RECIPIENT: (0.0, "a recipient is a live temporary address (shown, not weighed)"),
     ALIAS_FOREIGN_SENDER: (
-        2.5,
+        2.0,
         "mail to a temporary address from a sender unrelated to the one it was made for: "
         "the address was leaked or sold",
     ),
