@@ -47,6 +47,7 @@ from kilter.protocol.messages import (
     ActionFlags,
     AddHeader,
     AddRecipient,
+    AddRecipientPar,
     Body,
     ChangeHeader,
     Close,
@@ -132,6 +133,9 @@ _NO_REPLY = (
 _ACTIONS = ActionFlags.ADD_HEADERS | ActionFlags.CHANGE_HEADERS | ActionFlags.QUARANTINE
 # Marking a recipient's copy for Junk: delete the recipient, add its marked address.
 RECIPIENT_ACTIONS = ActionFlags.ADD_RECIPIENT | ActionFlags.DELETE_RECIPIENT
+QUIET_OWNER = "NOTIFY=NEVER"
+"""ESMTP parameter of a temporary address's owner as the milter adds them: a failed
+delivery to the owner sends the sender no bounce, which would name the owner."""
 
 
 def negotiate(offer: Negotiate, *, recipients: bool = True) -> Negotiate:
@@ -145,7 +149,7 @@ def negotiate(offer: Negotiate, *, recipients: bool = True) -> Negotiate:
         raise ValueError(f"the MTA does not allow {missing!r}")
     actions = _ACTIONS | (ActionFlags.DELETE_RECIPIENT & offer.action_flags)
     if recipients and RECIPIENT_ACTIONS & offer.action_flags == RECIPIENT_ACTIONS:
-        actions |= RECIPIENT_ACTIONS
+        actions |= RECIPIENT_ACTIONS | (ActionFlags.ADD_RECIPIENT_PAR & offer.action_flags)
     options = (ProtocolFlags.NO_UNKNOWN | _NO_REPLY) & offer.protocol_flags
     return Negotiate(6, actions, options)
 
@@ -270,7 +274,9 @@ class _Transaction:
         return head + b"\r\n" + b"".join(self.parts)
 
 
-def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[FilterMessage]:
+def edits_for(
+    headers: list[tuple[str, bytes]], outcome: Outcome, *, with_params: bool = False
+) -> list[FilterMessage]:
     """What to send at end of message: header edits, recipient edits, then the final reply.
 
     Headers a sender forged to look like ours are deleted before ours are added (a
@@ -278,7 +284,9 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
     A recipient marked for Junk is deleted as the MTA gave it (Postfix matches the
     original RCPT TO address) and added back marked; a live temporary address is deleted
     and its owner added, the copy naming the address in ``X-Mailsift-Alias`` (a sender's
-    own such header was deleted above with the other forged ones).
+    own such header was deleted above with the other forged ones). With ``with_params``
+    (the MTA takes recipients with ESMTP parameters) the owner is added with
+    :data:`QUIET_OWNER`, so no bounce names them to the sender.
     """
     if outcome.reply is not None:
         return [ReplyCode(f"{outcome.reply}\0".encode())]
@@ -300,12 +308,19 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
         else:
             edits.append(ChangeHeader(subject[0], "Subject", prefix + b" " + subject[1]))
     edits += [AddHeader(ALIAS_HEADER, alias.rcpt.encode()) for alias in outcome.aliases]
+    aliased = {alias.rcpt for alias in outcome.aliases}
+
+    def add(address: str, owner: bool) -> FilterMessage:
+        if owner and with_params:
+            return AddRecipientPar(f"<{address}>", QUIET_OWNER)
+        return AddRecipient(f"<{address}>")
+
     for junk in outcome.junk:
-        edits += [RemoveRecipient(f"<{junk.rcpt}>"), AddRecipient(f"<{junk.marked}>")]
+        edits += [RemoveRecipient(f"<{junk.rcpt}>"), add(junk.marked, junk.rcpt in aliased)]
     marked = {junk.rcpt for junk in outcome.junk}
     for alias in outcome.aliases:
         if alias.rcpt not in marked:
-            edits += [RemoveRecipient(f"<{alias.rcpt}>"), AddRecipient(f"<{alias.owner}>")]
+            edits += [RemoveRecipient(f"<{alias.rcpt}>"), add(alias.owner, True)]
     edits += [RemoveRecipient(f"<{rcpt}>") for rcpt in outcome.dropped]
     if outcome.kind == "quarantine":
         # A valid end-of-message action (kilter's state machine allows it) that its
@@ -333,6 +348,7 @@ class MilterConnection:
         self.mark = JunkMark.from_settings(settings)  # None: off, or the MTA refused
         self.can_drop = False  # may remove a recipient (negotiated)
         self.can_rewrite = False  # may replace a recipient: temporary addresses (negotiated)
+        self.with_params = False  # may add a recipient with ESMTP parameters (negotiated)
 
     def _negotiate(self, offer: Negotiate) -> Negotiate:
         # Recipient changes are asked for whenever the MTA allows them: temporary
@@ -340,6 +356,7 @@ class MilterConnection:
         ours = negotiate(offer, recipients=True)
         self.can_drop = ActionFlags.DELETE_RECIPIENT in ours.action_flags
         self.can_rewrite = RECIPIENT_ACTIONS & ours.action_flags == RECIPIENT_ACTIONS
+        self.with_params = ActionFlags.ADD_RECIPIENT_PAR in ours.action_flags
         if self.mark is not None and RECIPIENT_ACTIONS & ~ours.action_flags:
             if not MilterConnection._told_no_recipient_actions:
                 MilterConnection._told_no_recipient_actions = True
@@ -370,7 +387,8 @@ class MilterConnection:
                 self.txn.add_body(bytes(event.content))
             case EndOfMessage():
                 self.txn.add_body(bytes(event.content))
-                return edits_for(self.txn.headers, await self._decide())
+                outcome = await self._decide()
+                return edits_for(self.txn.headers, outcome, with_params=self.with_params)
             case Abort():
                 self.txn = _Transaction(self.client.max_message_bytes)
             case Close():

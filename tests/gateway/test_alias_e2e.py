@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import smtplib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -202,3 +204,23 @@ def test_an_unlisted_address_that_is_no_alias_is_still_refused(stack: Stack) -> 
     replies = _send(stack.port, "orders@shop.example", f"t-nobody@{DOMAIN}", raw)
     code, text = replies[-1]
     assert code == 550 and b"5.1.1" in text, replies
+
+
+def test_a_failed_delivery_to_the_owner_sends_the_sender_no_bounce(stack: Stack) -> None:
+    """The owner is added with NOTIFY=NEVER: when their mailbox refuses the copy (dave
+    has none here), Postfix sends no bounce, which would name dave to the sender."""
+    with stack.service.client() as admin:
+        r = admin.post("/v1/aliases", params={"user": f"dave@{DOMAIN}"})
+        assert r.status_code == 201, r.text
+        alias = r.json()["address"]
+    raw = _mail("orders@shop.example", alias, "nobox-1@shop.example", 6)
+    replies = _send(stack.port, "orders@shop.example", alias, raw)
+    assert replies[-1][0] == 250, replies
+    bounced = re.compile(rf"(\w+): to=<dave@{re.escape(DOMAIN)}>.*status=bounced")
+    assert wait_for(lambda: bounced.search(stack.postfix.maillog()) is not None, 30)
+    match = bounced.search(stack.postfix.maillog())
+    assert match is not None
+    time.sleep(2)  # a notification would be logged right after the bounce
+    log = stack.postfix.maillog()
+    assert f"{match.group(1)}: sender non-delivery notification" not in log
+    assert "sender non-delivery notification" not in log
