@@ -3,11 +3,14 @@ how that combines with Junk marks and refusals, and the milter edits that do it.
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import pytest
 from kilter.protocol.messages import AddHeader, AddRecipient, RemoveRecipient
 
-from mailsift.gateway.client import ScoreAnswer
+from mailsift.gateway.client import ScoreAnswer, ServiceClient
 from mailsift.gateway.decisions import (
     ALIAS_HEADER,
     AliasRecipient,
@@ -17,7 +20,10 @@ from mailsift.gateway.decisions import (
     outcome_of,
 )
 from mailsift.gateway.milter import edits_for
+from mailsift.gateway.policy import DUNNO, PolicyServer
+from mailsift.gateway.settings import GatewaySettings
 from tests.gateway.test_milter import shape
+from tests.service.server import free_port
 
 ALIAS, OWNER, CAROL = "t-abcdefghij@example.test", "bob@example.test", "carol@example.test"
 
@@ -93,3 +99,37 @@ def test_a_stricter_copy_through_an_alias_goes_to_the_owners_junk() -> None:
     assert shape(recipients) == shape(
         [RemoveRecipient(f"<{ALIAS}>"), AddRecipient("<bob+junk@example.test>")]
     )
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_a_recipient_the_service_cannot_check_is_deferred_whatever_the_fail_mode(
+    tmp_path: Path, mode: str
+) -> None:
+    """An unlisted recipient may be a live temporary address: with the service down the
+    policy server can neither accept it (it may not exist) nor refuse it for good (it
+    may), so it answers 4xx. A listed recipient needs no call and is not held up."""
+    listed = tmp_path / "recipients"
+    listed.write_text(f"{OWNER}\n")
+    settings = GatewaySettings(
+        service_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        recipients_file=listed,
+        fail_mode=mode,  # type: ignore[arg-type]
+        timeout_seconds=2,
+    )
+
+    async def ask(recipient: str) -> str:
+        client = ServiceClient(settings)
+        try:
+            request = {
+                "request": "smtpd_access_policy",
+                "protocol_state": "RCPT",
+                "client_address": "192.0.2.7",
+                "sender": "orders@shop.example",
+                "recipient": recipient,
+            }
+            return await PolicyServer(client, settings).answer(request)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(ask(ALIAS)).startswith("DEFER 4.3.0 ")
+    assert asyncio.run(ask(OWNER)) == DUNNO
