@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,3 +265,31 @@ def expire(data_dir: Path, address: str) -> None:
         db.execute(
             "UPDATE aliases SET expires_at = ? WHERE address = ?", (time.time() - 1, address)
         )
+
+
+def test_administrators_manage_addresses_with_the_cli(service: Service, bob: httpx.Client) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailsift.cli", "alias", *args],
+            env=service.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    made = cli("create", "--user", BOB, "--days", "7", "--label", "cli.example")
+    assert made.returncode == 0, made.stderr
+    address = made.stdout.split()[0]
+    assert ADDRESS.match(address) and " live " in made.stdout
+    # The service sees it at once (one database), and so does its owner.
+    assert bob.get(f"/v1/aliases/{address}").json()["label"] == "cli.example"
+    listed = cli("list", "--user", BOB)
+    assert listed.returncode == 0 and address in listed.stdout
+    gone = cli("delete", address)
+    assert gone.returncode == 0 and " deleted " in gone.stdout
+    assert bob.get(f"/v1/aliases/{address}").json()["state"] == "deleted"
+    missing = cli("delete", f"t-aaaaaaaaaa@{DOMAIN}")
+    assert missing.returncode == 2 and "no temporary address" in missing.stderr
+    too_long = cli("create", "--user", BOB, "--days", "1000")
+    assert too_long.returncode == 2 and "MAILSIFT_ALIAS_MAX_DAYS" in too_long.stderr
