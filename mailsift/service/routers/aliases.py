@@ -164,8 +164,10 @@ async def list_aliases(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
 ) -> dict[str, Any]:
-    """A user's temporary addresses (administrators: everyone's without user=), with the
-    sender domains that wrote to each without being the one it was made for."""
+    """A user's temporary addresses (admins: all without user=), with who leaked each.
+
+    Who leaked one: the sender domains that wrote to it without being the one it was
+    made for (``foreign_senders``)."""
     owner = _for_user(caller, user)
     found = await _call(lambda: state.aliases.list_aliases(owner, limit=limit, offset=offset))
     return {"count": len(found), "aliases": [a.as_dict() for a in found]}
@@ -201,8 +203,10 @@ async def delete_alias(caller: UserCaller, state: State, address: AddressPath) -
 
 @gateway_router.get("/{address}", response_model=RecipientStateOut, responses=ERRORS)
 async def recipient(_: GatewayCaller, state: State, address: AddressPath) -> dict[str, Any]:
-    """Is a recipient a temporary address, and is it live? (The policy server asks at
-    RCPT about a recipient it does not list; the owner is not in the answer.)"""
+    """Is a recipient a live, expired or deleted temporary address, or none (null)?
+
+    The policy server asks at RCPT about a recipient it does not list; the answer does
+    not name the owner."""
     store = state.aliases
     found = await _call(lambda: store.get(address)) if store.may_be_alias(address) else None
     return {"address": address.strip().lower(), "alias": found.state() if found else None}
