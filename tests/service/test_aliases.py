@@ -75,7 +75,7 @@ def _score(client: httpx.Client, sender: str, n: int, *rcpts: str) -> dict[str, 
         headers=MSG,
     )
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    return {**r.json(), "raw": raw}
 
 
 def _names(reasons: list[dict[str, Any]]) -> list[str]:
@@ -213,7 +213,7 @@ def test_the_audit_trail_shows_mail_to_a_temporary_address(
 ) -> None:
     alias = _create(bob, BOB, label="shop.example")["address"]
     with service.client() as gateway:
-        _score(gateway, "promo@elsewhere.example", 5, alias)
+        raw = _score(gateway, "promo@elsewhere.example", 5, alias)["raw"]
     with service.client() as admin:
 
         def rows() -> list[dict[str, Any]]:
@@ -222,8 +222,14 @@ def test_the_audit_trail_shows_mail_to_a_temporary_address(
 
         assert wait_for(lambda: bool(rows()), 15)
         (row,) = rows()
-    assert alias in row["recipients"]
+    # The row names the address and whom it reached; the reasons say it was alias mail.
+    assert row["recipients"] == [alias, BOB]
     assert {ALIAS_RECIPIENT, ALIAS_FOREIGN_SENDER} <= {r["name"] for r in row["reasons"]}
+    # So the owner may report what reached them through the address.
+    report = bob.post(
+        "/v1/feedback", params={"label": "spam", "user": BOB}, content=raw, headers=MSG
+    )
+    assert report.status_code == 200, report.text
 
 
 def test_gateways_learn_whether_a_recipient_is_a_live_address(

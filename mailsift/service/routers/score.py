@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -194,9 +195,13 @@ async def score(request: Request) -> Response:
         state, envelope, analysed.fingerprint, msg.from_addr, auth, reasons, verdict, aliases
     )
     status = state.learner.status()
+    # The audit row names whom the message reached: a live temporary address's owner
+    # beside it (their reports of it are theirs to make).
+    owners = [h.owner for h in aliases if h.state == "live" and h.owner not in rcpt]
+    audited = replace(envelope, rcpt=(*envelope.rcpt, *dict.fromkeys(owners)))
     state.audit.record(
         audit_record(
-            envelope,
+            audited,
             msg,
             score=verdict.score,
             verdict=verdict.verdict,
