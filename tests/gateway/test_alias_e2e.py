@@ -44,6 +44,7 @@ class Stack:
     service: Service
     postfix: Postfix
     port: int
+    bare_port: int  # no policy server
     milter: GatewayProcess
     policy: GatewayProcess
     bob: httpx.Client  # bob's own user token
@@ -88,7 +89,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "mx": {
                         "smtpd_milters": f"inet:127.0.0.1:{milter.port}",
                         "milter_default_action": "tempfail",
-                    }
+                    },
+                    # The same without the policy server: the milter alone decides.
+                    "bare": {
+                        "smtpd_milters": f"inet:127.0.0.1:{milter.port}",
+                        "milter_default_action": "tempfail",
+                        "smtpd_recipient_restrictions": "",
+                    },
                 },
                 policy_port=policy.port,
                 internal_network=NETWORK,
@@ -96,7 +103,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             service.client(user_token) as bob,
         ):
             try:
-                yield Stack(service, postfix, postfix.ports["mx"], milter, policy, bob)
+                ports = postfix.ports
+                yield Stack(service, postfix, ports["mx"], ports["bare"], milter, policy, bob)
             finally:
                 print(postfix.maillog()[-5000:])
                 print(milter.log(), policy.log())
@@ -224,3 +232,25 @@ def test_a_failed_delivery_to_the_owner_sends_the_sender_no_bounce(stack: Stack)
     log = stack.postfix.maillog()
     assert f"{match.group(1)}: sender non-delivery notification" not in log
     assert "sender non-delivery notification" not in log
+
+
+def test_without_the_policy_server_the_milter_refuses_a_dead_address_to_it_alone(
+    stack: Stack,
+) -> None:
+    alias = stack.create()
+    assert stack.bob.delete(f"/v1/aliases/{alias}").status_code == 200
+    carol = f"carol@{DOMAIN}"
+    raw = _mail("orders@shop.example", alias, "bare-1@shop.example", 7)
+    with smtplib.SMTP("127.0.0.1", stack.bare_port, timeout=30) as s:
+        # Accepted at RCPT (no policy server here): nothing refused.
+        assert s.sendmail("orders@shop.example", [alias, carol], raw) == {}
+    assert wait_for(lambda: _delivered(stack.postfix, "carol", "bare-1@") is not None, 30)
+    assert _delivered(stack.postfix, "bob", "bare-1@") is None
+    # Only the dead address: nobody left to deliver to, so the message is refused.
+    alone = _mail("orders@shop.example", alias, "bare-2@shop.example", 8)
+    with (
+        smtplib.SMTP("127.0.0.1", stack.bare_port, timeout=30) as s,
+        pytest.raises(smtplib.SMTPDataError) as refused,
+    ):
+        s.sendmail("orders@shop.example", [alias], alone)
+    assert refused.value.smtp_code == 550 and BOB.encode() not in refused.value.smtp_error
