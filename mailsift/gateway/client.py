@@ -26,6 +26,8 @@ import httpx
 from mailsift.gateway.settings import GatewaySettings
 
 __all__ = [
+    "ALIAS_LIVE",
+    "ALIAS_STATES",
     "Action",
     "Admission",
     "Direction",
@@ -45,6 +47,9 @@ log = logging.getLogger("mailsift.gateway")
 Direction = Literal["inbound", "outbound"]
 Action = Literal["accept", "tag", "quarantine", "reject", "defer"]
 _ACTIONS: tuple[Action, ...] = ("accept", "tag", "quarantine", "reject", "defer")
+ALIAS_LIVE = "live"
+ALIAS_STATES = (ALIAS_LIVE, "expired", "deleted")
+"""What ``/v1/recipients/{address}`` says of a temporary address (``alias``)."""
 
 
 # httpx refuses a URL over 64 KiB; the envelope is sent in the query. Leave room for the
@@ -297,7 +302,7 @@ class ServiceClient:
         not one (None)? Asked by the policy server about a recipient it does not list."""
         body = await self._call("GET", f"/v1/recipients/{quote(address, safe='@')}")
         state = body.get("alias") if isinstance(body, dict) else None
-        if state not in (None, "live", "expired", "deleted"):
+        if state is not None and state not in ALIAS_STATES:
             raise ServiceUnavailable(f"unexpected recipient answer: {state!r}")
         return cast(str | None, state)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailsift.gateway.client import (
+    ALIAS_LIVE,
     GatewayMisconfigured,
     RequestRefused,
     ServiceClient,
@@ -224,7 +225,7 @@ class PolicyServer:
             alias = await self._alias_state(attributes, recipient)
             if alias.startswith("DEFER"):
                 return alias
-            if alias != "live":
+            if alias != ALIAS_LIVE:
                 why = f"{alias} temporary address" if alias else "unknown recipient"
                 DECISIONS.labels("policy", "unknown_recipient").inc()
                 log.info("%s", refusal_line(attributes, None, refusal, why))

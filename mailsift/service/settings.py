@@ -130,6 +130,7 @@ class Settings(BaseSettings):
     # -- temporary addresses (aliases) ------------------------------------------------
     alias_domain: str | None = Field(
         None,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\.?$",
         description="Domain of new temporary addresses (default: the owner's domain when it "
         "is a local domain, else the first of `MAILSIFT_LOCAL_DOMAINS`).",
     )

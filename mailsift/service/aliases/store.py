@@ -40,6 +40,7 @@ from mailsift.service.identity import identity_key
 from mailsift.service.settings import Settings
 
 __all__ = [
+    "LIVE",
     "RANDOM_BITS",
     "Alias",
     "AliasError",
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 AliasState = Literal["live", "expired", "deleted"]
+LIVE: AliasState = "live"
 RANDOM_BITS = 50
 """Randomness of an address: 10 base32 characters of 5 bits each."""
 _RANDOM_BYTES = 7  # 56 bits drawn, the first 50 used
@@ -122,7 +124,7 @@ class Alias:
     def state(self, now: float | None = None) -> AliasState:
         if self.deleted_at is not None:
             return "deleted"
-        return "live" if (time.time() if now is None else now) < self.expires_at else "expired"
+        return LIVE if (time.time() if now is None else now) < self.expires_at else "expired"
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mailsift.service.aliases.store import AliasState, AliasStore
+from mailsift.service.aliases.store import LIVE, AliasState, AliasStore
 from mailsift.service.authres import aligned
 
 __all__ = ["AliasHit", "observe", "related", "sender_domain"]
@@ -30,6 +30,10 @@ class AliasHit:
     """The sender domain the message came from (From, else MAIL FROM)."""
     foreign: bool
     """The sender is unrelated to the label: the address was leaked or sold."""
+
+    @property
+    def live(self) -> bool:
+        return self.state == LIVE
 
 
 def sender_domain(from_addr: str | None, mail_from: str | None) -> str | None:
@@ -60,7 +64,7 @@ def observe(
     for address, alias in found.items():
         state = alias.state(now)
         label, foreign = alias.label, False
-        if state == "live" and sender:
+        if state == LIVE and sender:
             if label is None:
                 store.learn_label(address, sender)
                 label = sender

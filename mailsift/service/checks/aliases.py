@@ -39,7 +39,7 @@ def alias_reasons(ctx: CheckContext) -> Iterator[Reason]:
     if ctx.envelope.direction != "inbound":
         return
     for hit in ctx.aliases:
-        if hit.state != "live":
+        if not hit.live:
             continue
         yield Reason(ALIAS_RECIPIENT, REASONS[ALIAS_RECIPIENT][0], f"to {hit.address}")
         if hit.foreign:
@@ -52,7 +52,7 @@ def alias_reasons(ctx: CheckContext) -> Iterator[Reason]:
 
 def expired_reasons(hit: AliasHit | None) -> list[Reason]:
     """A recipient's own reason when it is a dead temporary address: its copy is refused."""
-    if hit is None or hit.state == "live":
+    if hit is None or hit.live:
         return []
     weight = REASONS[ALIAS_EXPIRED][0]
     return [Reason(ALIAS_EXPIRED, weight, f"{hit.address} is {hit.state}", action="reject")]

@@ -8,7 +8,7 @@ learn which addresses others hold.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from mailsift.service.aliases.store import Alias, AliasError, AliasLimit
+from mailsift.service.aliases.store import Alias, AliasError, AliasLimit, AliasState
 from mailsift.service.auth import GatewayCaller, Principal, UserCaller
 from mailsift.service.deps import State
 from mailsift.service.errors import (
@@ -82,7 +82,7 @@ class AliasOut(BaseModel):
     address: str
     user: str
     label: str | None
-    state: Literal["live", "expired", "deleted"]
+    state: AliasState
     created_at: str
     expires_at: str
     deleted_at: str | None
@@ -97,7 +97,7 @@ class AliasListOut(BaseModel):
 
 class RecipientStateOut(BaseModel):
     address: str
-    alias: Literal["live", "expired", "deleted"] | None
+    alias: AliasState | None
     """None: not a temporary address."""
 
 

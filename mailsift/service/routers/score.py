@@ -197,7 +197,7 @@ async def score(request: Request) -> Response:
     status = state.learner.status()
     # The audit row names whom the message reached: a live temporary address's owner
     # beside it (their reports of it are theirs to make).
-    owners = [h.owner for h in aliases if h.state == "live" and h.owner not in rcpt]
+    owners = [h.owner for h in aliases if h.live and h.owner not in rcpt]
     audited = replace(envelope, rcpt=(*envelope.rcpt, *dict.fromkeys(owners)))
     state.audit.record(
         audit_record(
@@ -273,7 +273,7 @@ def _per_recipient(
     for rcpt in envelope.rcpt:
         key = personal_key(rcpt)
         hit = hits.get(key) if key else None
-        live = hit is not None and hit.state == "live"
+        live = hit is not None and hit.live
         who = hit.owner if hit is not None and live else key
         view = layers.view(who, fingerprint, sender_key) if who and layers.users else None
         mine = personal_reasons(view, sender_rule=settings.personal_sender)
