@@ -24,6 +24,7 @@ TASKS = {
     "Learning": ("train", "rebuild", "label"),
     "Measuring": ("eval", "speed", "bench", "influence"),
     "Tokens": ("token",),
+    "Users' addresses": ("alias",),
 }
 _PANEL = {command: panel for panel, commands in TASKS.items() for command in commands}
 

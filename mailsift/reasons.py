@@ -12,6 +12,9 @@ __all__ = [
     "ACCOUNT_PREFIX",
     "ACCOUNT_SUSPENDED",
     "ACCOUNT_WATCH",
+    "ALIAS_EXPIRED",
+    "ALIAS_FOREIGN_SENDER",
+    "ALIAS_RECIPIENT",
     "ALLOWLISTED",
     "ALLOWLIST_UNVERIFIED",
     "BLOCKLISTED",
@@ -53,6 +56,14 @@ LABELLED_HAM = "labelled_ham"
 BLOCKLISTED = "blocklisted"
 ALLOWLISTED = "allowlisted"
 ALLOWLIST_UNVERIFIED = "allowlist_unverified"
+
+# -- temporary addresses (aliases) --------------------------------------------------------
+ALIAS_RECIPIENT = "alias_recipient"
+"""A recipient is a live temporary address (its traffic shows in the audit trail)."""
+ALIAS_FOREIGN_SENDER = "alias_foreign_sender"
+"""A temporary address got mail from a sender unrelated to the one it was made for."""
+ALIAS_EXPIRED = "alias_expired"
+"""A recipient is a temporary address that expired or was deleted: refused to it."""
 
 # -- the sender's account ------------------------------------------------------------------
 ACCOUNT_PREFIX = "account_"

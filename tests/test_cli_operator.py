@@ -29,7 +29,14 @@ MAILSIFT = Path(sys.executable).parent / "mailsift"
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 COMMANDS = [c for commands in TASKS.values() for c in commands if c != "token"]
-SUBCOMMANDS = ["token create", "token list", "token revoke"]
+SUBCOMMANDS = [
+    "token create",
+    "token list",
+    "token revoke",
+    "alias create",
+    "alias list",
+    "alias delete",
+]
 PYTHON_TYPES = ("<bool>", "<int", "<float", "<str>", "<list[", "<path>", "x>=", "x<=")
 
 

@@ -26,6 +26,8 @@ import httpx
 from mailsift.gateway.settings import GatewaySettings
 
 __all__ = [
+    "ALIAS_LIVE",
+    "ALIAS_STATES",
     "Action",
     "Admission",
     "Direction",
@@ -45,6 +47,9 @@ log = logging.getLogger("mailsift.gateway")
 Direction = Literal["inbound", "outbound"]
 Action = Literal["accept", "tag", "quarantine", "reject", "defer"]
 _ACTIONS: tuple[Action, ...] = ("accept", "tag", "quarantine", "reject", "defer")
+ALIAS_LIVE = "live"
+ALIAS_STATES = (ALIAS_LIVE, "expired", "deleted")
+"""What ``/v1/recipients/{address}`` says of a temporary address (``alias``)."""
 
 
 # httpx refuses a URL over 64 KiB; the envelope is sent in the query. Leave room for the
@@ -141,6 +146,8 @@ class RecipientVerdict:
     action: Action
     score: float
     reasons: tuple[str, ...] = ()
+    owner: str | None = None
+    """Set when the recipient is a live temporary address: whom it delivers to."""
 
     @classmethod
     def from_json(cls, item: Any) -> RecipientVerdict:
@@ -148,13 +155,28 @@ class RecipientVerdict:
         rcpt = item["rcpt"]
         if not isinstance(rcpt, str):
             raise TypeError(f"rcpt is {type(rcpt).__name__}")
+        owner = (item.get("alias") or {}).get("owner")
+        if owner is not None and not (isinstance(owner, str) and _plain_address(owner)):
+            raise ValueError("alias owner is not an address")
         return cls(
             rcpt=rcpt.lower(),
             verdict=str(item["verdict"]),
             action=_action(item["action"]),
             score=float(item["score"]),
             reasons=tuple(str(r["name"]) for r in item.get("reasons") or ()),
+            owner=owner,
         )
+
+
+def _plain_address(value: str) -> bool:
+    """An address the MTA can be given as a recipient: one ``@``, no spaces, brackets or
+    control characters (it goes into a milter command as ``<value>``)."""
+    return (
+        0 < len(value) <= 320
+        and value.count("@") == 1
+        and not value.startswith("@")
+        and all(c.isprintable() and not c.isspace() and c not in "<>" for c in value)
+    )
 
 
 def _recipients(value: Any) -> tuple[RecipientVerdict, ...]:
@@ -274,6 +296,15 @@ class ServiceClient:
             )
         except (KeyError, TypeError) as exc:
             raise ServiceUnavailable(f"unexpected admission answer: {exc}") from None
+
+    async def alias_state(self, address: str) -> str | None:
+        """Is ``address`` a temporary address (``live``, ``expired``, ``deleted``), or
+        not one (None)? Asked by the policy server about a recipient it does not list."""
+        body = await self._call("GET", f"/v1/recipients/{quote(address, safe='@')}")
+        state = body.get("alias") if isinstance(body, dict) else None
+        if state is not None and state not in ALIAS_STATES:
+            raise ServiceUnavailable(f"unexpected recipient answer: {state!r}")
+        return cast(str | None, state)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -19,12 +19,15 @@ from mailsift.reasons import ACCOUNT_PREFIX, DLP_PREFIX, LIMIT_PREFIX
 
 __all__ = [
     "ACTION_RANK",
+    "ALIAS_HEADER",
     "HEADER_PREFIX",
     "VERDICT_RANK",
+    "AliasRecipient",
     "JunkMark",
     "JunkRecipient",
     "Outcome",
     "Reply",
+    "alias_recipients",
     "client_identity",
     "direction_of",
     "is_local_submission",
@@ -38,6 +41,8 @@ __all__ = [
 ]
 
 HEADER_PREFIX = OWN_HEADER_PREFIX
+ALIAS_HEADER = f"{HEADER_PREFIX}Alias"
+"""Names the temporary address a copy came through, in the owner's copy (for sorting)."""
 _MAX_REASONS_HEADER = 200  # characters; the full list is in the audit trail
 
 # How strict a verdict or an action is: a recipient's own is "stricter" than the
@@ -73,6 +78,14 @@ class JunkRecipient(NamedTuple):
     marked: str
 
 
+class AliasRecipient(NamedTuple):
+    """An envelope recipient that is a live temporary address: ``rcpt`` is replaced by
+    ``owner``, and the copy names ``rcpt`` in :data:`ALIAS_HEADER`."""
+
+    rcpt: str
+    owner: str
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What the milter does with one message.
@@ -80,8 +93,10 @@ class Outcome:
     ``accept`` delivers (with ``headers`` added and the subject prefixed when
     ``subject_prefix`` is set), ``quarantine`` delivers into the MTA's hold queue,
     ``reject`` and ``defer`` answer the client with ``reply``. A delivered message
-    has each recipient in ``junk`` replaced by its marked address, and each in
-    ``dropped`` (whose own verdict refuses it) removed.
+    has each recipient in ``junk`` replaced by its marked address, each in
+    ``dropped`` (whose own verdict refuses it) removed, and each in ``aliases`` (a live
+    temporary address) replaced by its owner (or, when also in ``junk``, the owner's
+    marked address).
     """
 
     kind: Literal["accept", "quarantine", "reject", "defer"]
@@ -91,6 +106,7 @@ class Outcome:
     reason: str = ""
     junk: tuple[JunkRecipient, ...] = ()
     dropped: tuple[str, ...] = ()
+    aliases: tuple[AliasRecipient, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +160,11 @@ def stricter(personal: RecipientVerdict, answer: ScoreAnswer) -> bool:
 
 
 def junk_marks(
-    answer: ScoreAnswer, direction: Direction, rcpts: Sequence[str], mark: JunkMark | None
+    answer: ScoreAnswer,
+    direction: Direction,
+    rcpts: Sequence[str],
+    mark: JunkMark | None,
+    aliases: Sequence[AliasRecipient] = (),
 ) -> tuple[JunkRecipient, ...]:
     """The envelope recipients (``rcpts``, as the MTA gave them) whose copies are marked.
 
@@ -152,20 +172,40 @@ def junk_marks(
     only its copy: the message's own action applies to everyone, never the strictest
     personal one. Only inbound mail that is delivered at all (accept, tag, quarantine;
     a rejected or deferred message reaches nobody). A looser personal verdict (a
-    recipient's own "not spam") changes nothing at the gateway.
+    recipient's own "not spam") changes nothing at the gateway. A temporary address in
+    ``aliases`` is marked as its owner's address (its copy goes to the owner).
     """
     if mark is None or direction != "inbound" or answer.action not in _DELIVERED:
         return ()
     strict = {r.rcpt for r in answer.recipients if stricter(r, answer) and r.action != "reject"}
     if not strict:
         return ()
+    owners = {a.rcpt: a.owner for a in aliases}
     found: dict[str, JunkRecipient] = {}
     for rcpt in rcpts:
         if rcpt.lower() in strict and rcpt not in found:
-            marked = mark.address(rcpt)
+            marked = mark.address(owners.get(rcpt, rcpt))
             if marked is not None:
                 found[rcpt] = JunkRecipient(rcpt, marked)
     return tuple(found.values())
+
+
+def alias_recipients(
+    answer: ScoreAnswer, direction: Direction, rcpts: Sequence[str]
+) -> tuple[AliasRecipient, ...]:
+    """The envelope recipients (as the MTA gave them) that are live temporary addresses,
+    each with the owner it delivers to. Inbound mail that is delivered at all; a
+    recipient whose own verdict refuses the message is dropped instead."""
+    if direction != "inbound" or answer.action not in _DELIVERED:
+        return ()
+    owners = {r.rcpt: r.owner for r in answer.recipients if r.owner and r.action != "reject"}
+    if not owners:
+        return ()
+    return tuple(
+        AliasRecipient(rcpt, owners[rcpt.lower()])
+        for rcpt in dict.fromkeys(rcpts)
+        if rcpt.lower() in owners
+    )
 
 
 def is_local_submission(
@@ -264,11 +304,12 @@ def outcome_of(
     junk: Sequence[JunkRecipient] = (),
     dropped: Sequence[str] = (),
     rcpts: Sequence[str] = (),
+    aliases: Sequence[AliasRecipient] = (),
 ) -> Outcome:
     """Map the service's action to what the MTA does (see :class:`Outcome`); ``junk``
-    (from :func:`junk_marks`) and ``dropped`` (from :func:`owner_refusals`) are kept when
-    the message is delivered. When ``dropped`` is every one of ``rcpts``, nobody wants
-    the message: it is refused."""
+    (from :func:`junk_marks`), ``dropped`` (from :func:`owner_refusals`) and ``aliases``
+    (from :func:`alias_recipients`) are kept when the message is delivered. When
+    ``dropped`` is every one of ``rcpts``, nobody wants the message: it is refused."""
     if dropped and {r.lower() for r in rcpts} <= {r.lower() for r in dropped}:
         refusal = Reply(550, "5.7.1", "message refused by its recipients")
         return Outcome("reject", reply=refusal, reason="refused by its recipients")
@@ -281,15 +322,28 @@ def outcome_of(
         (f"{HEADER_PREFIX}Reasons", reasons or "none"),
     )
     short, marks, gone = _short_reason(answer), tuple(junk), tuple(dropped)
+    via = tuple(aliases)
     match answer.action:
         case "accept":
-            return Outcome("accept", headers, junk=marks, dropped=gone)
+            return Outcome("accept", headers, junk=marks, dropped=gone, aliases=via)
         case "tag":
             prefix = subject_prefix or None
-            return Outcome("accept", headers, subject_prefix=prefix, junk=marks, dropped=gone)
+            return Outcome(
+                "accept",
+                headers,
+                subject_prefix=prefix,
+                junk=marks,
+                dropped=gone,
+                aliases=via,
+            )
         case "quarantine":
             return Outcome(
-                "quarantine", headers, reason=f"mailsift: {short}", junk=marks, dropped=gone
+                "quarantine",
+                headers,
+                reason=f"mailsift: {short}",
+                junk=marks,
+                dropped=gone,
+                aliases=via,
             )
         case "reject":
             return Outcome("reject", reply=Reply(550, "5.7.1", short), reason=short)

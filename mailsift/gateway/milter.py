@@ -47,6 +47,7 @@ from kilter.protocol.messages import (
     ActionFlags,
     AddHeader,
     AddRecipient,
+    AddRecipientPar,
     Body,
     ChangeHeader,
     Close,
@@ -75,9 +76,11 @@ from mailsift.gateway.client import (
     check_token,
 )
 from mailsift.gateway.decisions import (
+    ALIAS_HEADER,
     HEADER_PREFIX,
     JunkMark,
     Outcome,
+    alias_recipients,
     client_identity,
     direction_of,
     is_local_submission,
@@ -130,20 +133,23 @@ _NO_REPLY = (
 _ACTIONS = ActionFlags.ADD_HEADERS | ActionFlags.CHANGE_HEADERS | ActionFlags.QUARANTINE
 # Marking a recipient's copy for Junk: delete the recipient, add its marked address.
 RECIPIENT_ACTIONS = ActionFlags.ADD_RECIPIENT | ActionFlags.DELETE_RECIPIENT
+QUIET_OWNER = "NOTIFY=NEVER"
+"""ESMTP parameter of a temporary address's owner as the milter adds them: a failed
+delivery to the owner sends the sender no bounce, which would name the owner."""
 
 
 def negotiate(offer: Negotiate, *, recipients: bool = True) -> Negotiate:
     """Our answer to the MTA's offer: every event but unknown commands, no replies
     wherever the MTA allows it, the three actions this filter needs, deleting recipients
     when the MTA allows it (a recipient whose own block list refuses the message), and,
-    when ``recipients`` (marking for Junk is on) and the MTA allows both, adding and
-    deleting recipients."""
+    when ``recipients`` (the milter always asks: Junk marks and temporary addresses)
+    and the MTA allows both, adding and deleting recipients."""
     missing = _ACTIONS & ~offer.action_flags
     if missing:
         raise ValueError(f"the MTA does not allow {missing!r}")
     actions = _ACTIONS | (ActionFlags.DELETE_RECIPIENT & offer.action_flags)
     if recipients and RECIPIENT_ACTIONS & offer.action_flags == RECIPIENT_ACTIONS:
-        actions |= RECIPIENT_ACTIONS
+        actions |= RECIPIENT_ACTIONS | (ActionFlags.ADD_RECIPIENT_PAR & offer.action_flags)
     options = (ProtocolFlags.NO_UNKNOWN | _NO_REPLY) & offer.protocol_flags
     return Negotiate(6, actions, options)
 
@@ -268,13 +274,19 @@ class _Transaction:
         return head + b"\r\n" + b"".join(self.parts)
 
 
-def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[FilterMessage]:
+def edits_for(
+    headers: list[tuple[str, bytes]], outcome: Outcome, *, with_params: bool = False
+) -> list[FilterMessage]:
     """What to send at end of message: header edits, recipient edits, then the final reply.
 
     Headers a sender forged to look like ours are deleted before ours are added (a
     change to an empty value deletes; the index counts headers of that name from 1).
     A recipient marked for Junk is deleted as the MTA gave it (Postfix matches the
-    original RCPT TO address) and added back marked.
+    original RCPT TO address) and added back marked; a live temporary address is deleted
+    and its owner added, the copy naming the address in ``X-Mailsift-Alias`` (a sender's
+    own such header was deleted above with the other forged ones). With ``with_params``
+    (the MTA takes recipients with ESMTP parameters) the owner is added with
+    :data:`QUIET_OWNER`, so no bounce names them to the sender.
     """
     if outcome.reply is not None:
         return [ReplyCode(f"{outcome.reply}\0".encode())]
@@ -295,8 +307,20 @@ def edits_for(headers: list[tuple[str, bytes]], outcome: Outcome) -> list[Filter
             edits.append(AddHeader("Subject", prefix))
         else:
             edits.append(ChangeHeader(subject[0], "Subject", prefix + b" " + subject[1]))
+    edits += [AddHeader(ALIAS_HEADER, alias.rcpt.encode()) for alias in outcome.aliases]
+    aliased = {alias.rcpt for alias in outcome.aliases}
+
+    def add(address: str, owner: bool) -> FilterMessage:
+        if owner and with_params:
+            return AddRecipientPar(f"<{address}>", QUIET_OWNER)
+        return AddRecipient(f"<{address}>")
+
     for junk in outcome.junk:
-        edits += [RemoveRecipient(f"<{junk.rcpt}>"), AddRecipient(f"<{junk.marked}>")]
+        edits += [RemoveRecipient(f"<{junk.rcpt}>"), add(junk.marked, junk.rcpt in aliased)]
+    marked = {junk.rcpt for junk in outcome.junk}
+    for alias in outcome.aliases:
+        if alias.rcpt not in marked:
+            edits += [RemoveRecipient(f"<{alias.rcpt}>"), add(alias.owner, True)]
     edits += [RemoveRecipient(f"<{rcpt}>") for rcpt in outcome.dropped]
     if outcome.kind == "quarantine":
         # A valid end-of-message action (kilter's state machine allows it) that its
@@ -310,6 +334,7 @@ class MilterConnection:
 
     _told_no_recipient_actions = False  # warn once a process, not once a connection
     _told_no_drop = False
+    _told_no_rewrite = False
 
     def __init__(self, client: ServiceClient, settings: GatewaySettings) -> None:
         self.client = client
@@ -322,10 +347,16 @@ class MilterConnection:
         self.txn = _Transaction(client.max_message_bytes)
         self.mark = JunkMark.from_settings(settings)  # None: off, or the MTA refused
         self.can_drop = False  # may remove a recipient (negotiated)
+        self.can_rewrite = False  # may replace a recipient: temporary addresses (negotiated)
+        self.with_params = False  # may add a recipient with ESMTP parameters (negotiated)
 
     def _negotiate(self, offer: Negotiate) -> Negotiate:
-        ours = negotiate(offer, recipients=self.mark is not None)
+        # Recipient changes are asked for whenever the MTA allows them: temporary
+        # addresses are delivered to their owners whether or not Junk marking is on.
+        ours = negotiate(offer, recipients=True)
         self.can_drop = ActionFlags.DELETE_RECIPIENT in ours.action_flags
+        self.can_rewrite = RECIPIENT_ACTIONS & ours.action_flags == RECIPIENT_ACTIONS
+        self.with_params = ActionFlags.ADD_RECIPIENT_PAR in ours.action_flags
         if self.mark is not None and RECIPIENT_ACTIONS & ~ours.action_flags:
             if not MilterConnection._told_no_recipient_actions:
                 MilterConnection._told_no_recipient_actions = True
@@ -356,7 +387,8 @@ class MilterConnection:
                 self.txn.add_body(bytes(event.content))
             case EndOfMessage():
                 self.txn.add_body(bytes(event.content))
-                return edits_for(self.txn.headers, await self._decide())
+                outcome = await self._decide()
+                return edits_for(self.txn.headers, outcome, with_params=self.with_params)
             case Abort():
                 self.txn = _Transaction(self.client.max_message_bytes)
             case Close():
@@ -439,13 +471,31 @@ class MilterConnection:
                     )
                 dropped = ()
             kept = [r for r in txn.rcpts if r not in dropped]
-            junk = junk_marks(answer, direction, kept, self.mark)
-            outcome = outcome_of(answer, self.settings.subject_prefix, junk, dropped, txn.rcpts)
+            aliases = alias_recipients(answer, direction, kept)
+            if aliases and not self.can_rewrite:
+                if not MilterConnection._told_no_rewrite:
+                    MilterConnection._told_no_rewrite = True
+                    log.warning(
+                        "the MTA does not allow changing recipients: mail to temporary "
+                        "addresses is not delivered to their owners"
+                    )
+                aliases = ()
+            junk = junk_marks(answer, direction, kept, self.mark, aliases)
+            outcome = outcome_of(
+                answer, self.settings.subject_prefix, junk, dropped, txn.rcpts, aliases
+            )
             if outcome.dropped:
                 log.info(
                     "%s: refused for %s (their own block list), delivered to the others",
                     queue_id,
                     ", ".join(log_value(r) for r in outcome.dropped),
+                )
+            if outcome.aliases:
+                # The temporary address only: its owner stays out of the log line.
+                log.info(
+                    "%s: delivered through temporary address %s",
+                    queue_id,
+                    ", ".join(log_value(a.rcpt) for a in outcome.aliases),
                 )
             if outcome.junk:
                 log.info("%s: %d recipient(s) marked for Junk", queue_id, len(outcome.junk))

@@ -6,7 +6,8 @@ Postfix's SMTPD_POLICY_README). Two questions are answered here, while the clien
 still connected, so refused mail is refused in the SMTP dialogue and never bounced later:
 
 * does the recipient exist? (when a recipient list is configured: a recipient in one of
-  its domains that it does not list gets ``550 5.1.1``);
+  its domains that it does not list gets ``550 5.1.1``, unless the service says it is a
+  live temporary address; an expired or deleted one gets the same ``550 5.1.1``);
 * may the sender send another message now? Outbound senders (SASL-authenticated, or a
   client in an internal network) are asked about at the service, which holds the hourly
   limits and the account states every gateway shares; over a limit or suspended is
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailsift.gateway.client import (
+    ALIAS_LIVE,
     GatewayMisconfigured,
     RequestRefused,
     ServiceClient,
@@ -236,9 +238,14 @@ class PolicyServer:
         recipient = attributes.get("recipient", "")
         refusal = decide_recipient(self.recipients, recipient) if recipient else None
         if refusal is not None:
-            DECISIONS.labels("policy", "unknown_recipient").inc()
-            log.info("%s", refusal_line(attributes, None, refusal, "unknown recipient"))
-            return refusal
+            alias = await self._alias_state(attributes, recipient)
+            if alias.startswith("DEFER"):
+                return alias
+            if alias != ALIAS_LIVE:
+                why = f"{alias} temporary address" if alias else "unknown recipient"
+                DECISIONS.labels("policy", "unknown_recipient").inc()
+                log.info("%s", refusal_line(attributes, None, refusal, why))
+                return refusal
         settings = self.settings
         user = outbound_sender(attributes, settings.networks, settings.identity_source)
         if user is None:
@@ -267,6 +274,22 @@ class PolicyServer:
             log.info("%s", refusal_line(attributes, user, answer, f"{reason} ({admission.state})"))
             return answer
         return DUNNO
+
+    async def _alias_state(self, attributes: dict[str, str], recipient: str) -> str:
+        """For a recipient not on the list: ``live``, ``expired`` or ``deleted`` if it is
+        a temporary address, ``""`` if not, or a ``DEFER`` answer when the service cannot
+        say (whatever the fail mode: neither accepting nor refusing for good is right)."""
+        try:
+            state = await self.client.alias_state(recipient)
+        except RequestRefused:
+            return ""  # an address the service refuses is no temporary address
+        except (ServiceUnavailable, GatewayMisconfigured) as exc:
+            SERVICE_FAILURES.labels("policy", "closed").inc()
+            answer = "DEFER 4.3.0 recipient cannot be checked now, try again later"
+            why = f"temporary address check failed ({exc})"
+            log.warning("%s", refusal_line(attributes, None, answer, why))
+            return answer
+        return state or ""
 
     def _unavailable(
         self, attributes: dict[str, str], user: str, cause: str, mode: FailMode

@@ -24,6 +24,7 @@ from mailsift.service import monitor
 from mailsift.service.accounts.flow import flush_outbound, run_flusher
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
+from mailsift.service.aliases.store import AliasStore
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, Role, TokenStore, require
 from mailsift.service.db import keep_checkpointed, open_state_engine
@@ -39,6 +40,7 @@ from mailsift.service.monitor import GatewaySeen
 from mailsift.service.rebuilds import RebuildScheduler
 from mailsift.service.routers import (
     accounts,
+    aliases,
     audit,
     diagnostics,
     dlp,
@@ -80,6 +82,8 @@ ROUTERS: tuple[tuple[APIRouter, tuple[Role, ...]], ...] = (
     (dlp.router, ("gateway",)),
     (feedback.router, ()),
     (lists.router, ()),
+    (aliases.router, ()),
+    (aliases.gateway_router, ("gateway",)),
     (accounts.gateway_router, ("gateway",)),
     (accounts.router, ("admin",)),
     (audit.router, ("admin",)),
@@ -194,6 +198,7 @@ async def _open_state(settings: Settings) -> ServiceState:
             accounts=AccountStore(engine, settings),
             alerts=Alerter(engine, settings),
             lists=ListStore(engine, settings),
+            aliases=AliasStore(engine, settings),
             audit=AuditTrail(engine, settings),
             dlp=load_dlp_config(settings),
             outbound_quota=OutboundQuota(engine, settings),

@@ -23,6 +23,7 @@ __all__ = [
     "BadRequest",
     "Forbidden",
     "Gone",
+    "LimitReached",
     "MessageTooLarge",
     "ModelNotReady",
     "NotFound",
@@ -80,6 +81,13 @@ class Gone(ApiError):
 
     status = 410
     code = "gone"
+
+
+class LimitReached(ApiError):
+    """A per-user limit on something held (temporary addresses) is reached."""
+
+    status = 409
+    code = "limit_reached"
 
 
 class MessageTooLarge(ApiError):

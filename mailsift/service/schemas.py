@@ -47,6 +47,11 @@ class ModelBrief(BaseModel):
     position give exactly the same value."""
 
 
+class AliasTarget(BaseModel):
+    owner: str
+    """Whom a live temporary address delivers to (the gateway rewrites the recipient)."""
+
+
 class RecipientOut(BaseModel):
     rcpt: str
     score: float
@@ -54,6 +59,8 @@ class RecipientOut(BaseModel):
     action: Literal["accept", "tag", "quarantine", "reject", "defer"]
     reasons: list[ReasonOut]
     """Only this recipient's own (personal) reasons; the shared ones are the message's."""
+    alias: AliasTarget | None = None
+    """Set when the recipient is a live temporary address."""
 
 
 class ScoreOut(BaseModel):

@@ -127,6 +127,27 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated mail domains this installation serves (never allowlistable).",
     )
+    # -- temporary addresses (aliases) ------------------------------------------------
+    alias_domain: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\.?$",
+        description="Domain of new temporary addresses (default: the owner's domain when it "
+        "is a local domain, else the first of `MAILSIFT_LOCAL_DOMAINS`).",
+    )
+    alias_prefix: str = Field(
+        "t-",
+        pattern=r"^[a-z0-9][a-z0-9.-]{0,15}$",
+        description="Local-part prefix of new temporary addresses (`t-` gives `t-k3x9…@`).",
+    )
+    alias_max_per_user: int = Field(
+        50, ge=1, description="Live temporary addresses one user may hold at once."
+    )
+    alias_max_days: int = Field(
+        365, ge=1, description="Longest lifetime of a temporary address, in days."
+    )
+    alias_default_days: int = Field(
+        30, ge=1, description="Lifetime of a temporary address created without `days=`."
+    )
     authserv_id: str | None = Field(
         None,
         description="authserv-id of the trusted Authentication-Results header (RFC 8601); "

@@ -11,6 +11,7 @@ from mailsift.learning.outbound import OutboundQuota
 from mailsift.learning.trainlog import TrainingLog
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
+from mailsift.service.aliases.store import AliasStore
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, TokenStore
 from mailsift.service.dlp.config import DlpConfig
@@ -30,6 +31,7 @@ class ServiceState:
     accounts: AccountStore
     alerts: Alerter
     lists: ListStore
+    aliases: AliasStore
     audit: AuditTrail
     dlp: DlpConfig
     outbound_quota: OutboundQuota

@@ -15,6 +15,7 @@ Cases tried per operation are shown in pytest's terminal summary.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,9 @@ CONFIG = schemathesis.Config.from_dict(
 # The schema the service serves, built by the same app factory without starting it, so
 # tests are known at collection; a guard test checks the running service serves it too.
 SPEC = create_app(Settings(data_dir=Path("unused"))).openapi()
-schema = schemathesis.openapi.from_dict(SPEC, config=CONFIG)
+# Schemathesis is given copies: it adds the links it infers (``/v1/aliases`` ->
+# ``/v1/aliases/{address}``) to the document it is given, which the service does not serve.
+schema = schemathesis.openapi.from_dict(copy.deepcopy(SPEC), config=CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +143,7 @@ def _body_types(path: str) -> set[str]:
 
 
 STATEFUL = schemathesis.openapi.from_dict(
-    SPEC,
+    copy.deepcopy(SPEC),
     config=schemathesis.Config.from_dict(
         {"checks": {"max_response_time": RESPONSE_BUDGET}, "request-timeout": RESPONSE_BUDGET * 4}
     ),

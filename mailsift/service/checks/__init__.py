@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from mailsift.service.checks.account import account_reasons
+from mailsift.service.checks.aliases import alias_reasons
 from mailsift.service.checks.authres import auth_reasons
 from mailsift.service.checks.base import CheckContext, Envelope, Reason
 from mailsift.service.checks.dlp import dlp_reasons
@@ -35,6 +36,7 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
     dlp_reasons,
     limit_reasons,
     account_reasons,
+    alias_reasons,
 )
 
 

@@ -12,6 +12,7 @@ from mailsift.service.settings import Action, Settings
 if TYPE_CHECKING:
     from mailsift.learning.trainlog import Label
     from mailsift.service.accounts import AccountState, SendingDecision
+    from mailsift.service.aliases.traffic import AliasHit
     from mailsift.service.authres import AuthResults
     from mailsift.service.dlp import DlpReport
     from mailsift.service.lists.store import ListMatch
@@ -67,3 +68,5 @@ class CheckContext:
     """The outbound sender's counts against the sending limits."""
     account: AccountState | None = None
     """The outbound sender's account state."""
+    aliases: tuple[AliasHit, ...] = ()
+    """The recipients that are temporary addresses (inbound)."""

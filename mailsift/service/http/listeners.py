@@ -1,6 +1,7 @@
 """Where mailsift listens: a gateway listener, an admin listener, TLS 1.2+ on both.
 
-Gateways reach scoring, events, feedback, leak scans and users' own lists; everything
+Gateways reach scoring, events, feedback, leak scans, users' own lists and temporary
+addresses, and whether a recipient is a live temporary address; everything
 else (training, the model, other users, audit, reports, diagnostics, tokens, metrics)
 answers only on the admin listener, which binds loopback unless told otherwise. Both
 listeners are sockets of the same worker processes, so they share one model.
@@ -44,6 +45,8 @@ GATEWAY_PATHS = (
     "/v1/dlp/scan",
     "/v1/admission/",
     "/v1/lists/",
+    "/v1/aliases",
+    "/v1/recipients/",
     "/healthz",
     "/readyz",
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
@@ -20,14 +22,16 @@ from mailsift.learning.trainlog import TrainingLogError
 from mailsift.reasons import LIMIT_PREFIX
 from mailsift.service.accounts import AccountState, SendingDecision
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
+from mailsift.service.aliases.traffic import AliasHit, observe, sender_domain
 from mailsift.service.analysis import Analysed, analyse, leak_scan, learning_example
 from mailsift.service.audit import audit_record
 from mailsift.service.authres import AuthResults, auth_results
 from mailsift.service.checks import CheckContext, Envelope, Reason, run_checks
+from mailsift.service.checks.aliases import expired_reasons
 from mailsift.service.checks.lists import owner_reasons
 from mailsift.service.checks.personal import personal_key, personal_reasons
 from mailsift.service.dlp.scan import DlpReport
-from mailsift.service.errors import BadRequest
+from mailsift.service.errors import BadRequest, StateUnavailable
 from mailsift.service.explanation import hider
 from mailsift.service.http.body import read_message
 from mailsift.service.identity import identity_key, optional_identity
@@ -166,6 +170,9 @@ async def score(request: Request) -> Response:
     sending: SendingDecision | None = None
     if outbound and sender:
         sending, account = await before_outbound(state, sender, list(rcpt))
+    aliases: tuple[AliasHit, ...] = ()
+    if not outbound and any(state.aliases.may_be_alias(r) for r in rcpt):
+        aliases = await _alias_traffic(state, rcpt, sender_domain(msg.from_addr, mail_from))
 
     ctx = CheckContext(
         msg,
@@ -179,17 +186,22 @@ async def score(request: Request) -> Response:
         dlp=dlp,
         sending=sending,
         account=account,
+        aliases=aliases,
     )
     reasons = run_checks(ctx)
     verdict = decide(reasons, direction, settings)
     observe_verdict(direction, verdict.verdict, verdict.action, reasons, dlp)
     recipients = _per_recipient(
-        state, envelope, analysed.fingerprint, msg.from_addr, auth, reasons, verdict
+        state, envelope, analysed.fingerprint, msg.from_addr, auth, reasons, verdict, aliases
     )
     status = state.learner.status()
+    # The audit row names whom the message reached: a live temporary address's owner
+    # beside it (their reports of it are theirs to make).
+    owners = [h.owner for h in aliases if h.live and h.owner not in rcpt]
+    audited = replace(envelope, rcpt=(*envelope.rcpt, *dict.fromkeys(owners)))
     state.audit.record(
         audit_record(
-            envelope,
+            audited,
             msg,
             score=verdict.score,
             verdict=verdict.verdict,
@@ -243,34 +255,57 @@ def _per_recipient(
     auth: AuthResults,
     reasons: list[Reason],
     shared: Verdict,
+    aliases: tuple[AliasHit, ...] = (),
 ) -> list[dict[str, Any]] | None:
     """Each recipient's verdict: the shared one, made stricter (or milder) only by that
     recipient's own reports and, inbound, their own list entries. None without
-    recipients."""
+    recipients. A live temporary address answers for its owner (their reports, their
+    lists) and names them in ``alias`` for the gateway to deliver to; an expired or
+    deleted one is refused to that recipient."""
     if not envelope.rcpt:
         return None
     layers = state.learner.personal
     sender_key = personal_key(sender) if sender else None
     settings = state.settings
     inbound = envelope.direction == "inbound"
+    hits = {hit.address: hit for hit in aliases}
     out: list[dict[str, Any]] = []
     for rcpt in envelope.rcpt:
         key = personal_key(rcpt)
-        view = layers.view(key, fingerprint, sender_key) if key and layers.users else None
+        hit = hits.get(key) if key else None
+        live = hit is not None and hit.live
+        who = hit.owner if hit is not None and live else key
+        view = layers.view(who, fingerprint, sender_key) if who and layers.users else None
         mine = personal_reasons(view, sender_rule=settings.personal_sender)
         if inbound:
-            mine += owner_reasons(state.lists.match(sender, [rcpt]), auth, settings)
+            user = who if live else rcpt
+            mine += owner_reasons(state.lists.match(sender, [user]), auth, settings)
+            mine += expired_reasons(hit)
         own = decide_for_recipient(shared, reasons, mine, envelope.direction, settings)
-        out.append(
-            {
-                "rcpt": key or rcpt,
-                "score": own.score,
-                "verdict": own.verdict,
-                "action": own.action,
-                "reasons": [{"name": r.name, "weight": r.weight, "detail": r.detail} for r in mine],
-            }
-        )
+        item: dict[str, Any] = {
+            "rcpt": key or rcpt,
+            "score": own.score,
+            "verdict": own.verdict,
+            "action": own.action,
+            "reasons": [{"name": r.name, "weight": r.weight, "detail": r.detail} for r in mine],
+        }
+        if hit is not None and live:
+            item["alias"] = {"owner": hit.owner}
+        out.append(item)
     return out
+
+
+async def _alias_traffic(
+    state: ServiceState, rcpt: list[str], sender: str | None
+) -> tuple[AliasHit, ...]:
+    """The temporary addresses among the recipients (one read; a write only for a first
+    mail or a foreign sender)."""
+    try:
+        return await run_in_threadpool(observe, state.aliases, rcpt, sender)
+    except SQLAlchemyError as exc:
+        raise StateUnavailable(
+            f"the alias store cannot be reached ({type(exc).__name__})"
+        ) from None
 
 
 async def _after_outbound(
