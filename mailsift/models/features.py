@@ -16,7 +16,7 @@ Three views of a message feed the models:
   (Alone it was better on ``trec07p_dev`` and worse on SpamAssassin; beside the others,
   better on both.)
 
-Both are hashed into a fixed space with hashes that do not depend on the process
+All three are hashed into a fixed space with hashes that do not depend on the process
 (``zlib.crc32`` and a multiplicative mix, never Python's salted ``hash()``), so every
 worker and replica maps a message to the same vector.
 """
@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from mailsift.models.parse import ParsedMessage
-from mailsift.models.trace import added_by_receiver
+from mailsift.models.trace import added_by_receiver, without_receiver_fields
 
 __all__ = ["TOKENISER_VERSION", "FeatureConfig", "Features", "extract", "tokenize", "words"]
 
@@ -193,7 +193,7 @@ def extract(msg: ParsedMessage, config: FeatureConfig) -> Features:
     word_val = np.full(word_idx.size, _inv_sqrt(word_idx.size), dtype=np.float32)
     char_idx = _char_ngrams(_char_input(msg, config), config)
     char_val = np.full(char_idx.size, _inv_sqrt(char_idx.size), dtype=np.float32)
-    raw_idx = _char_ngrams(msg.prefix[: config.raw_bytes], config) if config.raw_bytes else _NONE
+    raw_idx = _char_ngrams(_raw_input(msg, config), config) if config.raw_bytes else _NONE
     raw_val = np.full(raw_idx.size, _inv_sqrt(raw_idx.size), dtype=np.float32)
     return Features(kept, word_idx, word_val, char_idx, char_val, raw_idx, raw_val)
 
@@ -244,6 +244,11 @@ def _char_ngrams(data: bytes, config: FeatureConfig) -> IntArray:
         packed = (packed << np.uint64(8)) | b[i : i + width]
     ordered = np.sort(_mix(packed + np.uint64(n), config.n_bits))
     return ordered[_first_of_runs(ordered)]
+
+
+def _raw_input(msg: ParsedMessage, config: FeatureConfig) -> bytes:
+    """The message's first bytes as the sender sent them (see :mod:`mailsift.models.trace`)."""
+    return without_receiver_fields(msg.prefix)[: config.raw_bytes]
 
 
 def _char_input(msg: ParsedMessage, config: FeatureConfig) -> bytes:

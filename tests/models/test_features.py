@@ -248,6 +248,10 @@ def test_headers_the_receiving_side_adds_are_not_word_features() -> None:
     config = FeatureConfig()
     plain = tokenize(parse_message(body), config)
     assert tokenize(parse_message(stamped + body), config) == plain
+    # Nor does the raw view see them: it reads the message as the sender sent it.
+    raw_view = extract(parse_message(body), config).raw_idx
+    assert raw_view.size
+    assert extract(parse_message(stamped + body), config).raw_idx.tolist() == raw_view.tolist()
     # A header the sender writes is still a feature.
     signed = tokenize(parse_message(b"DKIM-Signature: v=1; d=sender.example\r\n" + body), config)
     assert "hdr:dkim-signature" in signed
