@@ -238,7 +238,9 @@ class PolicyServer:
         recipient = attributes.get("recipient", "")
         refusal = decide_recipient(self.recipients, recipient) if recipient else None
         if refusal is not None:
-            alias = await self._alias_state(attributes, recipient)
+            alias = ""
+            if recipient.lower().startswith(self.settings.alias_prefix.lower()):
+                alias = await self._alias_state(attributes, recipient)
             if alias.startswith("DEFER"):
                 return alias
             if alias != ALIAS_LIVE:

@@ -92,6 +92,13 @@ class GatewaySettings(BaseSettings):
     local_domains: str = Field(
         "", description="Comma-separated domains whose recipients must be in the file."
     )
+    alias_prefix: str = Field(
+        "t-",
+        description="Local-part prefix of temporary addresses, as the service's "
+        "`MAILSIFT_ALIAS_PREFIX`: only an unlisted recipient with it is looked up as one "
+        "(empty: every unlisted recipient is), so a dictionary attack costs the service "
+        "nothing and is refused even while the service is down.",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Serve Prometheus metrics on this port (0 = off)."
     )

@@ -184,3 +184,23 @@ def test_a_file_that_cannot_be_read_stops_the_process_at_start(
     assert done.stderr.strip().splitlines() == [
         f"error: {option}={missing}: cannot read it: No such file or directory"
     ]
+
+
+def test_only_an_unlisted_recipient_shaped_like_a_temporary_address_is_looked_up(
+    tmp_path: Path,
+) -> None:
+    """A dictionary attack costs the service nothing, and is refused while it is down;
+    an address with the temporary-address prefix cannot be judged without it."""
+    recipients = tmp_path / "recipients"
+    recipients.write_text("alice@example.org\n")
+    args = ("--service-url", f"http://127.0.0.1:{free_port()}", "--recipients-file")
+    with GatewayProcess("policy", tmp_path, *args, str(recipients)) as policy:
+        client = PolicyClient(policy.port)
+        try:
+            inbound = {"client_address": "192.0.2.9", "sender": "x@remote.example"}
+            assert client.ask(**inbound, recipient="nobody@example.org").startswith("550 ")
+            assert client.ask(**inbound, recipient="t-k3x9q2m7ab@example.org").startswith(
+                "DEFER 4.3.0"
+            )
+        finally:
+            client.close()
