@@ -514,6 +514,14 @@ def policy(
     ] = None,
     metrics_port: MetricsPort = None,
     identity_source: IdentitySourceOpt = None,
+    alias_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Local-part prefix of temporary addresses, as the service's "
+            "MAILSIFT_ALIAS_PREFIX (default: t-); only unlisted recipients with it are "
+            "looked up."
+        ),
+    ] = None,
 ) -> None:
     """Run the Postfix policy server (check_policy_service inet:HOST:PORT)."""
     from mailsift.gateway.run import run_policy
@@ -531,6 +539,7 @@ def policy(
             local_domains=local_domains,
             metrics_port=metrics_port,
             identity_source=identity_source,
+            alias_prefix=alias_prefix,
         )
     )
 

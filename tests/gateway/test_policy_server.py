@@ -204,3 +204,21 @@ def test_only_an_unlisted_recipient_shaped_like_a_temporary_address_is_looked_up
             )
         finally:
             client.close()
+
+
+def test_the_alias_prefix_option_says_which_unlisted_recipients_are_looked_up(
+    tmp_path: Path,
+) -> None:
+    recipients = tmp_path / "recipients"
+    recipients.write_text("alice@example.org\n")
+    args = ("--service-url", f"http://127.0.0.1:{free_port()}", "--alias-prefix", "tmp.")
+    with GatewayProcess("policy", tmp_path, *args, "--recipients-file", str(recipients)) as p:
+        client = PolicyClient(p.port)
+        try:
+            inbound = {"client_address": "192.0.2.9", "sender": "x@remote.example"}
+            assert client.ask(**inbound, recipient="t-k3x9q2m7ab@example.org").startswith("550 ")
+            assert client.ask(**inbound, recipient="tmp.k3x9q2m7ab@example.org").startswith(
+                "DEFER 4.3.0"
+            )
+        finally:
+            client.close()
