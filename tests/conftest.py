@@ -5,10 +5,14 @@ from __future__ import annotations
 import secrets
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import Engine
+
+from mailsift.service.db import open_state_engine
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 
@@ -51,3 +55,20 @@ def pg_database() -> Iterator[tuple[str, str]]:
 def pg_url(pg_database: tuple[str, str]) -> str:
     user, name = pg_database
     return f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A state database with nothing in it, on SQLite and on PostgreSQL (the module's
+    database emptied first, so each test starts from no tables)."""
+    if request.param == "sqlite":
+        url = None
+    else:
+        user, name = request.getfixturevalue("pg_database")
+        with pg_admin(user, name) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        url = request.getfixturevalue("pg_url")
+    opened = open_state_engine(url, tmp_path)
+    yield opened
+    opened.dispose()

@@ -3,36 +3,21 @@ scoring rely on, below HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import Engine
 
 from mailsift.service.aliases.store import DAY, AliasError, AliasLimit, AliasStore
 from mailsift.service.aliases.traffic import observe, related
-from mailsift.service.db import open_state_engine
 from mailsift.service.settings import Settings
-from tests.conftest import pg_admin
 
 SETTINGS = Settings(local_domains="corp.example", alias_max_per_user=3, alias_max_days=60)
 BOB = "Bob@Corp.Example"
 NOW = 1_750_000_000.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = None
-    else:
-        user, name = request.getfixturevalue("pg_database")
-        with pg_admin(user, name) as conn:
-            conn.execute("DROP SCHEMA public CASCADE")
-            conn.execute("CREATE SCHEMA public")
-        url = request.getfixturevalue("pg_url")
-    opened = open_state_engine(url, tmp_path)
-    yield opened
-    opened.dispose()
+@pytest.fixture
+def engine(state_engine: Engine) -> Engine:
+    return state_engine
 
 
 def test_lifecycle_live_expired_deleted_and_never_reissued(engine: Engine) -> None:

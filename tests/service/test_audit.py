@@ -25,7 +25,6 @@ from mailsift.service.errors import BadRequest, install_error_handlers
 from mailsift.service.routers import audit as audit_router
 from mailsift.service.routers.audit import parse_time
 from mailsift.service.settings import Settings
-from tests.conftest import pg_admin
 
 SETTINGS = Settings(audit_retention_days=30)
 NOW = 1_750_000_000.0
@@ -44,19 +43,9 @@ class Finding:
     samples: tuple[str, ...] = ()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = None
-    else:
-        user, name = request.getfixturevalue("pg_database")
-        with pg_admin(user, name) as conn:
-            conn.execute("DROP SCHEMA public CASCADE")
-            conn.execute("CREATE SCHEMA public")
-        url = request.getfixturevalue("pg_url")
-    opened = open_state_engine(url, tmp_path)
-    yield opened
-    opened.dispose()
+@pytest.fixture
+def engine(state_engine: Engine) -> Engine:
+    return state_engine
 
 
 @pytest.fixture
