@@ -186,39 +186,27 @@ def test_a_file_that_cannot_be_read_stops_the_process_at_start(
     ]
 
 
+@pytest.mark.parametrize(
+    ("options", "refused", "looked_up"),
+    [
+        ((), "nobody@example.org", "t-k3x9q2m7ab@example.org"),
+        (("--alias-prefix", "tmp."), "t-k3x9q2m7ab@example.org", "tmp.k3x9q2m7ab@example.org"),
+    ],
+)
 def test_only_an_unlisted_recipient_shaped_like_a_temporary_address_is_looked_up(
-    tmp_path: Path,
+    tmp_path: Path, options: tuple[str, ...], refused: str, looked_up: str
 ) -> None:
     """A dictionary attack costs the service nothing, and is refused while it is down;
-    an address with the temporary-address prefix cannot be judged without it."""
+    an address with the temporary-address prefix (``--alias-prefix``, default ``t-``)
+    cannot be judged without it."""
     recipients = tmp_path / "recipients"
     recipients.write_text("alice@example.org\n")
-    args = ("--service-url", f"http://127.0.0.1:{free_port()}", "--recipients-file")
+    args = ("--service-url", f"http://127.0.0.1:{free_port()}", *options, "--recipients-file")
     with GatewayProcess("policy", tmp_path, *args, str(recipients)) as policy:
         client = PolicyClient(policy.port)
         try:
             inbound = {"client_address": "192.0.2.9", "sender": "x@remote.example"}
-            assert client.ask(**inbound, recipient="nobody@example.org").startswith("550 ")
-            assert client.ask(**inbound, recipient="t-k3x9q2m7ab@example.org").startswith(
-                "DEFER 4.3.0"
-            )
-        finally:
-            client.close()
-
-
-def test_the_alias_prefix_option_says_which_unlisted_recipients_are_looked_up(
-    tmp_path: Path,
-) -> None:
-    recipients = tmp_path / "recipients"
-    recipients.write_text("alice@example.org\n")
-    args = ("--service-url", f"http://127.0.0.1:{free_port()}", "--alias-prefix", "tmp.")
-    with GatewayProcess("policy", tmp_path, *args, "--recipients-file", str(recipients)) as p:
-        client = PolicyClient(p.port)
-        try:
-            inbound = {"client_address": "192.0.2.9", "sender": "x@remote.example"}
-            assert client.ask(**inbound, recipient="t-k3x9q2m7ab@example.org").startswith("550 ")
-            assert client.ask(**inbound, recipient="tmp.k3x9q2m7ab@example.org").startswith(
-                "DEFER 4.3.0"
-            )
+            assert client.ask(**inbound, recipient=refused).startswith("550 ")
+            assert client.ask(**inbound, recipient=looked_up).startswith("DEFER 4.3.0")
         finally:
             client.close()
