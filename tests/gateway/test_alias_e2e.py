@@ -26,7 +26,7 @@ import pytest
 from mailsift.gateway.decisions import ALIAS_HEADER
 from mailsift.reasons import ALIAS_FOREIGN_SENDER, ALIAS_RECIPIENT
 from tests.gateway.postfix import DOMAIN, Postfix, postfix_missing
-from tests.gateway.processes import GatewayProcess, gateway_token
+from tests.gateway.processes import GatewayProcess, gateway_options, gateway_token
 from tests.service.server import Service, message, wait_for
 from tests.service.test_aliases import expire
 
@@ -67,19 +67,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp / "data"
     service = Service(data, env=env).start()
     try:
-        token_file = tmp / "gateway.token"
-        token_file.write_text(gateway_token(data, service.env) + "\n")
-        token_file.chmod(0o600)
         recipients = tmp / "recipients"
         recipients.write_text(f"alice@{DOMAIN}\n{BOB}\ncarol@{DOMAIN}\n")
-        common = (
-            "--service-url",
-            service.url,
-            "--token-file",
-            str(token_file),
-            "--internal-networks",
-            NETWORK,
-        )
+        common = gateway_options(data, service.env, service.url, NETWORK)
         user_token = gateway_token(data, service.env, "--role", "user", "--address", BOB)
         with (
             GatewayProcess("milter", tmp, *common, "--fail-mode", "open") as milter,

@@ -31,7 +31,7 @@ from mailsift.gateway.client import ScoreAnswer
 from mailsift.gateway.decisions import stricter
 from mailsift.reasons import MODEL
 from tests.gateway.postfix import DOMAIN, POSTQUEUE, POSTSUPER, Postfix, postfix_missing
-from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
+from tests.gateway.processes import CannedService, GatewayProcess, gateway_options, gateway_token
 from tests.service.server import Service, message, train, wait_for
 
 pytestmark = [
@@ -91,19 +91,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         with service.client() as admin:
             _teach(admin)
-        token_file = tmp / "gateway.token"
-        token_file.write_text(gateway_token(data, service.env) + "\n")
-        token_file.chmod(0o600)
         recipients = tmp / "recipients"
         recipients.write_text(f"alice@{DOMAIN}\nbob@{DOMAIN}\ncarol@{DOMAIN}\n")
-        common = (
-            "--service-url",
-            service.url,
-            "--token-file",
-            str(token_file),
-            "--internal-networks",
-            NETWORK,
-        )
+        common = gateway_options(data, service.env, service.url, NETWORK)
         postfix_env = _postconf_env(tmp)
         with (
             GatewayProcess(
