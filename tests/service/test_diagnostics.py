@@ -32,14 +32,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg import sql
 from rich.console import Console
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, inspect
 
 from mailsift.learning.learner import Learner
 from mailsift.learning.published import PublishedModels
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLog, open_training_log
 from mailsift.service.audit import AUDIT_TABLE, AuditRecord, AuditTrail
-from mailsift.service.db import open_state_engine
+from mailsift.service.db import create_db_engine, open_state_engine, resolve_url
 from mailsift.service.diagnostics import checks
 from mailsift.service.diagnostics.checks import DiagResult, Status
 from mailsift.service.diagnostics.cli import diagnose_command
@@ -940,7 +940,7 @@ def test_a_training_log_without_state_is_read_and_no_state_is_made(tmp_path: Pat
 
 
 def _pg_tables(url: str) -> set[str]:
-    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    engine = create_db_engine(resolve_url(url, Path("unused")))
     try:
         with engine.connect() as conn:
             return set(inspect(conn).get_table_names())
