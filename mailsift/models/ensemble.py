@@ -135,7 +135,6 @@ class SpamModel:
         self.chars = self._linear(n)
         self.bayes = NaiveBayes(n_features=n)
         self.raw = self._linear(n) if self.config.raw_bytes else None
-        self.members: tuple[str, ...] = MEMBERS if self.raw is not None else MEMBERS[:3]
         # Calibrator weights per member, then the bias.
         weights = [1.0, 1.0, bayes_weight] + ([raw_weight] if self.raw is not None else [])
         self.calibration_ = np.array([*weights, 0.0])
@@ -147,6 +146,11 @@ class SpamModel:
             max_step=self.max_step,
             step_warmup=self.step_warmup,
         )
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The members this model has, in calibrator order."""
+        return MEMBERS if self.raw is not None else MEMBERS[:3]
 
     @property
     def n_spam(self) -> int:

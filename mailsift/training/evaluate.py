@@ -146,7 +146,11 @@ def write_outputs(
 def _as_the_log_keeps(part: list[LabelledMessage], limits: ParseLimits) -> list[int]:
     """Positions in ``part`` of the examples a training log holds after appending it all:
     one per fingerprint, with its last label, in the order of the entries that set them
-    (a repeat with the same label changes nothing; one with the other label relabels)."""
+    (a repeat with the same label changes nothing; one with the other label relabels).
+
+    A pass of its own, so split mode parses its training part twice: learning in this
+    order in one pass would mean holding every message's vectors (hundreds of MB for a
+    corpus of ten thousand) until the last relabel is known."""
     setting: dict[str, tuple[int, str]] = {}
     for i, msg in enumerate(part):
         label = _gold(msg)
