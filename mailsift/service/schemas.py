@@ -13,6 +13,9 @@ and escaped in every log line (:mod:`mailsift.service.logsafe`)."""
 IDENTITY_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 """A user, an actor, a list entry: :data:`CONTROL_CHARACTERS` refused (400), since they
 would forge lines in logs and records; the OpenAPI document states it."""
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+"""Free text the envelope carries (a HELO name, a queue id, a gateway's name): may be
+empty, but never holds the characters :data:`IDENTITY_PATTERN` refuses."""
 FINGERPRINT_PATTERN = r"^[0-9a-f]{32}$"
 
 

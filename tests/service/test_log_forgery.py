@@ -36,7 +36,8 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 def attempts(c: httpx.Client, user: str) -> dict[str, httpx.Response]:
-    """The identity ``user`` in every field and path segment that takes one."""
+    """The identity ``user`` in every field and path segment that takes one, and in the
+    envelope's free-text fields (HELO name, queue id, gateway name)."""
     quoted = quote(user, safe="@")
     return {
         "events user": c.post(
@@ -60,6 +61,15 @@ def attempts(c: httpx.Client, user: str) -> dict[str, httpx.Response]:
             content=message(3, False),
             headers=RFC822,
         ),
+        **{
+            f"score {field}": c.post(
+                "/v1/score",
+                params={"direction": "inbound", field: user},
+                content=message(3, False),
+                headers=RFC822,
+            )
+            for field in ("helo", "queue_id", "gateway")
+        },
         "clear by": c.post("/v1/accounts/alice@example.org/clear", params={"by": user}),
         "lists user": c.put("/v1/lists/block/evil.example", params={"scope": "user", "user": user}),
         "lists actor": c.put("/v1/lists/block/evil.example", params={"actor": user}),

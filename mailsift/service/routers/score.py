@@ -37,7 +37,7 @@ from mailsift.service.http.body import read_message
 from mailsift.service.identity import identity_key, optional_identity
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
-from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN, ScoreOut
+from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN, TEXT_PATTERN, ScoreOut
 from mailsift.service.state import ServiceState
 from mailsift.service.verdict import Verdict, decide, decide_for_recipient
 
@@ -62,7 +62,7 @@ Address = Annotated[
 Rcpt = Annotated[
     str, Field(max_length=4 * 320, pattern=IDENTITY_PATTERN), AfterValidator(_usable_rcpt)
 ]
-Short = Annotated[str | None, Field(max_length=255)]
+Short = Annotated[str | None, Field(max_length=255, pattern=TEXT_PATTERN)]
 ClientIp = Annotated[
     str | None,
     Field(
