@@ -115,6 +115,20 @@ def milter(
             help="The MTA's recipient_delimiter; its first character joins the mark (default: +)."
         ),
     ] = None,
+    max_message_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="A larger message is scored on its first this many bytes; at most the "
+            "service's MAILSIFT_MAX_MESSAGE_BYTES (default: 26214400)."
+        ),
+    ] = None,
+    oversize_outbound: Annotated[
+        str | None,
+        typer.Option(
+            help="Outbound mail over --max-message-bytes: reject (552 5.3.4, its end "
+            "unscanned for leaks) or scan-start (its first part decides) (default: reject)."
+        ),
+    ] = None,
 ) -> None:
     """Run the milter for Postfix/Sendmail (smtpd_milters = inet:HOST:PORT)."""
     from mailsift.gateway.run import run_milter
@@ -136,6 +150,8 @@ def milter(
             junk_marking=junk_marking,
             junk_detail=junk_detail,
             recipient_delimiter=recipient_delimiter,
+            max_message_bytes=max_message_bytes,
+            oversize_outbound=oversize_outbound,
         )
     )
 

@@ -6,8 +6,9 @@ Three kinds of failure, because the caller does something different for each:
   is not the expected JSON): fail open or closed, per the setting;
 * :class:`GatewayMisconfigured`, the service refused this gateway (401 or 403: a wrong,
   revoked or non-gateway token; another 4xx the gateway's own calls never cause, such as
-  404 from a wrong URL): always fail closed and log an error, since failing open would
-  let every message out unscanned until someone reads the log;
+  404 from a wrong URL, or 413 from a service whose size limit is below the gateway's):
+  always fail closed and log an error, since failing open would let every message out
+  unscanned until someone reads the log;
 * :class:`RequestRefused`, the service judged what the client sent unusable (400: an
   identity or address it refuses): the message is refused, never passed unscanned.
 """
@@ -88,9 +89,9 @@ class RequestRefused(Exception):
     message is the service's ``detail``, cut short."""
 
 
-# Answers that are an outage: transient, so the fail mode applies. 413 is the service's
-# size limit, below this gateway's own (the message passes as a too-large one would).
-_OUTAGE_4XX = frozenset({408, 413, 429})
+# Answers that are an outage: transient, so the fail mode applies. A 413 is not one: the
+# gateway sends at most its own max_message_bytes, so the service's limit is set lower.
+_OUTAGE_4XX = frozenset({408, 429})
 _REQUEST_REFUSED = frozenset({400, 422})
 _MAX_DETAIL = 200
 _PROBE_USER = "mailsift-gateway-token-check"
@@ -107,7 +108,12 @@ def _refusal(response: httpx.Response) -> Exception:
         except (ValueError, AttributeError):
             detail = ""
         return RequestRefused(f"HTTP {status}: {detail[:_MAX_DETAIL]}".rstrip(": "))
-    if status == 401:
+    if status == 413:
+        why = (
+            "the service's MAILSIFT_MAX_MESSAGE_BYTES is below this gateway's "
+            "max_message_bytes (MAILSIFT_GATEWAY_MAX_MESSAGE_BYTES): make them equal"
+        )
+    elif status == 401:
         why = "the token is missing, unknown or revoked (check --token-file)"
     elif status == 403:
         why = "the token may not call this (it needs the gateway role)"

@@ -382,3 +382,13 @@ def refused_outcome() -> Outcome:
     return Outcome(
         "reject", reply=Reply(550, "5.7.1", "envelope refused by the filter"), reason="refused"
     )
+
+
+def oversize_outcome() -> Outcome:
+    """Outbound mail past the size the filter scans: its end was never looked at for
+    leaks, and padding a message past the limit must not be a way round the filter."""
+    return Outcome(
+        "reject",
+        reply=Reply(552, "5.3.4", "message too large for the filter to scan"),
+        reason="too large to scan",
+    )

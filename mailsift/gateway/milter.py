@@ -67,6 +67,7 @@ from kilter.protocol.messages import (
 )
 
 from mailsift.gateway.client import (
+    Direction,
     GatewayMisconfigured,
     RequestRefused,
     ScoreAnswer,
@@ -87,6 +88,7 @@ from mailsift.gateway.decisions import (
     junk_marks,
     misconfigured_outcome,
     outcome_of,
+    oversize_outcome,
     owner_refusals,
     refused_outcome,
     unavailable_outcome,
@@ -245,7 +247,8 @@ def identity_of(
 
 @dataclass
 class _Transaction:
-    """One message: its envelope and content, bounded by the size the service takes."""
+    """One message: its envelope and content, of which the first ``limit`` bytes
+    (headers first) are kept to be scored; the rest is only counted."""
 
     limit: int
     mail_from: str = ""
@@ -253,25 +256,26 @@ class _Transaction:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
-    too_big: bool = False
 
     def add_header(self, name: str, value: bytes) -> None:
-        self.headers.append((name, value))
-        self._grow(len(name) + len(value) + 4)
+        self.headers.append((name, value))  # all of them: edits count them by name
+        self.size += len(name) + len(value) + 4
 
     def add_body(self, chunk: bytes) -> None:
-        self._grow(len(chunk))
-        if not self.too_big and chunk:
-            self.parts.append(chunk)
+        room = self.limit - self.size - 2  # the blank line between head and body
+        if room > 0 and chunk:
+            self.parts.append(chunk[:room])
+        self.size += len(chunk)
 
-    def _grow(self, n: int) -> None:
-        self.size += n
-        if self.size > self.limit:
-            self.too_big, self.parts = True, []
+    @property
+    def truncated(self) -> bool:
+        """More came than is scored."""
+        return self.size + 2 > self.limit
 
     def raw(self) -> bytes:
+        """The message as scored: at most ``limit`` bytes."""
         head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in self.headers)
-        return head + b"\r\n" + b"".join(self.parts)
+        return (head + b"\r\n" + b"".join(self.parts))[: self.limit]
 
 
 def edits_for(
@@ -399,10 +403,6 @@ class MilterConnection:
 
     async def _decide(self) -> Outcome:
         txn, queue_id = self.txn, self.macros.get("i") or None
-        if txn.too_big:
-            log.info("%s: larger than %d bytes, passed unscanned", queue_id, txn.limit)
-            DECISIONS.labels("milter", "unscanned").inc()
-            return Outcome("accept")
         sasl = self.macros.get("{auth_authen}") or None
         local = is_local_submission(self.address, self.port)
         direction = direction_of(None if local else self.address, sasl, self.settings.networks)
@@ -484,6 +484,8 @@ class MilterConnection:
             outcome = outcome_of(
                 answer, self.settings.subject_prefix, junk, dropped, txn.rcpts, aliases
             )
+            if txn.truncated:
+                outcome = self._oversize(outcome, direction, queue_id, txn.limit)
             if outcome.dropped:
                 log.info(
                     "%s: refused for %s (their own block list), delivered to the others",
@@ -501,6 +503,22 @@ class MilterConnection:
                 log.info("%s: %d recipient(s) marked for Junk", queue_id, len(outcome.junk))
                 JUNK_MARKS.inc(len(outcome.junk))
         DECISIONS.labels("milter", outcome.kind).inc()
+        return outcome
+
+    def _oversize(
+        self, outcome: Outcome, direction: Direction, queue_id: str | None, limit: int
+    ) -> Outcome:
+        """A message past ``limit`` was scored on its start: that decides inbound, and
+        outbound too when it already refuses the message or ``oversize_outbound`` is
+        ``scan-start``; otherwise outbound is refused, its end unscanned for leaks."""
+        refused = outcome.kind in ("reject", "defer")
+        strict = self.settings.oversize_outbound == "reject"
+        if direction == "outbound" and strict and not refused:
+            log.info(
+                "%s: outbound larger than %d bytes: rejected, too large to scan", queue_id, limit
+            )
+            return oversize_outcome()
+        log.info("%s: larger than %d bytes: scored on its first %d", queue_id, limit, limit)
         return outcome
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

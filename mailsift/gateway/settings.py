@@ -17,10 +17,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailsift.service.settings import domain_set
 
-__all__ = ["FailMode", "GatewaySettings", "IdentitySource", "Network"]
+__all__ = ["FailMode", "GatewaySettings", "IdentitySource", "Network", "OversizeRule"]
 
 FailMode = Literal["open", "closed"]
 IdentitySource = Literal["sasl", "header"]
+OversizeRule = Literal["reject", "scan-start"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Characters that would change what an address means (or end it) if put into its local part.
 _UNSAFE_IN_ADDRESS = frozenset('@<>",;:\\()[] \t\r\n\0')
@@ -105,7 +106,14 @@ class GatewaySettings(BaseSettings):
     max_message_bytes: int = Field(
         25 * 1024 * 1024,
         ge=1024,
-        description="Larger messages are passed unscanned (the service would refuse them).",
+        description="A larger message is scored on its first this many bytes, headers "
+        "first; at most the service's `MAILSIFT_MAX_MESSAGE_BYTES`.",
+    )
+    oversize_outbound: OversizeRule = Field(
+        "reject",
+        description="Outbound mail larger than `max_message_bytes`, whose end was not "
+        "scanned for leaks: `reject` (`552 5.3.4`) or `scan-start` (its first part "
+        "decides, as for inbound).",
     )
     junk_marking: bool = Field(
         True,

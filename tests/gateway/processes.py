@@ -106,16 +106,18 @@ class GatewayProcess:
 
 class CannedService:
     """A stand-in for the service: ``POST /v1/score`` answers ``answer`` (a test sets it)
-    and keeps each call's query parameters in ``calls``; a context manager."""
+    and keeps each call's query parameters in ``calls`` and body in ``bodies``; a context
+    manager."""
 
     def __init__(self) -> None:
         self.answer: dict[str, Any] = {}
         self.calls: list[dict[str, list[str]]] = []
+        self.bodies: list[bytes] = []
         canned = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length", 0)))
+                canned.bodies.append(self.rfile.read(int(self.headers.get("content-length", 0))))
                 canned.calls.append(parse_qs(urlsplit(self.path).query))
                 body = json.dumps(canned.answer).encode()
                 self.send_response(200)

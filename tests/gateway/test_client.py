@@ -137,7 +137,7 @@ class _Status(BaseHTTPRequestHandler):
         (502, ServiceUnavailable),
         (503, ServiceUnavailable),
         (408, ServiceUnavailable),
-        (413, ServiceUnavailable),  # the service's size limit: as a too-large message
+        (413, GatewayMisconfigured),  # the service takes less than the gateway sends
         (429, ServiceUnavailable),
         (401, GatewayMisconfigured),  # the token: closed whatever the fail mode
         (403, GatewayMisconfigured),

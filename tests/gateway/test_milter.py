@@ -638,3 +638,88 @@ def test_a_recipient_whose_own_block_list_refuses_is_removed_and_only_them(
     assert f"refused for {BOB} (their own block list), delivered to the others" in log
     assert _recipient_edits(kept) == [] and isinstance(kept[-1], Accept)
     assert log.count("does not allow deleting recipients") == 1
+
+
+# -- messages over the size the gateway scans ----------------------------------------
+
+PADDING = b"\r\n" + b"lorem ipsum dolor sit amet " * 4000  # ~108 KB after the message
+TOO_LARGE = ReplyCode(b"552 5.3.4 message too large for the filter to scan\0")
+
+
+def test_a_message_over_the_size_limit_is_scored_on_its_start(
+    tmp_path: Path, service: Service
+) -> None:
+    """Padding a message past ``--max-message-bytes`` is no way round the filter:
+    inbound spam is still refused (it passed unscanned before), inbound ham is marked."""
+    token = tmp_path / "token"
+    token.write_text(gateway_token(service.data_dir, service.env))
+    args = ("--service-url", service.url, "--token-file", str(token), "--max-message-bytes", "4096")
+    with GatewayProcess("milter", tmp_path, *args) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)
+            spam = transaction(mta, message(2, spammy=True) + PADDING)
+            ham = transaction(mta, message(1, spammy=False) + PADDING)
+        finally:
+            mta.close()
+        log = milter.log()
+    assert shape(spam) == shape([ReplyCode(b"550 5.7.1 message looks like spam\0")])
+    added = {r.name: bytes(r.value) for r in ham if isinstance(r, AddHeader)}
+    assert added["X-Mailsift-Verdict"] == b"ham" and isinstance(ham[-1], Accept)
+    assert log.count("4F2A1C: larger than 4096 bytes: scored on its first 4096") == 2, log
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"), [(None, "reject"), ("reject", "reject"), ("scan-start", "accept")]
+)
+def test_outbound_mail_over_the_size_limit_is_refused_unless_told(
+    tmp_path: Path, canned: CannedService, rule: str | None, expected: str
+) -> None:
+    """Outbound, the end of an oversize message was never scanned for leaks: refused by
+    default (552), or decided by its start with ``--oversize-outbound scan-start``. The
+    service is sent at most the limit; a message within it is not affected."""
+    canned.answer.update({"score": 0.01, "verdict": "ham", "action": "accept", "reasons": []})
+    args = ("--service-url", canned.url, "--max-message-bytes", "4096")
+    args += ("--oversize-outbound", rule) if rule else ()
+    with GatewayProcess("milter", tmp_path, *args) as milter:
+        mta = Mta(milter.port)
+        try:
+            connect(mta)
+            big = transaction(mta, message(5, spammy=False) + PADDING, user="carol@corp.test")
+            small = transaction(mta, message(6, spammy=False), user="carol@corp.test")
+        finally:
+            mta.close()
+        mta = Mta(milter.port)  # SASL is per connection: a new one for inbound
+        try:
+            connect(mta)
+            inbound = transaction(mta, message(7, spammy=False) + PADDING)
+        finally:
+            mta.close()
+    if expected == "reject":
+        assert shape(big) == shape([TOO_LARGE])
+    else:
+        assert isinstance(big[-1], Accept) and any(isinstance(r, AddHeader) for r in big)
+    assert isinstance(small[-1], Accept) and isinstance(inbound[-1], Accept)
+    assert [len(body) for body in canned.bodies] == [4096, len(message(6, False)), 4096]
+
+
+def test_a_service_that_takes_less_than_the_gateway_sends_is_a_misconfiguration(
+    tmp_path: Path,
+) -> None:
+    """413 from the service means its MAILSIFT_MAX_MESSAGE_BYTES is below the gateway's
+    limit: a configuration error, so the message is deferred even failing open (before,
+    it passed unscanned) and the log says which two settings to make equal."""
+    with Service(tmp_path / "data", env={"MAILSIFT_MAX_MESSAGE_BYTES": "2048"}) as small:
+        token = tmp_path / "token"
+        token.write_text(gateway_token(small.data_dir, small.env))
+        args = ("--service-url", small.url, "--token-file", str(token), "--fail-mode", "open")
+        with GatewayProcess("milter", tmp_path, *args) as milter:
+            mta = Mta(milter.port)
+            try:
+                connect(mta)
+                replies = transaction(mta, message(8, spammy=False) + PADDING)
+            finally:
+                mta.close()
+            log = milter.log()
+    assert shape(replies) == shape([UNAVAILABLE])
+    assert "ERROR" in log and "MAILSIFT_MAX_MESSAGE_BYTES is below" in log, log
