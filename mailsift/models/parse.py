@@ -23,6 +23,7 @@ import email.utils
 import functools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.header import decode_header
 from email.policy import Compat32
@@ -44,9 +45,10 @@ TOO_MANY_PARTS = "too_many_parts"
 TOO_MANY_HEADERS = "too_many_headers"
 MIME_DEFECTS = "mime_defects"
 TIME_BUDGET = "time_budget"
+GUESS_BUDGET = "charset_guesses"
 DEFECTS = (
     TRUNCATED_MESSAGE, UNPARSEABLE, TOO_DEEP, TOO_MANY_PARTS, TOO_MANY_HEADERS, MIME_DEFECTS,
-    TIME_BUDGET,
+    TIME_BUDGET, GUESS_BUDGET,
 )  # fmt: skip
 
 
@@ -70,6 +72,11 @@ class ParseLimits:
     """URLs collected per message."""
     prefix_bytes: int = 8192
     """Raw bytes kept verbatim (``ParsedMessage.prefix``) for byte-level features."""
+    max_guess_bytes: int = 256 * 1024
+    """Bytes of undeclared, non-UTF-8 text handed to the charset guesser per message (it
+    costs about 17 ms per 64 KB); past them such text is read as Windows-1252. A count,
+    not a clock, so the learning parse, which has no time budget, stays bounded and the
+    same on every replica."""
     time_budget_ms: int = 1000
     """Wall-clock milliseconds for one message; past it, the rest is skipped (``time_budget``).
 
@@ -120,12 +127,17 @@ class ParsedMessage:
     """Length of the raw message in bytes."""
     prefix: bytes = b""
     """The first ``ParseLimits.prefix_bytes`` of the raw message, headers included."""
+    guessed_bytes: int = 0
+    """Bytes whose charset was guessed (at most ``ParseLimits.max_guess_bytes``)."""
 
 
 _URL_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
 _DOMAIN_RE = re.compile(r"(?i)^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/?#\s]*@)?([^:/?#\s]+)")
 _MSGID_DOMAIN_RE = re.compile(r"@([^>\s@]+)>?")
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+_MIN_GUESS_BYTES = 64
+_GUESS_BYTES = 65536
+"""Bytes one guess reads at most."""
 _TEXT_ATTACHMENT_EXT = (".txt", ".csv", ".json", ".xml", ".html", ".htm", ".eml", ".log", ".md")
 _TEXT_ATTACHMENT_TYPES = frozenset(
     {"application/json", "application/xml", "application/csv", "message/rfc822"}
@@ -323,7 +335,7 @@ def _read_headers_only(out: ParsedMessage, data: bytes, limits: ParseLimits) -> 
         return False
     _read_top_headers(out, msg, limits, None)
     out.text = _decode_text(
-        _decoded_payload(msg, limits.max_part_bytes)[: limits.max_part_bytes], msg, out
+        _decoded_payload(msg, limits.max_part_bytes)[: limits.max_part_bytes], msg, out, limits
     )
     _collect_urls(out, out.text, limits)
     return True
@@ -380,17 +392,17 @@ def _walk(
     if is_attachment:
         out.attachments.append(Attachment(filename, ctype, len(body)))
         if _is_text_like(filename, ctype):
-            text = _decode_text(body[: limits.max_part_bytes], part, out)
+            text = _decode_text(body[: limits.max_part_bytes], part, out, limits)
             out.text_attachments.append((filename, text))
         return
     if ctype == "text/html":
-        html = _decode_text(body[: limits.max_part_bytes], part, out)
+        html = _decode_text(body[: limits.max_part_bytes], part, out, limits)
         visible, hrefs = html_to_text(html)
         state.html_texts.append(visible)
         for href in hrefs:
             _add_url(out, href, limits)
     elif ctype.startswith("text/") or ctype == "message/rfc822" or not ctype:
-        state.texts.append(_decode_text(body[: limits.max_part_bytes], part, out))
+        state.texts.append(_decode_text(body[: limits.max_part_bytes], part, out, limits))
     else:
         out.attachments.append(Attachment("", ctype, len(body)))
 
@@ -484,6 +496,7 @@ def _read_top_headers(
     received = 0
     to_count = cc_count = 0
     block = _HEADER_BLOCK_CHARS
+    guesses = _Guesses(out, limits.max_guess_bytes)
     for i, (name, value) in enumerate(items):
         if deadline is not None and i >= 16 and i % 16 == 0 and time.monotonic() > deadline:
             _note(out, TIME_BUDGET)
@@ -492,7 +505,7 @@ def _read_top_headers(
         if len(value) > block:
             value = value[: max(block, _HEADER_TAIL_CHARS)]
         block -= len(value)
-        text = decode_header_value(value, limits.max_header_chars)
+        text = decode_header_value(value, limits.max_header_chars, guesses.decode)
         out.headers.append((key, text))
         if key == "received":
             received += 1
@@ -516,9 +529,20 @@ def _read_top_headers(
     out.content_type = _safe_content_type(msg)
 
 
-def decode_header_value(value: object, max_chars: int = 8192) -> str:
-    """Decode RFC 2047 words and raw 8-bit junk in a header value; never raises."""
-    raw = _repair_surrogates(str(value)[: max_chars * 4])
+Decode = Callable[[bytes, str | None], str]
+
+
+def _decode_alone(body: bytes, charset: str | None) -> str:
+    return _decode_bytes(body, charset)[0]
+
+
+def decode_header_value(value: object, max_chars: int = 8192, decode: Decode | None = None) -> str:
+    """Decode RFC 2047 words and raw 8-bit junk in a header value; never raises.
+
+    ``decode`` turns bytes in a charset into text; a parse passes its :class:`_Guesses`
+    so header values spend the message's guessing allowance."""
+    decode = decode or _decode_alone
+    raw = _repair_surrogates(str(value)[: max_chars * 4], decode)
     if "=?" not in raw:  # no encoded word (most fields): what decode_header would return
         return " ".join(raw.split())[:max_chars]
     try:
@@ -537,20 +561,20 @@ def decode_header_value(value: object, max_chars: int = 8192) -> str:
             except UnicodeError:
                 pass
         if isinstance(chunk, bytes):
-            pieces.append(_decode_bytes(chunk, charset))
+            pieces.append(decode(chunk, charset))
         else:
-            pieces.append(_repair_surrogates(chunk))
+            pieces.append(_repair_surrogates(chunk, decode))
     text = "".join(pieces) if len(chunks) == 1 else " ".join(p.strip() for p in pieces)
     return " ".join(text.split())[:max_chars]
 
 
-def _repair_surrogates(text: str) -> str:
+def _repair_surrogates(text: str, decode: Decode = _decode_alone) -> str:
     """The stdlib keeps undecodable header bytes as lone surrogates; decode them for real."""
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
-        return _decode_bytes(text.encode("utf-8", "surrogateescape"), None)
+        return decode(text.encode("utf-8", "surrogateescape"), None)
 
 
 def _parse_address(text: str) -> tuple[str, str]:
@@ -615,45 +639,67 @@ def _decoded_payload(part: email.message.Message, limit: int | None = None) -> b
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
-def _decode_text(body: bytes, part: email.message.Message, out: ParsedMessage) -> str:
+def _decode_text(
+    body: bytes, part: email.message.Message, out: ParsedMessage, limits: ParseLimits
+) -> str:
     try:
         charset = part.get_content_charset()
     except Exception:
         charset = None
-    return _decode_bytes(body, charset)
+    return _Guesses(out, limits.max_guess_bytes).decode(body, charset)
 
 
-def _decode_bytes(body: bytes, charset: str | None) -> str:
-    """Bytes -> text: the declared charset when mail uses it, else UTF-8, else a guess.
+@dataclass(frozen=True, slots=True)
+class _Guesses:
+    """Decoding against the message's allowance of charset guessing
+    (``ParseLimits.max_guess_bytes``), which bodies and header values share."""
+
+    out: ParsedMessage
+    limit: int
+
+    def decode(self, body: bytes, charset: str | None) -> str:
+        text, used = _decode_bytes(body, charset, self.limit - self.out.guessed_bytes)
+        if used < 0:
+            _note(self.out, GUESS_BUDGET)
+        else:
+            self.out.guessed_bytes += used
+        return text
+
+
+def _decode_bytes(
+    body: bytes, charset: str | None, guess_room: int = _GUESS_BYTES
+) -> tuple[str, int]:
+    """Bytes -> text: the declared charset when mail uses it, else UTF-8, else a guess
+    from at most ``guess_room`` bytes; with the bytes guessed from (-1: no room left).
 
     Callers cut ``body`` to what they read first; every codec used here is linear."""
     if not body:
-        return ""
+        return "", 0
     if body.isascii():
-        return body.decode("ascii")
+        return body.decode("ascii"), 0
     # Only charsets mail really uses: others (punycode, idna, zlib …) are read as undeclared.
     declared = decode_declared(body, charset, len(body))
     if declared is not None:
-        return declared
+        return declared, 0
     try:
-        return body.decode("utf-8")
+        return body.decode("utf-8"), 0
     except UnicodeDecodeError:
         pass
     if len(body) < _MIN_GUESS_BYTES:
         # Too little text for a statistical guess to beat the commonest undeclared
         # 8-bit charset in mail.
-        return body.decode("cp1252", "replace")
+        return body.decode("cp1252", "replace"), 0
+    sample = body[: min(_GUESS_BYTES, guess_room)]
+    if len(sample) < _MIN_GUESS_BYTES:
+        return body.decode("cp1252", "replace"), -1
     try:
-        guesses = [match.encoding for match in from_bytes(body[:65536])]
+        guesses = [match.encoding for match in from_bytes(sample)]
     except Exception:
         guesses = []
     for encoding in guesses:
         if encoding and _keeps_ascii(encoding):
-            return body.decode(encoding, "replace")
-    return body.decode("latin-1")
-
-
-_MIN_GUESS_BYTES = 64
+            return body.decode(encoding, "replace"), len(sample)
+    return body.decode("latin-1"), len(sample)
 
 
 @functools.cache

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailsift.models.parse import (
+    DEFAULT_LIMITS,
+    GUESS_BUDGET,
     MIME_DEFECTS,
     TIME_BUDGET,
     TOO_DEEP,
@@ -27,6 +30,7 @@ KNOWN_DEFECTS = {
     TOO_MANY_HEADERS,
     MIME_DEFECTS,
     TIME_BUDGET,
+    GUESS_BUDGET,
 }
 
 
@@ -241,6 +245,26 @@ def test_undeclared_charset_falls_back_to_utf8() -> None:
         message(FROM, 'Content-Type: text/plain; charset="x-unknown"', body="Grüße".encode())
     )
     assert m.text == "Grüße"
+
+
+def test_charset_guessing_is_bounded_per_message_not_per_part() -> None:
+    """Each undeclared 8-bit part used to get its own guess (about 17 ms per 64 KB), so
+    256 of them cost seconds in the learning parse, which has no time budget. The
+    guesses share ``max_guess_bytes``: past them, text is read as Windows-1252, the
+    same on every machine, and the parse says so."""
+    cyrillic = ("Привет, это письмо о встрече в четверг. " * 1700).encode("koi8-r")[:65536]  # noqa: RUF001
+    part = b"Content-Type: text/plain\r\n\r\n" + cyrillic
+    mixed = 'Content-Type: multipart/mixed; boundary="b"'
+    raw = message(FROM, mixed, body=multipart("b", [part] * 40))
+    limits = dataclasses.replace(DEFAULT_LIMITS, time_budget_ms=10**9)
+    m = parse_message(raw, limits)
+    assert m.guessed_bytes == DEFAULT_LIMITS.max_guess_bytes  # 4 guesses, not 40
+    assert GUESS_BUDGET in m.defects
+    assert "встрече" in m.text  # the guessed parts read right
+    few = parse_message(message(FROM, mixed, body=multipart("b", [part] * 2)), limits)
+    assert few.guessed_bytes == 2 * 65536 and GUESS_BUDGET not in few.defects
+    spent = parse_message(raw, dataclasses.replace(limits, max_guess_bytes=0))
+    assert spent.guessed_bytes == 0 and GUESS_BUDGET in spent.defects
 
 
 def test_8bit_junk_keeps_the_ascii_words() -> None:

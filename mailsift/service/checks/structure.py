@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from mailsift.models.parse import (
+    GUESS_BUDGET,
     MIME_DEFECTS,
     TIME_BUDGET,
     TOO_DEEP,
@@ -25,6 +26,7 @@ _WEIGHTS = {
     MIME_DEFECTS: 0.3,
     TRUNCATED_MESSAGE: 0.0,
     TIME_BUDGET: 0.0,
+    GUESS_BUDGET: 0.5,
 }
 
 _DETAILS = {
@@ -36,6 +38,8 @@ _DETAILS = {
     TRUNCATED_MESSAGE: "message larger than the parse limit; only its start was examined",
     TIME_BUDGET: "parsing stopped at MAILSIFT_PARSE_TIME_BUDGET_MS; the rest was not "
     "examined (learning parses it whole)",
+    GUESS_BUDGET: "more text in an undeclared 8-bit charset than MAILSIFT_PARSE_MAX_GUESS_BYTES; "
+    "the rest was read as Windows-1252",
 }
 
 
