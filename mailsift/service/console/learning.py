@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, case, func, select
 
 from mailsift.learning import log_schema as schema
 from mailsift.learning.log_rows import first_at_or_after
@@ -90,7 +90,7 @@ def learning_view(engine: Engine, now: float | None = None) -> LearningView:
         .order_by(func.max(_reports.created_at).desc())
         .limit(ROWS)
     )
-    spam = func.sum((_reports.label == "spam").cast(schema.position_type))
+    spam = func.sum(case((_reports.label == "spam", 1), else_=0))
     users_q = (
         select(_reports.user, func.count().label("reports"), spam.label("spam"))
         .group_by(_reports.user)
