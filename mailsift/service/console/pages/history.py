@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, get_args
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +31,13 @@ ACTIONS: tuple[str, ...] = get_args(Action)
 @router.get("/history")
 async def history(request: Request, session: ConsoleSession, state: State) -> Response:
     query = search.HistoryQuery.of(dict(request.query_params))
-    rows = await run_in_threadpool(search.search, state.state_engine, query)
+    found = await run_in_threadpool(search.search, state.state_engine, query)
+    rows = found.rows
+    earlier = None
+    if rows and len(rows) >= search.PAGE_ROWS:
+        earlier = query.params(until=f"{rows[-1]['timestamp']:.3f}")
+    elif not found.complete:
+        earlier = query.params(until=f"{found.searched_from:.3f}")
     return page(
         request,
         "history.html",
@@ -38,6 +45,8 @@ async def history(request: Request, session: ConsoleSession, state: State) -> Re
         active="history",
         query=query,
         rows=rows,
+        found=found,
+        earlier=urlencode(earlier) if earlier else None,
         windows=list(search.WINDOWS),
         verdicts=VERDICTS,
         actions=ACTIONS,
