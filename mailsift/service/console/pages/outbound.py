@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from mailsift.service.accounts import AccountState
 from mailsift.service.accounts.flow import ALERT_AUTH_FAILURES, announce_change
 from mailsift.service.accounts.store import normalise_user
 from mailsift.service.console.render import page
@@ -23,13 +24,16 @@ DAY = 86_400.0
 MAX_USERS = 200
 
 
-def _report(state: ServiceState, now: float) -> list[dict[str, Any]]:
+def _report(state: ServiceState, now: float) -> tuple[list[dict[str, Any]], list[AccountState]]:
+    """Yesterday's senders with their states, and every account not ok."""
+    flagged = state.accounts.not_ok(MAX_USERS)
+    by_user = {account.user: account for account in flagged}
     users = state.audit.outbound_report(now - DAY)[:MAX_USERS]
     for user in users:
-        account = state.accounts.get_state(user["user"]) if user["user"] else None
+        account = by_user.get(user["user"])
         user["state"] = account.state if account else "ok"
         user["state_reason"] = account.reason if account else ""
-    return users
+    return users, flagged
 
 
 async def _outbound_page(
@@ -41,13 +45,14 @@ async def _outbound_page(
     notice: str | None = None,
     error: str | None = None,
 ) -> Response:
-    users = await run_in_threadpool(_report, state, time.time())
+    users, flagged = await run_in_threadpool(_report, state, time.time())
     return page(
         request,
         "outbound.html",
         session,
         active="outbound",
         users=users,
+        flagged=flagged,
         notice=notice,
         error=error,
         status=status,
