@@ -135,6 +135,7 @@ def test_history_finds_a_message_by_sender_opens_its_reasons_and_labels_it(
     rows.first.wait_for()
     assert rows.count() == 1
     assert PROBE_SENDER in rows.first.inner_text()
+    page.screenshot(path=screenshot_path("history-search"), full_page=True)
     rows.first.get_by_role("link").click()
     reasons = page.locator("table.reasons")
     assert "model" in reasons.inner_text()
