@@ -3,15 +3,18 @@ carries (a strict Content-Security-Policy: this console's own script and style o
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi.templating import Jinja2Templates
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from mailsift.service.console.session import CSRF_FIELD, PREFIX, Session
+
+if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
 
 __all__ = ["NAV", "SECURITY_HEADERS", "page"]
 
@@ -35,8 +38,6 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
 }
 
-templates = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
-
 
 def _when(at: float | None) -> str:
     if at is None:
@@ -44,7 +45,15 @@ def _when(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-templates.env.filters["when"] = _when
+@functools.cache
+def templates() -> Jinja2Templates:
+    """The templates, loaded at the first page shown: a worker whose console nobody
+    opens does not even import Jinja2 (about a megabyte of memory)."""
+    from fastapi.templating import Jinja2Templates
+
+    loaded = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+    loaded.env.filters["when"] = _when
+    return loaded
 
 
 def page(
@@ -58,7 +67,7 @@ def page(
     **context: Any,
 ) -> HTMLResponse:
     """The template ``name`` with the page frame's context, and the security headers."""
-    response = templates.TemplateResponse(
+    response = templates().TemplateResponse(
         request,
         name,
         {
