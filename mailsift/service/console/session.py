@@ -44,6 +44,8 @@ PREFIX = "/console"
 COOKIE = "mailsift_console"
 CSRF_FIELD = "csrf"
 _CSRF_PURPOSE = b"mailsift console csrf v1"
+MAX_TOKEN_CHARS = 4096
+"""Longer than any token this service issues or accepts as its seeded one."""
 
 
 class SignInRequired(Exception):
@@ -67,7 +69,7 @@ def csrf_token(token: str) -> str:
 async def admin_of(token: str, state: ServiceState) -> Principal | None:
     """The admin ``token`` stands for (seeded or stored, not revoked); None otherwise."""
     token = token.strip()
-    if not token or len(token) > 200:
+    if not token or len(token) > MAX_TOKEN_CHARS:
         return None
     seeded = state.settings.admin_token
     if seeded is not None and hmac.compare_digest(
