@@ -22,7 +22,7 @@ from mailsift.learning.records import (
     Stored,
     TrainingLogError,
 )
-from mailsift.learning.sources import SHARED, Source, outranks
+from mailsift.learning.sources import SHARED, Source, Via, outranks
 
 DAY = 86_400.0
 
@@ -38,6 +38,7 @@ def insert_entry(
     actor: str,
     *,
     layer: str = SHARED,
+    via: Via | None = None,
 ) -> int:
     # Numbered under the write lock, so head + 1 is gap-free and commits in order.
     position = head(conn) + 1
@@ -56,6 +57,7 @@ def insert_entry(
             sender=stored.sender,
             features=stored.features,
             features_version=stored.features_version,
+            via=via,
         )
     )
     return position

@@ -21,11 +21,21 @@ from sqlalchemy import (
 from mailsift.learning.records import MAX_ADDRESS, MAX_VERSION
 from mailsift.learning.sources import Source
 
-__all__ = ["SCHEMA_VERSION", "entries", "labels", "meta", "metadata", "reports", "upgrade_from_1"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "entries",
+    "labels",
+    "meta",
+    "metadata",
+    "reports",
+    "upgrade_from_1",
+    "upgrade_from_2",
+]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 MAX_SOURCE = 32
 MAX_ACTOR = 320
+MAX_VIA = 8
 
 metadata = MetaData()
 position_type = BigInteger().with_variant(Integer, "sqlite")  # SQLite: alias the rowid
@@ -46,6 +56,8 @@ entries = Table(
     Column("sender", String(MAX_ADDRESS)),
     Column("features", LargeBinary),  # None: an undo, or an entry from schema version 1
     Column("features_version", String(MAX_VERSION)),
+    # The channel of a user's report (api, imap); None for every other entry.
+    Column("via", String(MAX_VIA)),
     CheckConstraint("label IN ('ham', 'spam')", name="trainlog_entries_label"),
     CheckConstraint("undo_label IN ('ham', 'spam')", name="trainlog_entries_undo_label"),
     CheckConstraint("label IS NOT NULL OR undo_label IS NOT NULL", name="trainlog_entries_op"),
@@ -106,4 +118,10 @@ def upgrade_from_1(conn: Connection) -> None:
         "WHERE e.position = trainlog_labels.position)",
     ):
         conn.execute(text(statement))
+    upgrade_from_2(conn)
+
+
+def upgrade_from_2(conn: Connection) -> None:
+    """Version 2 did not record a report's channel: its reports stay without one."""
+    conn.execute(text(f"ALTER TABLE trainlog_entries ADD COLUMN via VARCHAR({MAX_VIA})"))
     conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION))

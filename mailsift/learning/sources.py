@@ -10,8 +10,9 @@ user's personal layer (see :mod:`mailsift.learning.personal`) until others agree
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
 
-__all__ = ["SHARED", "Source", "outranks", "rank"]
+__all__ = ["SHARED", "VIAS", "Source", "Via", "outranks", "rank"]
 
 
 class Source(StrEnum):
@@ -22,6 +23,11 @@ class Source(StrEnum):
     OUTBOUND = "outbound"
     """Clean outbound mail, learned as ham."""
 
+
+Via = Literal["api", "imap"]
+"""How a user's report came in: the API (a mail client, ``mailsift report``) or a move
+into or out of the Junk folder (``mailsift report --via imap``)."""
+VIAS: tuple[Via, ...] = get_args(Via)
 
 SHARED = ""
 """The layer of shared-model entries; a personal entry's layer is its user's address."""

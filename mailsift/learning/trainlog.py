@@ -48,7 +48,7 @@ from mailsift.learning.records import (
     Stored,
     TrainingLogError,
 )
-from mailsift.learning.sources import SHARED, Source
+from mailsift.learning.sources import SHARED, Source, Via
 from mailsift.service.db import (
     create_db_engine,
     describe,
@@ -187,6 +187,7 @@ class TrainingLog:
         *,
         needed: int,
         per_user_per_day: int,
+        via: Via = "api",
         now: float | None = None,
     ) -> ReportResult:
         """A user's report: their personal layer learns it at once; the shared layer only
@@ -216,6 +217,7 @@ class TrainingLog:
                 Source.USER,
                 user,
                 layer=user,
+                via=via,
             )
             values = {"label": label, "position": position, "counted": int(counted)}
             if current is None:
@@ -498,8 +500,8 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
             ).scalar()
             if version is None:
                 conn.execute(insert(schema.meta).values(key="schema_version", value=SCHEMA_VERSION))
-            elif version == "1":
-                schema.upgrade_from_1(conn)
+            elif version in ("1", "2"):
+                (schema.upgrade_from_1 if version == "1" else schema.upgrade_from_2)(conn)
                 version = SCHEMA_VERSION
             if version in (None, SCHEMA_VERSION):
                 # create_all makes a table's indexes only with the table: a log from

@@ -211,6 +211,19 @@ class Alerter:
         with self._writing(kind, key, nowait) as conn:
             return conn.execute(delete(_incidents).where(where)).rowcount > 0
 
+    def open_incidents(self, now: float) -> list[tuple[str, str, float, float]]:
+        """Incidents raised and not resolved, nor quiet past ``quiet_seconds``: (kind,
+        incident, opened_at, last_seen), newest first (blocking; the console reads it)."""
+        c = _incidents.c
+        query = (
+            select(c.kind, c.incident, c.opened_at, c.last_seen)
+            .where(c.last_seen >= now - self.quiet_seconds)
+            .order_by(c.last_seen.desc())
+            .limit(100)
+        )
+        with self.engine.connect() as conn:
+            return [(str(k), str(i), float(o), float(s)) for k, i, o, s in conn.execute(query)]
+
     # -- delivery -------------------------------------------------------------------
 
     async def _deliver(

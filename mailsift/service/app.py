@@ -27,6 +27,7 @@ from mailsift.service.alerts import Alerter
 from mailsift.service.aliases.store import AliasStore
 from mailsift.service.audit import AuditTrail
 from mailsift.service.auth import FeedbackLimiter, Role, TokenStore, require
+from mailsift.service.console import install_console
 from mailsift.service.db import keep_checkpointed, open_state_engine
 from mailsift.service.dlp.config import load_dlp_config
 from mailsift.service.errors import install_error_handlers
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router, needs in ROUTERS:
         app.include_router(router, dependencies=[require(*needs)] if needs else [])
+    install_console(app)  # its own sign-in: a session cookie, not a bearer token
     table = operations(ROUTERS)
     app.state.operations = table
     generate = app.openapi

@@ -70,7 +70,7 @@ if TYPE_CHECKING:
     from mailsift.models.parse import ParsedMessage
     from mailsift.service.checks.base import Envelope, Reason
 
-__all__ = ["AuditRecord", "AuditTrail", "audit_record", "dlp_summary"]
+__all__ = ["AUDIT_EVENTS", "AuditRecord", "AuditTrail", "audit_record", "dlp_summary", "event_of"]
 
 log = logging.getLogger("mailsift.audit")
 
@@ -116,6 +116,8 @@ _events = Table(
     Index("audit_events_owner", "owner"),
     Index("audit_events_account", "direction", "account", "created_at"),
 )
+AUDIT_EVENTS = _events
+"""The trail's table, for read-only views of it (the operator console's search)."""
 # Added after the first release: created on its own for trails that predate it.
 _BY_FINGERPRINT = Index("audit_events_fingerprint", _events.c.fingerprint)
 
@@ -411,7 +413,7 @@ class AuditTrail:
         query = query.order_by(_events.c.created_at.desc(), _events.c.id.desc())
         query = query.limit(max(1, min(limit, MAX_SEARCH)))
         with self._engine.connect() as conn:
-            return [_from_row(row._mapping) for row in conn.execute(query)]
+            return [event_of(row._mapping) for row in conn.execute(query)]
 
     def scored(self, fingerprint: str) -> bool:
         """Whether a message with ``fingerprint`` is on the trail (or waiting to be)."""
@@ -584,7 +586,8 @@ def _to_row(r: AuditRecord) -> dict[str, Any]:
     }
 
 
-def _from_row(row: Any) -> dict[str, Any]:
+def event_of(row: Any) -> dict[str, Any]:
+    """A stored row as the API and the console show it."""
     return {
         "id": int(row["id"]),
         "time": datetime.fromtimestamp(row["created_at"], UTC).isoformat(),

@@ -66,6 +66,7 @@ __all__ = [
     "ModelFacts",
     "ModelHost",
     "exposition",
+    "latency_buckets",
     "observe_auth_failure",
     "observe_health",
     "observe_model",
@@ -449,15 +450,35 @@ class _Scrape:
             yield from source.collect()
 
 
-def exposition() -> tuple[bytes, str]:
-    """Every metric in the text exposition format, and its content type (blocking in
-    multiprocess mode: it reads every worker's files)."""
-    pooled: Collector = (
+def _pooled() -> Collector:
+    return (
         _registry
         if MULTIPROCESS_DIR is None
         else MultiProcessCollector(None, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
     )
-    return generate_latest(_Scrape(pooled, _ModelInfo())), CONTENT_TYPE_LATEST
+
+
+def latency_buckets(route: str, method: str = "POST") -> list[tuple[float, float]]:
+    """Cumulative counts of ``route``'s successful requests under each latency bucket's
+    upper bound, pooled over every worker (blocking in multiprocess mode); [] if none."""
+    wanted = {"method": method, "route": route, "status": "2xx"}
+    pooled: dict[float, float] = {}
+    for metric in _pooled().collect():
+        if metric.name != LATENCY._name:
+            continue
+        for sample in metric.samples:
+            labels = sample.labels
+            ours = all(labels.get(k) == v for k, v in wanted.items())
+            if ours and sample.name.endswith("_bucket"):
+                bound = float(labels["le"])
+                pooled[bound] = pooled.get(bound, 0.0) + sample.value
+    return sorted(pooled.items())
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every metric in the text exposition format, and its content type (blocking in
+    multiprocess mode: it reads every worker's files)."""
+    return generate_latest(_Scrape(_pooled(), _ModelInfo())), CONTENT_TYPE_LATEST
 
 
 # -- several workers --------------------------------------------------------------------

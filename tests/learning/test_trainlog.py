@@ -17,10 +17,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import sqlalchemy
 
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import (
     DAY,
+    SCHEMA_VERSION,
     AppendResult,
     Label,
     LogEntry,
@@ -665,3 +667,26 @@ def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(data / "mailsift.db") as db:
         indexes = {row[1] for row in db.execute("PRAGMA index_list(trainlog_entries)")}
     assert "trainlog_entries_fingerprint" in indexes
+
+
+def test_a_version_2_log_gains_the_report_channel(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    log = open_training_log(None, data)
+    log.report("carol@x", fp(1), "spam", ex(b"r"), needed=3, per_user_per_day=20, via="imap")
+    log.close()
+    with sqlite3.connect(data / "mailsift.db") as db:  # back to how version 2 left it
+        db.execute("ALTER TABLE trainlog_entries DROP COLUMN via")
+        db.execute("UPDATE trainlog_meta SET value = '2' WHERE key = 'schema_version'")
+    log = open_training_log(None, data)
+    try:
+        log.report("erin@x", fp(2), "spam", ex(b"r"), needed=3, per_user_per_day=20, via="imap")
+        with log.engine.connect() as conn:
+            vias = conn.execute(
+                sqlalchemy.text("SELECT via FROM trainlog_entries ORDER BY position")
+            )
+            assert [v for (v,) in vias] == [None, "imap"]  # the older report has no channel
+    finally:
+        log.close()
+    with sqlite3.connect(data / "mailsift.db") as db:
+        (version,) = db.execute("SELECT value FROM trainlog_meta WHERE key = 'schema_version'")
+    assert version == (SCHEMA_VERSION,) == ("3",)

@@ -164,6 +164,18 @@ class AccountStates:
             )
         )
 
+    def not_ok(self, limit: int = 200) -> list[AccountState]:
+        """Every account not in the ok state, the latest change first (the console)."""
+        query = (
+            select(_s.user, _s.state, _s.since, _s.reason)
+            .where(_s.state != "ok")
+            .order_by(_s.since.desc())
+            .limit(limit)
+        )
+        with self.db.reading() as conn:
+            rows = conn.execute(query).all()
+        return [account_state(str(r[0]), r[1:]) for r in rows]
+
     def history(self, user: str, limit: int = 20) -> list[StateChange]:
         """The user's latest state changes, newest first."""
         key = normalise_user(user)

@@ -187,6 +187,10 @@ class AccountStore:
         self.queue.write_best_effort()
         return self.states.clear(key, by, now)
 
+    def not_ok(self, limit: int = 200) -> list[AccountState]:
+        """Every account not in the ok state, the latest change first."""
+        return self.states.not_ok(limit)
+
     def history(self, user: str, limit: int = 20) -> list[StateChange]:
         """The user's latest state changes, newest first."""
         return self.states.history(user, limit)

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailsift.service.auth import PRINCIPAL_KEY, caller_of
+from mailsift.service.console.session import PREFIX as CONSOLE
 from mailsift.service.errors import ApiError, error_response
 from mailsift.service.http.body import MESSAGE_TYPES
 from mailsift.service.http.listeners import on_gateway_listener
@@ -35,7 +36,8 @@ from mailsift.service.settings import Settings
 __all__ = ["PUBLIC_PATHS", "RequestGate", "takes_message"]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
-"""Paths answered without a token; every other path, known or not, needs one."""
+"""Paths answered without a token; every other path, known or not, needs one, except
+the console's (:func:`_console`)."""
 JSON_TYPES = frozenset({"application/json"})
 
 
@@ -43,6 +45,12 @@ def takes_message(route: APIRoute) -> bool:
     """Whether the route's documented body is a raw message (its bound is the message's)."""
     body = (route.openapi_extra or {}).get("requestBody", {})
     return not MESSAGE_TYPES.isdisjoint(body.get("content", {}))
+
+
+def _console(path: str) -> bool:
+    """The operator console checks its own session cookie (a browser sends no bearer
+    token); the listener guard keeps it off the gateway listener like every admin path."""
+    return path == CONSOLE or path.startswith(f"{CONSOLE}/")
 
 
 class RequestGate:
@@ -60,7 +68,7 @@ class RequestGate:
         try:
             if CONTROL_CHARACTERS.search(path):
                 raise ApiError("the path must not contain control characters")
-            if path not in PUBLIC_PATHS:
+            if path not in PUBLIC_PATHS and not _console(path):
                 principal = await caller_of(Request(scope))
                 if on_gateway_listener(scope, self.settings.admin_port):
                     principal = principal.on_gateway_listener()

@@ -19,14 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from mailsift.learning.sources import Source
-from mailsift.learning.trainlog import AppendResult, ReportResult, TrainingLogError
+from mailsift.learning.sources import Via
+from mailsift.learning.trainlog import AppendResult, ReportResult
 from mailsift.models.fingerprint import is_fingerprint
 from mailsift.service.analysis import analyse, learning_example
 from mailsift.service.auth import AdminCaller, Principal, ReporterCaller
@@ -35,13 +34,12 @@ from mailsift.service.deps import State
 from mailsift.service.errors import (
     BadRequest,
     Forbidden,
-    Gone,
-    ModelNotReady,
     NotFound,
     NotScoredForUser,
     RateLimited,
 )
 from mailsift.service.http.body import read_message
+from mailsift.service.labelling import forget_example, kept_message, learn_as_admin, write_log
 from mailsift.service.schemas import (
     ERRORS,
     FINGERPRINT_PATTERN,
@@ -66,7 +64,6 @@ UserQuery = Annotated[
         json_schema_extra={"pattern": IDENTITY_PATTERN},  # refused by _reporter, with why
     ),
 ]
-Via = Literal["api", "imap"]
 ViaQuery = Annotated[
     Via,
     Query(
@@ -88,13 +85,6 @@ _BODY = {
         "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
-
-
-async def _write(op: Callable[[], T]) -> T:
-    try:
-        return await run_in_threadpool(op)
-    except TrainingLogError as exc:
-        raise ModelNotReady(f"the training log cannot be written: {exc}") from exc
 
 
 def _reporter(caller: Principal, user: str) -> str:
@@ -185,7 +175,7 @@ async def feedback(
             "MAILSIFT_FEEDBACK_REQUIRE_SCORED=false lets sites that import old mail report it"
         )
     example = await learning_example(raw, analysed, state)
-    result = await _write(
+    result = await write_log(
         lambda: state.trainlog.report(
             reporter,
             fingerprint,
@@ -193,6 +183,7 @@ async def feedback(
             example,
             needed=settings.feedback_consensus,
             per_user_per_day=settings.feedback_consensus_per_user_per_day,
+            via=via,
         )
     )
     body = _report_body(result, fingerprint)
@@ -212,7 +203,7 @@ async def withdraw(
     """A user takes their own report back; consensus is counted again without it."""
     reporter = _reporter(caller, user)
     fp = _fingerprint(fingerprint)
-    result = await _write(
+    result = await write_log(
         lambda: state.trainlog.withdraw(reporter, fp, needed=state.settings.feedback_consensus)
     )
     body = _report_body(result, fp)
@@ -250,44 +241,15 @@ async def label_from_history(
 
     As ``/v1/train`` with the message itself, which the service kept for
     MAILSIFT_HISTORY_RETENTION_HOURS after scoring it; 410 once it is no longer kept."""
-    fp = _fingerprint(fingerprint)
-    history = state.history
-    raw = await run_in_threadpool(history.find, fp)
-    if raw is None:
-        hours = state.settings.history_retention_hours
-        if not await run_in_threadpool(state.audit.scored, fp):
-            raise NotFound(f"no message {fp} was scored here (or the audit trail dropped it)")
-        if not history.enabled:
-            raise Gone(
-                f"message {fp} was scored, but scored messages are not kept "
-                "(MAILSIFT_HISTORY_RETENTION_HOURS=0): label it with POST /v1/train"
-            )
-        raise Gone(
-            f"message {fp} is no longer kept (scored messages are kept {hours} hours, "
-            "MAILSIFT_HISTORY_RETENTION_HOURS): label it with POST /v1/train"
-        )
+    raw = await kept_message(state, _fingerprint(fingerprint))
     return await _learn_as_admin(raw, label, caller, state)
 
 
 async def _learn_as_admin(
     raw: bytes, label: Label, caller: Principal, state: ServiceState
 ) -> dict[str, object]:
-    analysed = await analyse(raw, state)
-    example = await learning_example(raw, analysed, state)
-    result = await _write(
-        lambda: state.trainlog.append(
-            analysed.fingerprint, label, example, source=Source.ADMIN, actor=caller.name
-        )
-    )
-    log.info(
-        "label by=%s fingerprint=%s label=%s source=admin result=%s",
-        caller.name,
-        analysed.fingerprint,
-        label,
-        result.result,
-    )
-    await state.learner.catch_up(until=result.position)
-    return _learn_body(result, analysed.fingerprint)
+    result, fingerprint = await learn_as_admin(raw, label, caller.name, state)
+    return _learn_body(result, fingerprint)
 
 
 @router.post("/examples/{fingerprint}/confirm", response_model=LearnOut, responses=ERRORS)
@@ -296,7 +258,7 @@ async def confirm(
 ) -> dict[str, object]:
     """An administrator confirms users' reports: the shared model learns the label now."""
     fp = _fingerprint(fingerprint)
-    result = await _write(lambda: state.trainlog.confirm(fp, label, actor=caller.name))
+    result = await write_log(lambda: state.trainlog.confirm(fp, label, actor=caller.name))
     if result is None:
         raise NotFound(f"no user reported message {fp} as {label}")
     await state.learner.catch_up(until=result.position)
@@ -309,8 +271,4 @@ async def forget(
 ) -> dict[str, object]:
     """Take a message back entirely: its shared example and every user's report of it."""
     fp = _fingerprint(fingerprint)
-    result = await _write(lambda: state.trainlog.forget(fp, actor=caller.name))
-    # Also when nothing was left to forget: another worker's forget, which this answer
-    # confirms, may not be applied here yet.
-    await state.learner.catch_up(until=result.position)
-    return _learn_body(result, fp)
+    return _learn_body(await forget_example(state, fp, caller.name), fp)
