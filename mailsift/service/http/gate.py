@@ -20,6 +20,10 @@ its first read, from ``scope["route"]``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -34,6 +38,8 @@ from mailsift.service.schemas import CONTROL_CHARACTERS
 from mailsift.service.settings import Settings
 
 __all__ = ["PUBLIC_PATHS", "RequestGate", "takes_message"]
+
+log = logging.getLogger("mailsift.http")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
 """Paths answered without a token; every other path, known or not, needs one, except
@@ -76,7 +82,24 @@ class RequestGate:
         except ApiError as exc:
             await error_response(exc.status, exc.code, exc.detail)(scope, receive, send)
             return
-        await self.app(scope, _BoundedBody(scope, receive, self.settings), send)
+        answered = False
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            answered = True
+            await send(message)
+
+        try:
+            await self.app(scope, _BoundedBody(scope, receive, self.settings), sending)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when the shutdown grace is over (a stalled
+            # upload, say): one line and a 503 the client may retry, not a traceback each.
+            log.warning("%s %s cut short: the service is stopping", scope.get("method"), path)
+            if not answered:
+                with contextlib.suppress(Exception):
+                    await error_response(503, "unavailable", "the service is stopping")(
+                        scope, receive, send
+                    )
 
 
 class _BoundedBody:

@@ -27,6 +27,7 @@ from mailsift.service.http.supervisor import Supervisor, WorkersFailed
 
 __all__ = [
     "GATEWAY_PATHS",
+    "SHUTDOWN_GRACE_SECONDS",
     "ListenError",
     "ListenerGuard",
     "is_loopback",
@@ -50,6 +51,10 @@ GATEWAY_PATHS = (
     "/healthz",
     "/readyz",
 )
+SHUTDOWN_GRACE_SECONDS = 10
+"""After SIGTERM, requests under way get this long to finish; then the worker stops,
+whatever connections its clients keep open (a gateway's idle keep-alive pool would
+otherwise hold it until systemd's stop timeout kills it)."""
 # Forward secrecy and AEAD only (TLS 1.3 suites are always on and all modern).
 MODERN_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!DSS:!SHA1"
 
@@ -167,6 +172,7 @@ def serve(
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
         ssl_context_factory=tls_context if certfile else None,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     with contextlib.ExitStack() as bound:
 
