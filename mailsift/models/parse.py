@@ -23,15 +23,11 @@ import email.utils
 import functools
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.header import decode_header
 from email.policy import Compat32
 
-from charset_normalizer import from_bytes
-from selectolax.lexbor import LexborHTMLParser
-
-from mailsift.models.charsets import decode_declared
+from mailsift.models.decoding import decode_bytes, decode_header_value, repair_surrogates
+from mailsift.models.html import html_to_text
 
 __all__ = ["DEFECTS", "Attachment", "ParseLimits", "ParsedMessage", "parse_message"]
 
@@ -134,10 +130,6 @@ class ParsedMessage:
 _URL_RE = re.compile(r"""(?i)\b(?:https?://|www\.)[^\s<>"'()\[\]{}]{2,2000}""")
 _DOMAIN_RE = re.compile(r"(?i)^(?:[a-z][a-z0-9+.-]*://)?(?:[^@/?#\s]*@)?([^:/?#\s]+)")
 _MSGID_DOMAIN_RE = re.compile(r"@([^>\s@]+)>?")
-_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
-_MIN_GUESS_BYTES = 64
-_GUESS_BYTES = 65536
-"""Bytes one guess reads at most."""
 _TEXT_ATTACHMENT_EXT = (".txt", ".csv", ".json", ".xml", ".html", ".htm", ".eml", ".log", ".md")
 _TEXT_ATTACHMENT_TYPES = frozenset(
     {"application/json", "application/xml", "application/csv", "message/rfc822"}
@@ -407,79 +399,6 @@ def _walk(
         out.attachments.append(Attachment("", ctype, len(body)))
 
 
-def html_to_text(html: str) -> tuple[str, list[str]]:
-    """Visible text of an HTML document and the targets of its links.
-
-    Script, style and head contents are dropped: spammers hide words there to poison
-    filters, and a reader never sees them.
-    """
-    try:
-        tree = LexborHTMLParser(_flatten_deep_html(html))
-        hrefs = [
-            href
-            for node in tree.css("a[href], area[href]")
-            if (href := node.attributes.get("href"))
-        ]
-        tree.strip_tags(["script", "style", "head", "noscript", "template"])
-        body = tree.body
-        text = (body if body is not None else tree.root).text(separator=" ") if tree.root else ""
-    except Exception:
-        return "", []
-    return text, hrefs
-
-
-# lexbor's tree builder walks the stack of open elements for many start tags (is a <p>
-# open in button scope?), so 40 000 nested <div>s, or <li><dt> pairs, cost seconds.
-# Browsers cap the depth too. Past _HTML_MAX_DEPTH elements left open, further start
-# tags are dropped: their text stays, only structure no reader could see is lost. The
-# count ignores implied end tags (any pair of elements can be made to nest), so sloppy
-# HTML with hundreds of unclosed <p>s is flattened too, harmlessly.
-_HTML_MAX_DEPTH = 256
-_HTML_CHECK_TAGS = 2 * _HTML_MAX_DEPTH
-_HTML_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9-]{0,40})[^<>]{0,1000}>?")
-_HTML_VOID = frozenset({
-    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "image", "img",
-    "input", "keygen", "link", "meta", "param", "source", "track", "wbr",
-})  # fmt: skip
-# Raw-text elements hold no tags, so they cannot nest; hiding text in them must keep working.
-_HTML_RAW = frozenset(
-    {"script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes", "plaintext"}
-)
-# Never dropped: a new <a> closes the open one, and its href is a feature.
-_HTML_KEEP = _HTML_RAW | {"a"}
-
-
-def _flatten_deep_html(html: str) -> str:
-    """``html`` with start tags past the nesting cap removed (cheaply skipped for most mail)."""
-    if html.count("<") <= _HTML_CHECK_TAGS:
-        return html
-    open_tags: dict[str, int] = {}
-    depth = 0
-    pieces: list[str] = []
-    kept = 0
-    for m in _HTML_TAG.finditer(html):
-        closing, name = m.group(1), m.group(2).lower()
-        if name in _HTML_VOID or name in _HTML_RAW:
-            continue
-        if closing:
-            if open_tags.get(name):
-                open_tags[name] -= 1
-                depth -= 1
-            continue
-        if depth < _HTML_MAX_DEPTH or name in _HTML_KEEP:
-            # "<div/>" opens a div all the same: HTML ignores the slash on such elements.
-            open_tags[name] = open_tags.get(name, 0) + 1
-            depth += 1
-            continue
-        pieces.append(html[kept : m.start()])
-        pieces.append(" ")
-        kept = m.end()
-    if not pieces:
-        return html
-    pieces.append(html[kept:])
-    return "".join(pieces)
-
-
 # Decoding RFC 2047 words costs ~20 us each, and 512 fields of 32 KB hold half a million:
 # past this many raw characters in the top header block, a value keeps only its start.
 _HEADER_BLOCK_CHARS = 256 * 1024
@@ -529,54 +448,6 @@ def _read_top_headers(
     out.content_type = _safe_content_type(msg)
 
 
-Decode = Callable[[bytes, str | None], str]
-
-
-def _decode_alone(body: bytes, charset: str | None) -> str:
-    return _decode_bytes(body, charset)[0]
-
-
-def decode_header_value(value: object, max_chars: int = 8192, decode: Decode | None = None) -> str:
-    """Decode RFC 2047 words and raw 8-bit junk in a header value; never raises.
-
-    ``decode`` turns bytes in a charset into text; a parse passes its :class:`_Guesses`
-    so header values spend the message's guessing allowance."""
-    decode = decode or _decode_alone
-    raw = _repair_surrogates(str(value)[: max_chars * 4], decode)
-    if "=?" not in raw:  # no encoded word (most fields): what decode_header would return
-        return " ".join(raw.split())[:max_chars]
-    try:
-        chunks = decode_header(raw)
-    except Exception:
-        chunks = [(raw, None)]
-    pieces: list[str] = []
-    for chunk, charset in chunks:
-        if isinstance(chunk, bytes) and charset is None and not raw.isascii():
-            # decode_header re-encodes the text between RFC 2047 words this way.
-            try:
-                piece = chunk.decode("raw-unicode-escape")
-                piece.encode("utf-8")  # no lone surrogates from literal "\udcxx" text
-                pieces.append(piece)
-                continue
-            except UnicodeError:
-                pass
-        if isinstance(chunk, bytes):
-            pieces.append(decode(chunk, charset))
-        else:
-            pieces.append(_repair_surrogates(chunk, decode))
-    text = "".join(pieces) if len(chunks) == 1 else " ".join(p.strip() for p in pieces)
-    return " ".join(text.split())[:max_chars]
-
-
-def _repair_surrogates(text: str, decode: Decode = _decode_alone) -> str:
-    """The stdlib keeps undecodable header bytes as lone surrogates; decode them for real."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return decode(text.encode("utf-8", "surrogateescape"), None)
-
-
 def _parse_address(text: str) -> tuple[str, str]:
     try:
         name, addr = email.utils.parseaddr(text)
@@ -592,7 +463,7 @@ def _count_addresses(text: str) -> int:
 
 def _safe_content_type(part: email.message.Message) -> str:
     try:
-        return _repair_surrogates(part.get_content_type().lower())
+        return repair_surrogates(part.get_content_type().lower())
     except Exception:
         return "application/octet-stream"
 
@@ -658,62 +529,12 @@ class _Guesses:
     limit: int
 
     def decode(self, body: bytes, charset: str | None) -> str:
-        text, used = _decode_bytes(body, charset, self.limit - self.out.guessed_bytes)
+        text, used = decode_bytes(body, charset, self.limit - self.out.guessed_bytes)
         if used < 0:
             _note(self.out, GUESS_BUDGET)
         else:
             self.out.guessed_bytes += used
         return text
-
-
-def _decode_bytes(
-    body: bytes, charset: str | None, guess_room: int = _GUESS_BYTES
-) -> tuple[str, int]:
-    """Bytes -> text: the declared charset when mail uses it, else UTF-8, else a guess
-    from at most ``guess_room`` bytes; with the bytes guessed from (-1: no room left).
-
-    Callers cut ``body`` to what they read first; every codec used here is linear."""
-    if not body:
-        return "", 0
-    if body.isascii():
-        return body.decode("ascii"), 0
-    # Only charsets mail really uses: others (punycode, idna, zlib …) are read as undeclared.
-    declared = decode_declared(body, charset, len(body))
-    if declared is not None:
-        return declared, 0
-    try:
-        return body.decode("utf-8"), 0
-    except UnicodeDecodeError:
-        pass
-    if len(body) < _MIN_GUESS_BYTES:
-        # Too little text for a statistical guess to beat the commonest undeclared
-        # 8-bit charset in mail.
-        return body.decode("cp1252", "replace"), 0
-    sample = body[: min(_GUESS_BYTES, guess_room)]
-    if len(sample) < _MIN_GUESS_BYTES:
-        return body.decode("cp1252", "replace"), -1
-    try:
-        guesses = [match.encoding for match in from_bytes(sample)]
-    except Exception:
-        guesses = []
-    for encoding in guesses:
-        if encoding and _keeps_ascii(encoding):
-            return body.decode(encoding, "replace"), len(sample)
-    return body.decode("latin-1"), len(sample)
-
-
-@functools.cache
-def _keeps_ascii(encoding: str) -> bool:
-    """Whether a guessed charset reads ASCII as ASCII, as every 8-bit mail charset does.
-
-    On short input charset-normalizer may guess UTF-16 or EBCDIC, which turn the ASCII
-    words of the text into other characters and hide them from the filter
-    (b"buy\xc4 buy" -> "畢쑹戠祵"); real UTF-16 mail declares its charset.
-    """
-    try:
-        return _PRINTABLE_ASCII.decode(encoding) == _PRINTABLE_ASCII.decode("ascii")
-    except (LookupError, UnicodeDecodeError):
-        return False
 
 
 def _is_text_like(filename: str, ctype: str) -> bool:
