@@ -19,6 +19,7 @@ from mailsift import __version__
 from mailsift.learning.learner import Learner
 from mailsift.learning.outbound import OutboundQuota
 from mailsift.learning.published import PublishedModels
+from mailsift.learning.tail import LogTail
 from mailsift.learning.trainlog import open_training_log
 from mailsift.service import monitor
 from mailsift.service.accounts.flow import flush_outbound, run_flusher
@@ -37,6 +38,8 @@ from mailsift.service.http.operations import document_links, document_refusals, 
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
+from mailsift.service.pg.link import pg_link
+from mailsift.service.pg.notify import CHANNEL_LOG
 from mailsift.service.rebuilds import RebuildScheduler
 from mailsift.service.routers import (
     accounts,
@@ -54,6 +57,7 @@ from mailsift.service.routers import (
 from mailsift.service.routers import metrics as metrics_router
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
+from mailsift.service.token_cache import TokenCache
 
 __all__ = ["ROUTERS", "create_app"]
 
@@ -101,9 +105,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _open_state(settings)
+        await _link(state)
         learner = state.learner
         await run_in_threadpool(learner.load_initial)
         replayed = await learner.catch_up()
+        state.tail.caught_up(learner.position, at_end=True)
         log.info("ready at log position %d (%d entries replayed)", learner.position, replayed)
         app.state.mailsift = state
         # What start-up loaded (the model above all) lives as long as the worker: out of
@@ -141,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.rebuilds.aclose()
             await state.gateway_seen.aclose()
             await state.alerts.aclose()
+            if state.pg is not None:
+                await state.pg.aclose()
             state.trainlog.close()
             state.accounts.close()
             state.outbound_quota.close()
@@ -211,9 +219,24 @@ async def _open_state(settings: Settings) -> ServiceState:
                 settings.history_retention_hours,
                 settings.history_max_mb * 1024 * 1024,
             ),
+            tail=LogTail(settings.replica_behind_seconds),
+            pg=pg_link(settings),
         )
 
     return await run_in_threadpool(build)
+
+
+async def _link(state: ServiceState) -> None:
+    """PostgreSQL: open the worker's pool and listener, and hand them to what uses them
+    per message (tokens, admission) and to the log follower (appends, reconnections)."""
+    link = state.pg
+    if link is None:
+        return
+    await link.open()
+    state.tokens.on_loop_verifier = TokenCache(link.pool, link.listener)
+    state.accounts.pool = link.pool
+    link.listener.subscribe(CHANNEL_LOG, state.tail.appended)
+    link.listener.on_connect(state.tail.wake)
 
 
 async def _follow(state: ServiceState) -> None:
@@ -222,9 +245,11 @@ async def _follow(state: ServiceState) -> None:
     learner, settings = state.learner, state.settings
     loop = asyncio.get_running_loop()
     next_check = next_prune = loop.time()
+    tail = state.tail
     while True:
         try:
             await learner.catch_up()
+            tail.caught_up(learner.position, at_end=True)
             if loop.time() >= next_check:
                 next_check = loop.time() + settings.snapshot_check_seconds
                 newest = await run_in_threadpool(learner.published.newest)
@@ -241,4 +266,5 @@ async def _follow(state: ServiceState) -> None:
             raise
         except Exception as exc:  # keep following; the next round may succeed
             log.error("model follower: %s: %s", type(exc).__name__, exc)
-        await asyncio.sleep(settings.log_poll_seconds)
+        # Woken at once by a notification of an append (PostgreSQL); else the poll.
+        await tail.wait(settings.log_poll_seconds)

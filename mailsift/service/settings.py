@@ -81,6 +81,19 @@ class Settings(BaseSettings):
     log_poll_seconds: float = Field(
         0.25, gt=0, le=60, description="How often each worker looks for new training-log entries."
     )
+    replica_behind_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="A worker whose model has not been at the training log's head for "
+        "this long says it is behind (`GET /v1/model`, metrics).",
+    )
+    pg_pool_size: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="PostgreSQL: connections each worker keeps for the calls made per "
+        "message (besides its engine's for the rest, and one listening for notifications).",
+    )
     snapshot_every_entries: int = Field(
         500, ge=1, description="Write a snapshot after this many new log entries…"
     )

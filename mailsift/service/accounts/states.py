@@ -75,6 +75,11 @@ class AccountStates:
         key = normalise_user(user)
         return self.cached(key) or self.get_state(key)
 
+    def last_known(self, key: str) -> AccountState | None:
+        """This process's copy of the state however old (the database being away)."""
+        hit = self._states.get(key)
+        return None if hit is None else hit[1]
+
     def cached(self, key: str) -> AccountState | None:
         """This process's copy of the state, if fresh enough; None to read it."""
         hit = self._states.get(key)
