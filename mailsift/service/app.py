@@ -235,6 +235,8 @@ async def _link(state: ServiceState) -> None:
     await link.open()
     state.tokens.on_loop_verifier = TokenCache(link.pool, link.listener)
     state.accounts.pool = link.pool
+    state.alerts.pool = link.pool
+    state.audit.pool = link.pool
     link.listener.subscribe(CHANNEL_LOG, state.tail.appended)
     link.listener.on_connect(state.tail.wake)
 
