@@ -64,6 +64,8 @@ __all__ = ["ROUTERS", "create_app"]
 log = logging.getLogger("mailsift.app")
 
 DAY = 86_400.0
+NOTIFIED_POLL_SECONDS = 2.0
+"""How often a worker polls the training log while it hears of appends by notification."""
 RAW_PRUNE_SECONDS = 3600.0
 """How often a worker drops the raw bytes past ``raw_retention_days`` (any worker may)."""
 
@@ -268,5 +270,8 @@ async def _follow(state: ServiceState) -> None:
             raise
         except Exception as exc:  # keep following; the next round may succeed
             log.error("model follower: %s: %s", type(exc).__name__, exc)
-        # Woken at once by a notification of an append (PostgreSQL); else the poll.
-        await tail.wait(settings.log_poll_seconds)
+        # Woken at once by a notification of an append (PostgreSQL); else the poll,
+        # slower while notifications arrive (it only covers for one that went missing).
+        notified = state.pg is not None and state.pg.listener.connected
+        poll = settings.log_poll_seconds
+        await tail.wait(max(poll, NOTIFIED_POLL_SECONDS) if notified else poll)
