@@ -96,6 +96,10 @@ class BenchResult:
     by the worker that answered, were measured too (a rebuild at a lower CPU priority
     may make little headway while the workers are saturated)."""
     rebuild_errors: int = 0
+    db_cpu_ms_per_msg: float | None = None
+    """CPU time the PostgreSQL processes on this host spent per message (anyone else's
+    queries included), when the database is local: its share of the same cores. None
+    on SQLite or a remote database."""
     per_replica: tuple[ReplicaFigures, ...] | None = None
     """With several replicas, each one's share (the figures above are their total)."""
 
@@ -123,6 +127,7 @@ class BenchResult:
             "rebuild_busy_share": _rounded(self.rebuild_busy_share, 3),
             "rebuilds_in_phase": self.rebuilds_in_phase,
             "rebuild_errors": self.rebuild_errors,
+            "db_cpu_ms_per_msg": _rounded(self.db_cpu_ms_per_msg, 3),
             **extra,
         }
 
@@ -212,6 +217,7 @@ def run_bench(
                 if warmup:
                     asyncio.run(_drive(ports, "POST", payload[:warmup], concurrency, token))
                 cpu_before = [_cpu_seconds(server.pid) for server in servers]
+                db_before = _local_postgres_cpu()
                 client_cpu = _own_cpu_seconds()
                 measured, rebuilds = asyncio.run(
                     _measure(ports, payload, concurrency, token, admin_token)
@@ -221,6 +227,7 @@ def run_bench(
                     for server, before in zip(servers, cpu_before, strict=True)
                 ]
                 client_cpu = _own_cpu_seconds() - client_cpu
+                db_cpu = _db_cpu_spent(db_before, _local_postgres_cpu())
                 peaks = [_peak_rss(server.pid) for server in servers]
             finally:
                 for server in servers:
@@ -242,6 +249,7 @@ def run_bench(
         baseline_req_per_s=base,
         server_cpu_ms_per_msg=sum(cpu) * 1000 / max(1, len(latencies)),
         client_cpu_ms_per_msg=client_cpu * 1000 / max(1, len(latencies)),
+        db_cpu_ms_per_msg=None if db_cpu is None else db_cpu * 1000 / max(1, len(latencies)),
         per_replica=None
         if replicas == 1
         else tuple(
@@ -560,6 +568,34 @@ def _cpu_seconds(pid: int) -> float:
         fields = stat.rpartition(")")[2].split()  # after "(comm)", which may hold spaces
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return total
+
+
+def _local_postgres_cpu() -> dict[int, float] | None:
+    """CPU seconds so far of each process on this host named ``postgres`` (a local
+    PostgreSQL's server and backends); None when the bench does not use PostgreSQL."""
+    if not (Settings().database_url or "").startswith("postgres"):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")].startswith("postgres"):
+            fields = stat.rpartition(")")[2].split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def _db_cpu_spent(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """What the processes of :func:`_local_postgres_cpu` spent between two readings (a
+    backend started in between counts from zero; one that ended is missed)."""
+    if before is None or after is None or not after:
+        return None
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def _own_cpu_seconds() -> float:
