@@ -82,8 +82,10 @@ def main() -> None:
         command = [sys.executable, "-m", "mailsift.cli", "bench", args.corpus, "--json"]
         command += ["--direction", args.direction, "--concurrency", "16"]
         command += ["--replicas", str(args.replicas)] if args.replicas > 1 else ["--workers", "2"]
-        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-        result = json.loads(out)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        if done.returncode:
+            sys.exit(f"mailsift bench failed (peak connections {peak}): {done.stderr[-2000:]}")
+        result = json.loads(done.stdout)
         stop.set()
         watcher.join()
         time.sleep(1.0)

@@ -35,8 +35,9 @@ class PrivateCluster:
     """``initdb`` + ``pg_ctl`` in a temporary directory; :meth:`stop` and :meth:`start`
     take the database away and bring it back, as an outage would."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, *, max_connections: int = 200) -> None:
         self.bin_dir = bin_dir
+        self.max_connections = max_connections
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="mailsift-pg-"))
         self.data = self.root / "data"
@@ -63,7 +64,7 @@ class PrivateCluster:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c max_connections=200"
+            f"-c max_connections={self.max_connections}"
         )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
