@@ -163,3 +163,47 @@ def test_a_revoked_token_fails_at_once_in_a_worker_that_cached_it(
     first, second, hits, revoked = asyncio.run(run())
     assert first and second and hits == 1
     assert revoked
+
+
+def test_a_state_change_in_one_statement_is_a_compare_and_set_with_history(
+    settings: Settings, engine: Engine
+) -> None:
+    store = AccountStore(engine, settings)
+    user = f"cas-{time.time_ns()}@example.org"
+    now = time.time()
+
+    async def run() -> list[tuple[bool, str]]:
+        link = _link(settings)
+        await link.open()
+        try:
+            out = []
+            for state, expected in (("watch", "ok"), ("suspended", "ok"), ("suspended", "watch")):
+                changed, current = await store.set_state_on_loop(
+                    link.pool, user, state, f"to {state}", now, expected=expected
+                )
+                out.append((changed, current.state))
+            # Two workers judging at once from the same state: one changes it.
+            races = await asyncio.gather(
+                *(
+                    store.set_state_on_loop(
+                        link.pool, user, "watch", "race", now, expected="suspended"
+                    )
+                    for _ in range(6)
+                )
+            )
+            out.extend((changed, current.state) for changed, current in races)
+            return out
+        finally:
+            await link.aclose()
+
+    answers = asyncio.run(run())
+    assert answers[:3] == [(True, "watch"), (False, "watch"), (True, "suspended")]
+    assert [changed for changed, _ in answers[3:]].count(True) == 1
+    assert {state for _, state in answers[3:]} == {"watch"}
+    history = store.history(user)
+    assert [(h.old_state, h.new_state) for h in history] == [
+        ("suspended", "watch"),
+        ("watch", "suspended"),
+        ("ok", "watch"),
+    ]
+    assert store.get_state(user).state == "watch"

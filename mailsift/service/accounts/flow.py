@@ -193,6 +193,12 @@ async def _apply(
     """Write judged state changes, each a compare-and-set against the state judged from."""
     judgements = []
     for old, stats, new_state, reasons in changes:
+        if store.pool is not None:  # PostgreSQL: one statement, on the loop
+            changed, new = await store.set_state_on_loop(
+                store.pool, old.user, new_state, "; ".join(reasons), now, expected=old.state
+            )
+            judgements.append(_Judgement(old, new, changed, reasons, stats))
+            continue
         cas = functools.partial(store.set_state, expected=old.state)
         changed = await _call(store, cas, old.user, new_state, "; ".join(reasons), now)
         # After a lost compare-and-set another worker changed the state (and alerts for it).

@@ -39,6 +39,7 @@ from mailsift.service.accounts.states import STATE_CACHE_SECONDS, AccountStates
 from mailsift.service.accounts.usage import AccountUsage
 from mailsift.service.pg.admission import create_function
 from mailsift.service.pg.pool import AsyncPool
+from mailsift.service.pg.states import create_function as create_state_function
 from mailsift.service.settings import Settings
 
 __all__ = ["AccountStore", "normalise_user"]
@@ -81,6 +82,7 @@ class AccountStore:
         create_tables(engine)
         if engine.dialect.name == "postgresql":
             create_function(engine)
+            create_state_function(engine)
 
     @property
     def state_cache_seconds(self) -> float:
@@ -198,6 +200,22 @@ class AccountStore:
         """Move the user to ``state`` (compare-and-set with ``expected``); True when
         this call changed it."""
         return self.states.set_state(user, state, reason, now, expected=expected, by=by)
+
+    async def set_state_on_loop(
+        self,
+        pool: AsyncPool,
+        user: str,
+        state: RiskState,
+        reason: str,
+        now: float,
+        *,
+        expected: RiskState | None = None,
+    ) -> tuple[bool, AccountState]:
+        """:meth:`set_state` in one statement on the event loop (PostgreSQL): whether
+        this call changed it, and the state now."""
+        return await self.states.set_state_on_loop(
+            pool, user, state, reason, now, expected=expected
+        )
 
     def clear(self, user: str, by: str, now: float) -> AccountState:
         """An administrator's all-clear; the state before it.
