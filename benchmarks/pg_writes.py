@@ -4,12 +4,12 @@ replicas hold (#14, docs/scale-out.md).
     .venv/bin/python -m benchmarks.pg_writes [--replicas N] [--direction outbound]
 
 Creates a fresh database on the local PostgreSQL (MAILSIFT_BENCH_PG, default
-postgresql://127.0.0.1:5432/test names the server), runs ``mailsift bench`` against it,
-and prints one JSON object: the bench result, the rows each table gained, changed and
-lost per message and the transactions per message (pg_stat_* counters, read before the
-measured run by a baseline run of the same bench with --rounds 1 subtracted... kept
-simple: the whole run, the training phase's tables listed apart), and the most
-connections the bench database had open at once.
+postgresql://127.0.0.1:5432/test, names the server), runs ``mailsift bench`` against it
+and prints one JSON object: the bench result; per table of the state, the rows
+inserted, updated and deleted per scored request (``pg_stat_user_tables`` over the whole
+run, warm-up included; the training log's tables, written by the bench's training phase,
+left out); transactions per scored request (``pg_stat_database``, the training phase's
+few included); and the most connections the database had open at once.
 """
 
 from __future__ import annotations

@@ -7,5 +7,8 @@ synchronous engine would put every call in a thread. Here instead:
 * :mod:`.pool`: a small pool of psycopg async connections per worker, used on the loop;
 * :mod:`.notify`: one LISTEN connection per worker, which pushes training-log appends
   and token revocations to every replica, and reconnects by itself;
-* :mod:`.admission`: a sender's limit check and count as one statement.
+* :mod:`.link`: the two of them, opened and closed with the worker;
+* :mod:`.admission`: a sender's limit check and count as one statement;
+* :mod:`.states`: a sender's risk-state change (compare-and-set) as one statement;
+* :mod:`.incidents`: raising and resolving an alert incident, one statement each.
 """
