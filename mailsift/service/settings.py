@@ -92,6 +92,12 @@ class Settings(BaseSettings):
         description="A worker whose model has not been at the training log's head for "
         "this long says it is behind (`GET /v1/model`, metrics).",
     )
+    pg_listen_url: str | None = Field(
+        None,
+        description="PostgreSQL: where each worker LISTENs for notifications of appends "
+        "and revocations, when `MAILSIFT_DATABASE_URL` goes through a pooler in "
+        "transaction mode (PgBouncer), which cannot hold a LISTEN; unset = that URL.",
+    )
     pg_pool_size: int = Field(
         4,
         ge=1,

@@ -21,6 +21,7 @@ from mailsift.service.db import open_state_engine, resolve_url
 from mailsift.service.pg.link import PgLink, pg_link
 from mailsift.service.settings import Settings
 from mailsift.service.token_cache import TokenCache
+from tests.service.server import free_port
 
 
 @pytest.fixture
@@ -207,3 +208,37 @@ def test_a_state_change_in_one_statement_is_a_compare_and_set_with_history(
         ("ok", "watch"),
     ]
     assert store.get_state(user).state == "watch"
+
+
+def test_without_notifications_tokens_are_read_per_request_and_revocation_holds(
+    pg_url: str, tmp_path: Path, engine: Engine
+) -> None:
+    """A worker whose listener cannot connect (MAILSIFT_PG_LISTEN_URL pointing nowhere)
+    trusts no cached token: every request reads the row, so a revocation holds at once."""
+    closed = free_port()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=pg_url,
+        pg_listen_url=f"postgresql://postgres@127.0.0.1:{closed}/postgres",
+    )
+    tokens = TokenStore(engine)
+    info, secret = tokens.create("gateway", "mta-2")
+
+    async def run() -> tuple[bool, bool, bool, int, int]:
+        link = _link(settings)
+        await link.open()
+        cache = TokenCache(link.pool, link.listener)
+        try:
+            await asyncio.sleep(0.3)  # the listener has tried, and failed
+            first = await cache.verify(secret) is not None
+            second = await cache.verify(secret) is not None
+            await asyncio.to_thread(tokens.revoke, info.id)
+            revoked = await cache.verify(secret) is None
+            return link.listener.connected, first and second, revoked, cache.hits, cache.reads
+        finally:
+            await link.aclose()
+
+    connected, verified, revoked, hits, reads = asyncio.run(run())
+    assert not connected
+    assert verified and revoked
+    assert hits == 0 and reads == 3

@@ -33,4 +33,7 @@ def pg_link(settings: Settings) -> PgLink | None:
     url = resolve_url(settings.database_url, settings.data_dir)
     if url.get_backend_name() != "postgresql":
         return None
-    return PgLink(AsyncPool(url, size=settings.pg_pool_size), Listener(url))
+    listen = (
+        resolve_url(settings.pg_listen_url, settings.data_dir) if settings.pg_listen_url else url
+    )
+    return PgLink(AsyncPool(url, size=settings.pg_pool_size), Listener(listen))
