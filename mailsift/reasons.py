@@ -27,6 +27,7 @@ __all__ = [
     "DMARC_REJECT_POLICY_FAIL",
     "LABELLED_HAM",
     "LABELLED_SPAM",
+    "LIMITS_UNAVAILABLE",
     "LIMIT_PREFIX",
     "MIME_PREFIX",
     "MODEL",
@@ -85,6 +86,11 @@ DMARC_QUARANTINE_POLICY_FAIL = "dmarc_quarantine_policy_fail"
 DMARC_REJECT_POLICY_FAIL = "dmarc_reject_policy_fail"
 DMARC_PASS = "dmarc_pass"
 DKIM_PASS_ALIGNED = "dkim_pass_aligned"
+
+# -- sending limits ------------------------------------------------------------------------
+LIMITS_UNAVAILABLE = "limit_unavailable"
+"""Outbound: the sender's limits could not be checked (the state database is away), so
+the message is deferred: the gateway retries it, and nothing leaves uncounted."""
 
 # -- families ------------------------------------------------------------------------------
 DLP_PREFIX = "dlp_"

@@ -130,6 +130,15 @@ def bench(
             help="Rebuild the model back to back (POST /v1/model/rebuild) while measuring.",
         ),
     ] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Start N replicas of 1 worker each on the one database of "
+            "MAILSIFT_DATABASE_URL (--workers is then ignored); the result has per-replica "
+            "figures besides the total.",
+        ),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Start the service with W workers and measure messages/s, latency and memory."""
@@ -148,10 +157,12 @@ def bench(
         try:
             messages = read_corpus(corpus, phases)
             training = messages if model is None and all(m.label for m in messages) else []
-            starting = (
-                f"starting the service ({workers} worker{'s' if workers > 1 else ''}), "
-                "then the client's own ceiling (/healthz)"
+            serving = (
+                f"{replicas} replicas of 1 worker"
+                if replicas > 1
+                else f"{workers} worker{'s' if workers > 1 else ''}"
             )
+            starting = f"starting the service ({serving}), then the client's own ceiling (/healthz)"
             sent = len(messages) * rounds
             measuring = (
                 f"warm-up ({min(warmup, sent)} messages), then the measured run "
@@ -173,6 +184,7 @@ def bench(
                 direction=direction,
                 warmup=warmup,
                 rebuild_during=rebuild_during,
+                replicas=replicas,
             )
         except (CorpusError, TrainingLogError, RuntimeError) as exc:
             bar.stop()

@@ -56,6 +56,7 @@ from mailsift.service.db import (
     resolve_url,
     write_transaction,
 )
+from mailsift.service.pg.notify import CHANNEL_LOG, notify
 
 __all__ = [
     "DAY",
@@ -468,6 +469,9 @@ class TrainingLog:
             write_transaction(self._engine, dry_run=dry_run) as conn,
         ):
             yield conn
+            if not dry_run and conn.dialect.name == "postgresql":
+                # Every replica hears of the new head when this commits.
+                notify(conn, CHANNEL_LOG, str(log_rows.head(conn)))
 
     @contextmanager
     def _reading(self, action: str) -> Iterator[Connection]:

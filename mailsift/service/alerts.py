@@ -47,6 +47,8 @@ from mailsift.service.db import (
     write_transaction,
 )
 from mailsift.service.monitor import mail_alert
+from mailsift.service.pg import incidents
+from mailsift.service.pg.pool import AsyncPool
 from mailsift.service.settings import Settings
 
 __all__ = ["Alerter"]
@@ -91,6 +93,10 @@ class Alerter:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._last_delivery: asyncio.Task[bool] | None = None
         self._nowait = nowait_engine(engine)
+        self.pool: AsyncPool | None = None
+        """Set by the app on PostgreSQL: each raise and resolve is one statement on the
+        event loop (:mod:`mailsift.service.pg.incidents`)."""
+        self._next_prune = 0.0
         with write_transaction(engine, lock_key=lock_key_for("alerts:schema")) as conn:
             _metadata.create_all(conn)
 
@@ -102,7 +108,13 @@ class Alerter:
         now = time.time() if now is None else now
         kind, key = kind[:MAX_KIND], key[:MAX_KEY]
         try:
-            opened = await self._store(self._claim, kind, key, now)
+            if self.pool is not None:
+                opened = await incidents.claim(self.pool, kind, key, now, self.quiet_seconds)
+                if opened is not None and now >= self._next_prune:
+                    self._next_prune = now + self.quiet_seconds / 10
+                    await incidents.prune(self.pool, now - 2 * self.quiet_seconds)
+            else:
+                opened = await self._store(self._claim, kind, key, now)
         except Exception as exc:
             log.error("alert %s for %s not recorded: %s", kind, key, type(exc).__name__)
             return False
@@ -137,6 +149,8 @@ class Alerter:
         """Close an incident so that the next raise fires again; True if one was open."""
         kind, key = kind[:MAX_KIND], key[:MAX_KEY]
         try:
+            if self.pool is not None:
+                return await incidents.resolve(self.pool, kind, key, None)
             return await self._store(self._resolve, kind, key, None)
         except Exception as exc:
             log.error("alert %s for %s not resolved: %s", kind, key, type(exc).__name__)
@@ -265,7 +279,10 @@ class Alerter:
         log.error("alert %s for %s not delivered to the webhook: %s", kind, key, problem)
         try:
             # Undelivered: let the next raise of this incident try again.
-            await self._store(self._resolve, kind, key, opened_at)
+            if self.pool is not None:
+                await incidents.resolve(self.pool, kind, key, opened_at)
+            else:
+                await self._store(self._resolve, kind, key, opened_at)
         except Exception as exc:
             log.error("alert %s for %s: %s", kind, key, type(exc).__name__)
         return False

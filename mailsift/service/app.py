@@ -19,6 +19,7 @@ from mailsift import __version__
 from mailsift.learning.learner import Learner
 from mailsift.learning.outbound import OutboundQuota
 from mailsift.learning.published import PublishedModels
+from mailsift.learning.tail import LogTail
 from mailsift.learning.trainlog import open_training_log
 from mailsift.service import monitor
 from mailsift.service.accounts.flow import flush_outbound, run_flusher
@@ -38,6 +39,8 @@ from mailsift.service.http.operations import document_links, document_refusals, 
 from mailsift.service.lists.store import ListStore
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
+from mailsift.service.pg.link import pg_link
+from mailsift.service.pg.notify import CHANNEL_LOG
 from mailsift.service.rebuilds import RebuildScheduler
 from mailsift.service.routers import (
     accounts,
@@ -55,12 +58,15 @@ from mailsift.service.routers import (
 from mailsift.service.routers import metrics as metrics_router
 from mailsift.service.settings import Settings, get_settings
 from mailsift.service.state import ServiceState
+from mailsift.service.token_cache import TokenCache
 
 __all__ = ["ROUTERS", "create_app"]
 
 log = logging.getLogger("mailsift.app")
 
 DAY = 86_400.0
+NOTIFIED_POLL_SECONDS = 2.0
+"""How often a worker polls the training log while it hears of appends by notification."""
 RAW_PRUNE_SECONDS = 3600.0
 """How often a worker drops the raw bytes past ``raw_retention_days`` (any worker may)."""
 
@@ -102,9 +108,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await _open_state(settings)
+        await _link(state)
         learner = state.learner
         await run_in_threadpool(learner.load_initial)
         replayed = await learner.catch_up()
+        state.tail.caught_up(learner.position, at_end=True)
         log.info("ready at log position %d (%d entries replayed)", learner.position, replayed)
         app.state.mailsift = state
         # What start-up loaded (the model above all) lives as long as the worker: out of
@@ -142,6 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.rebuilds.aclose()
             await state.gateway_seen.aclose()
             await state.alerts.aclose()
+            if state.pg is not None:
+                await state.pg.aclose()
             state.trainlog.close()
             state.accounts.close()
             state.outbound_quota.close()
@@ -213,9 +223,26 @@ async def _open_state(settings: Settings) -> ServiceState:
                 settings.history_retention_hours,
                 settings.history_max_mb * 1024 * 1024,
             ),
+            tail=LogTail(settings.replica_behind_seconds),
+            pg=pg_link(settings),
         )
 
     return await run_in_threadpool(build)
+
+
+async def _link(state: ServiceState) -> None:
+    """PostgreSQL: open the worker's pool and listener, and hand them to what uses them
+    per message (tokens, admission) and to the log follower (appends, reconnections)."""
+    link = state.pg
+    if link is None:
+        return
+    await link.open()
+    state.tokens.on_loop_verifier = TokenCache(link.pool, link.listener)
+    state.accounts.pool = link.pool
+    state.alerts.pool = link.pool
+    state.audit.pool = link.pool
+    link.listener.subscribe(CHANNEL_LOG, state.tail.appended)
+    link.listener.on_connect(state.tail.wake)
 
 
 async def _follow(state: ServiceState) -> None:
@@ -224,9 +251,11 @@ async def _follow(state: ServiceState) -> None:
     learner, settings = state.learner, state.settings
     loop = asyncio.get_running_loop()
     next_check = next_prune = loop.time()
+    tail = state.tail
     while True:
         try:
             await learner.catch_up()
+            tail.caught_up(learner.position, at_end=True)
             if loop.time() >= next_check:
                 next_check = loop.time() + settings.snapshot_check_seconds
                 newest = await run_in_threadpool(learner.published.newest)
@@ -243,4 +272,8 @@ async def _follow(state: ServiceState) -> None:
             raise
         except Exception as exc:  # keep following; the next round may succeed
             log.error("model follower: %s: %s", type(exc).__name__, exc)
-        await asyncio.sleep(settings.log_poll_seconds)
+        # Woken at once by a notification of an append (PostgreSQL); else the poll,
+        # slower while notifications arrive (it only covers for one that went missing).
+        notified = state.pg is not None and state.pg.listener.connected
+        poll = settings.log_poll_seconds
+        await tail.wait(max(poll, NOTIFIED_POLL_SECONDS) if notified else poll)

@@ -11,8 +11,9 @@ the row and the digest is compared in constant time. Roles:
   and nothing else (not their lists);
 * ``admin``   — everything.
 
-Revocation is read on every request (no cache), so a revoked token fails at once in
-every worker and replica.
+On SQLite the token's row is read on every request (no cache), so a revoked token fails
+at once in every worker. On PostgreSQL a verified token is cached per worker and a
+revocation is pushed to every replica by notification (:mod:`.token_cache`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, Request
 from sqlalchemy import (
@@ -54,8 +55,10 @@ from mailsift.service.db import (
     raw_runner,
     write_transaction,
 )
-from mailsift.service.errors import Forbidden, Unauthorized
+from mailsift.service.errors import Forbidden, StateUnavailable, Unauthorized
 from mailsift.service.identity import optional_identity
+from mailsift.service.pg.notify import CHANNEL_TOKENS, notify
+from mailsift.service.pg.pool import Unreachable
 from mailsift.service.settings import Settings
 
 __all__ = [
@@ -148,6 +151,9 @@ class TokenStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._nowait = nowait_engine(engine)
+        self.on_loop_verifier: OnLoopVerifier | None = None
+        """Set by the app on PostgreSQL: verifies on the event loop (cached, revocations
+        pushed); None: :meth:`verify` reads the row for every request."""
         with write_transaction(engine) as conn:
             _metadata.create_all(conn)
 
@@ -195,6 +201,9 @@ class TokenStore:
                 .where(_tokens.c.id == token_id, _tokens.c.revoked_at.is_(None))
                 .values(revoked_at=time.time())
             )
+            # Every replica's cache drops it when this commits (PostgreSQL; SQLite
+            # workers read the row for every request).
+            notify(conn, CHANNEL_TOKENS, token_id)
         return bool(done.rowcount)
 
     @property
@@ -221,12 +230,37 @@ class TokenStore:
         else:
             with self.engine.connect() as conn:
                 row = core_runner(conn)(_ACTIVE_TOKEN, {"id": token_id})
-        if row is None or not hmac.compare_digest(str(row[3]), _digest(secret)):
-            return None
-        role = _ROLE_OF.get(str(row[1]))
-        if role is None:  # not a role this version knows: grant nothing
-            return None
-        return Principal(str(row[0]), role, frozenset(json.loads(str(row[2]))))
+        return principal_of(row, secret)
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """(id, secret) of a well-formed token; None otherwise."""
+    found = _TOKEN.match(token)
+    return None if found is None else (found.group(1), found.group(2))
+
+
+ACTIVE_TOKEN_SQL = (
+    "SELECT name, role, addresses, digest FROM api_tokens WHERE id = %s AND revoked_at IS NULL"
+)
+""":data:`_ACTIVE_TOKEN` for a psycopg connection (PostgreSQL, on the event loop)."""
+
+
+def principal_of(row: Sequence[Any] | None, secret: str) -> Principal | None:
+    """The principal of an active token's row (name, role, addresses, digest) if
+    ``secret`` is its secret; None otherwise."""
+    if row is None or not hmac.compare_digest(str(row[3]), _digest(secret)):
+        return None
+    role = _ROLE_OF.get(str(row[1]))
+    if role is None:  # not a role this version knows: grant nothing
+        return None
+    return Principal(str(row[0]), role, frozenset(json.loads(str(row[2]))))
+
+
+class OnLoopVerifier(Protocol):
+    """Checks tokens on the event loop without a thread (PostgreSQL: see
+    :mod:`mailsift.service.token_cache`)."""
+
+    async def verify(self, token: str) -> Principal | None: ...
 
 
 @dataclass(slots=True)
@@ -279,10 +313,20 @@ async def stored_principal(request: Request, store: TokenStore) -> Principal:
     A gateway calls with a stored token for every message: on SQLite its row is read on
     the loop itself, a primary-key read of some microseconds. In a thread, the hop and
     the query took 0.4 ms of a worker's CPU per message, a quarter of all it spends on
-    an inbound message under ``mailsift bench``. PostgreSQL (a round trip) stays in a
-    thread.
+    an inbound message under ``mailsift bench``. On PostgreSQL the app sets
+    ``store.on_loop_verifier`` (a cache whose revocations are pushed to every replica);
+    without one, a round trip in a thread.
     """
     token = _bearer(request)
+    verifier = store.on_loop_verifier
+    if verifier is not None:
+        try:
+            principal = await verifier.verify(token)
+        except Unreachable:
+            raise StateUnavailable("the token store cannot be reached") from None
+        if principal is None:
+            raise Unauthorized("the token is unknown or revoked")
+        return principal
     on_loop = functools.partial(store.verify, token, nowait=True) if store.on_loop else None
     principal = await nowait_first(on_loop, functools.partial(store.verify, token))
     if principal is None:

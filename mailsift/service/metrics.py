@@ -74,6 +74,7 @@ __all__ = [
     "observe_verdict",
     "prepare_multiprocess_dir",
     "publish_model",
+    "publish_tail",
     "read_model_facts",
 ]
 
@@ -168,6 +169,19 @@ LOG_POSITION = Gauge(
 LOG_LAG = Gauge(
     "mailsift_training_log_lag_entries",
     "Training-log entries the scraped worker has not applied yet (head - position).",
+    multiprocess_mode="mostrecent",
+    registry=_registry,
+)
+LOG_BEHIND = Gauge(
+    "mailsift_training_log_behind",
+    "1 when the scraped worker has not been at the training log's head for "
+    "MAILSIFT_REPLICA_BEHIND_SECONDS (entries unapplied, or the log unreadable), else 0.",
+    multiprocess_mode="mostrecent",
+    registry=_registry,
+)
+LOG_AT_HEAD_AGE = Gauge(
+    "mailsift_training_log_at_head_age_seconds",
+    "Seconds since the scraped worker last knew its model was at the training log's head.",
     multiprocess_mode="mostrecent",
     registry=_registry,
 )
@@ -419,6 +433,24 @@ def observe_model(state: ModelHost, now: float | None = None) -> ModelFacts:
     facts = read_model_facts(state.learner, state.trainlog)
     publish_model(facts, now)
     return facts
+
+
+class _Tail(Protocol):
+    head: int
+
+    def saw_head(self, head: int) -> None: ...
+    def caught_up(self, position: int, *, at_end: bool) -> None: ...
+    def behind(self, now: float | None = None) -> bool: ...
+    def unconfirmed_seconds(self, now: float | None = None) -> float: ...
+
+
+def publish_tail(tail: _Tail, facts: ModelFacts) -> None:
+    """Set whether the worker is behind the log's head (``facts`` were read just now)."""
+    if facts.head is not None:
+        tail.saw_head(facts.head)
+        tail.caught_up(facts.position, at_end=False)
+    LOG_BEHIND.set(int(tail.behind()))
+    LOG_AT_HEAD_AGE.set(tail.unconfirmed_seconds())
 
 
 def observe_health(gateway_last_seen: dict[str, float | None], disk_free_bytes: int | None) -> None:

@@ -122,6 +122,16 @@ class ModelOut(BaseModel):
     """The published (rebuilt) model this one derives from; 0: none yet."""
     worker: int
     """Process id of the worker that answered (several workers each replay the log)."""
+    lag: int = 0
+    """Entries committed to the log that this worker has not applied yet."""
+    behind: bool = False
+    """True when this worker has not been at the log's head for
+    MAILSIFT_REPLICA_BEHIND_SECONDS (entries unapplied, or the log unreadable)."""
+    at_head_seconds_ago: float = 0.0
+    """Seconds since this worker last knew its model was at the log's head."""
+    notifications: bool | None = None
+    """PostgreSQL: whether this worker hears of appends and revocations as they commit
+    (LISTEN/NOTIFY); while false it polls. None on SQLite (workers poll a local file)."""
 
 
 class RebuildSummary(BaseModel):

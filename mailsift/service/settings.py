@@ -79,7 +79,31 @@ class Settings(BaseSettings):
 
     # Training log replay and snapshots.
     log_poll_seconds: float = Field(
-        0.25, gt=0, le=60, description="How often each worker looks for new training-log entries."
+        0.25,
+        gt=0,
+        le=60,
+        description="How often each worker looks for new training-log entries (on "
+        "PostgreSQL, while notifications of appends arrive, every 2 s at most: they wake "
+        "it at once).",
+    )
+    replica_behind_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="A worker whose model has not been at the training log's head for "
+        "this long says it is behind (`GET /v1/model`, metrics).",
+    )
+    pg_listen_url: str | None = Field(
+        None,
+        description="PostgreSQL: where each worker LISTENs for notifications of appends "
+        "and revocations, when `MAILSIFT_DATABASE_URL` goes through a pooler in "
+        "transaction mode (PgBouncer), which cannot hold a LISTEN; unset = that URL.",
+    )
+    pg_pool_size: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="PostgreSQL: connections each worker keeps for the calls made per "
+        "message (besides its engine's for the rest, and one listening for notifications).",
     )
     snapshot_every_entries: int = Field(
         500, ge=1, description="Write a snapshot after this many new log entries…"

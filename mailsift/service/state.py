@@ -8,6 +8,7 @@ from sqlalchemy import Engine
 
 from mailsift.learning.learner import Learner
 from mailsift.learning.outbound import OutboundQuota
+from mailsift.learning.tail import LogTail
 from mailsift.learning.trainlog import TrainingLog
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
@@ -18,6 +19,7 @@ from mailsift.service.dlp.config import DlpConfig
 from mailsift.service.history import MessageHistory
 from mailsift.service.lists.store import ListStore
 from mailsift.service.monitor import GatewaySeen
+from mailsift.service.pg.link import PgLink
 from mailsift.service.rebuilds import RebuildScheduler
 from mailsift.service.settings import Settings
 
@@ -40,6 +42,9 @@ class ServiceState:
     feedback_limiter: FeedbackLimiter
     rebuilds: RebuildScheduler
     history: MessageHistory
+    tail: LogTail
+    pg: PgLink | None = None
+    """PostgreSQL: this worker's async pool and notification listener."""
 
     @property
     def model_ready(self) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mailsift.learning.rebuild import publish, rebuild_lock, rebuild_model
 from mailsift.learning.trainlog import open_training_log
@@ -38,6 +39,30 @@ from mailsift.training.corpus import LabelledMessage
 from mailsift.training.train import train_log
 
 __all__ = ["BenchResult", "run_bench"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFigures:
+    """One replica's share of a run with several."""
+
+    requests: int
+    errors: int
+    msgs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_ms_per_msg: float
+    rss_mb: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "msgs_per_s": round(self.msgs_per_s, 1),
+            "p50_ms": round(self.p50_ms, 2),
+            "p99_ms": round(self.p99_ms, 2),
+            "server_cpu_ms_per_msg": round(self.server_cpu_ms_per_msg, 3),
+            "rss_mb": round(self.rss_mb, 1),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +96,17 @@ class BenchResult:
     by the worker that answered, were measured too (a rebuild at a lower CPU priority
     may make little headway while the workers are saturated)."""
     rebuild_errors: int = 0
+    db_cpu_ms_per_msg: float | None = None
+    """CPU time the PostgreSQL processes on this host spent per message (anyone else's
+    queries included), when the database is local: its share of the same cores. None
+    on SQLite or a remote database."""
+    per_replica: tuple[ReplicaFigures, ...] | None = None
+    """With several replicas, each one's share (the figures above are their total)."""
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.per_replica is not None:
+            extra["replicas"] = [r.as_dict() for r in self.per_replica]
         return {
             "msgs_per_s": round(self.msgs_per_s, 1),
             "p50_ms": round(self.p50_ms, 2),
@@ -93,6 +127,8 @@ class BenchResult:
             "rebuild_busy_share": _rounded(self.rebuild_busy_share, 3),
             "rebuilds_in_phase": self.rebuilds_in_phase,
             "rebuild_errors": self.rebuild_errors,
+            "db_cpu_ms_per_msg": _rounded(self.db_cpu_ms_per_msg, 3),
+            **extra,
         }
 
 
@@ -112,6 +148,7 @@ def run_bench(
     direction: str = "inbound",
     warmup: int = 0,
     rebuild_during: bool = False,
+    replicas: int = 1,
 ) -> BenchResult:
     """Start a server, send every message ``rounds`` times, stop it, report.
 
@@ -129,7 +166,15 @@ def run_bench(
     ``rebuild_during``: from the start of the measured run until its end, an administrator
     asks for rebuilds back to back (``POST /v1/model/rebuild``); the last one is waited
     for. Scheduled rebuilds are off in either case: the bench decides when they run.
+
+    ``replicas`` > 1 starts that many servers of one worker each (``workers`` is then
+    ignored), each with its own data dir, all on the one database of
+    ``MAILSIFT_DATABASE_URL`` (required then: replicas share learning and limits only
+    through it); the load generator spreads its connections over them and the result
+    has figures per replica too.
     """
+    if replicas > 1 and not Settings().database_url:
+        raise RuntimeError("--replicas needs MAILSIFT_DATABASE_URL: replicas share one database")
     data_dir = Path(tempfile.mkdtemp(prefix="mailsift-bench-"))
     try:
         settings = Settings(data_dir=data_dir)
@@ -141,74 +186,142 @@ def run_bench(
             _stored_token(settings, "gateway") as token,
             _stored_token(settings, "admin") if rebuild_during else nullcontext() as admin_token,
         ):
-            port = _free_port()
             env = {
                 **os.environ,
-                "MAILSIFT_DATA_DIR": str(data_dir),
                 "MAILSIFT_REBUILD_EVERY_ENTRIES": "0",
                 "MAILSIFT_REBUILD_EVERY_SECONDS": "0",
             }
             env.pop("MAILSIFT_ADMIN_TOKEN", None)
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mailsift.cli",
-                    "serve",
-                    "--port",
-                    str(port),
-                    "--workers",
-                    str(workers),
-                    "--admin-port",
-                    "0",
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            # Replicas stand for separate hosts: each its own data dir (snapshot cache,
+            # message history), one database between them.
+            servers = [
+                _Server(data_dir if replicas == 1 else data_dir / f"replica{i}", env)
+                for i in range(replicas)
+            ]
             try:
-                _wait_ready(port, workers, server)
+                for server in servers:
+                    server.start(workers if replicas == 1 else 1)
+                for server in servers:
+                    server.wait_ready()
+                ports = [server.port for server in servers]
                 base = None
                 if baseline:
-                    base_latencies, base_seconds, _ = asyncio.run(
-                        _drive(port, "GET", [("/healthz", b"")] * 5000, concurrency, token)
+                    base_run = asyncio.run(
+                        _drive(ports, "GET", [("/healthz", b"")] * 5000, concurrency, token)
                     )
-                    base = len(base_latencies) / base_seconds
+                    base = base_run.requests / base_run.seconds
                 payload = [
                     (_score_path(direction, i), body)
                     for i, body in enumerate(list(messages) * rounds)
                 ]
                 if warmup:
-                    asyncio.run(_drive(port, "POST", payload[:warmup], concurrency, token))
-                server_cpu, client_cpu = _cpu_seconds(server.pid), _own_cpu_seconds()
-                (latencies, seconds, errors), rebuilds = asyncio.run(
-                    _measure(port, payload, concurrency, token, admin_token)
+                    asyncio.run(_drive(ports, "POST", payload[:warmup], concurrency, token))
+                cpu_before = [_cpu_seconds(server.pid) for server in servers]
+                db_before = _local_postgres_cpu()
+                client_cpu = _own_cpu_seconds()
+                measured, rebuilds = asyncio.run(
+                    _measure(ports, payload, concurrency, token, admin_token)
                 )
-                server_cpu = _cpu_seconds(server.pid) - server_cpu
+                cpu = [
+                    _cpu_seconds(server.pid) - before
+                    for server, before in zip(servers, cpu_before, strict=True)
+                ]
                 client_cpu = _own_cpu_seconds() - client_cpu
-                rss, rss_total = _peak_rss(server.pid)
+                db_cpu = _db_cpu_spent(db_before, _local_postgres_cpu())
+                peaks = [_peak_rss(server.pid) for server in servers]
             finally:
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
+                for server in servers:
+                    server.stop()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
+    latencies, seconds = measured.latencies, measured.seconds
     ordered = sorted(latencies)
     result = BenchResult(
         requests=len(latencies),
-        errors=errors,
+        errors=measured.errors,
         seconds=seconds,
         msgs_per_s=len(latencies) / seconds,
         p50_ms=_pct(ordered, 50),
         p95_ms=_pct(ordered, 95),
         p99_ms=_pct(ordered, 99),
-        rss_mb=rss,
-        rss_total_mb=rss_total,
+        rss_mb=max(peak for peak, _ in peaks),
+        rss_total_mb=sum(total for _, total in peaks),
         baseline_req_per_s=base,
-        server_cpu_ms_per_msg=server_cpu * 1000 / max(1, len(latencies)),
+        server_cpu_ms_per_msg=sum(cpu) * 1000 / max(1, len(latencies)),
         client_cpu_ms_per_msg=client_cpu * 1000 / max(1, len(latencies)),
+        db_cpu_ms_per_msg=None if db_cpu is None else db_cpu * 1000 / max(1, len(latencies)),
+        per_replica=None
+        if replicas == 1
+        else tuple(
+            _replica_figures(measured, i, seconds, cpu[i], peaks[i][1]) for i in range(replicas)
+        ),
     )
     return result if rebuilds is None else rebuilds.onto(result)
+
+
+def _replica_figures(
+    measured: _Driven, replica: int, seconds: float, cpu: float, rss_mb: float
+) -> ReplicaFigures:
+    mine = sorted(
+        ms for ms, at in zip(measured.latencies, measured.replica, strict=True) if at == replica
+    )
+    errors = sum(1 for at in measured.failed_at if at == replica)
+    return ReplicaFigures(
+        requests=len(mine),
+        errors=errors,
+        msgs_per_s=len(mine) / seconds,
+        p50_ms=_pct(mine, 50),
+        p99_ms=_pct(mine, 99),
+        server_cpu_ms_per_msg=cpu * 1000 / max(1, len(mine)),
+        rss_mb=rss_mb,
+    )
+
+
+class _Server:
+    """One ``mailsift serve`` (a replica) on a free port, its data dir ``data_dir``."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = {**env, "MAILSIFT_DATA_DIR": str(data_dir)}
+        self.port = _free_port()
+        self.workers = 1
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, workers: int) -> None:
+        self.workers = workers
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailsift.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--admin-port",
+                "0",
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None
+        _wait_ready(self.port, self.workers, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
 
 
 def _publish_trained(settings: Settings, training: Sequence[LabelledMessage]) -> None:
@@ -250,19 +363,42 @@ def _score_path(direction: str, i: int) -> str:
     return "/v1/score?direction=inbound"
 
 
+@dataclass(slots=True)
+class _Driven:
+    """What one :func:`_drive` measured: each answer's latency and the replica (index
+    into the ports) that gave it; the replicas of the failed ones."""
+
+    latencies: list[float]
+    replica: list[int]
+    failed_at: list[int]
+    seconds: float
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def errors(self) -> int:
+        return len(self.failed_at)
+
+
 async def _drive(
-    port: int, method: str, requests: Sequence[tuple[str, bytes]], concurrency: int, token: str
-) -> tuple[list[float], float, int]:
-    """``concurrency`` keep-alive connections pull the next request from a shared queue."""
+    ports: Sequence[int],
+    method: str,
+    requests: Sequence[tuple[str, bytes]],
+    concurrency: int,
+    token: str,
+) -> _Driven:
+    """``concurrency`` keep-alive connections, spread evenly over the replicas' ports,
+    pull the next request from a shared queue (a replica that answers faster gets more,
+    as behind a least-busy load balancer)."""
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     for request in requests:
         queue.put_nowait(request)
-    latencies: list[float] = []
-    errors = 0
+    driven = _Driven([], [], [], 0.0)
 
-    async def connection() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connection(replica: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[replica])
         try:
             while not queue.empty():
                 path, body = queue.get_nowait()
@@ -273,15 +409,17 @@ async def _drive(
                 )
                 writer.write(head.encode() + body)
                 status = await _read_response(reader)
-                latencies.append((time.perf_counter() - start) * 1000)
+                driven.latencies.append((time.perf_counter() - start) * 1000)
+                driven.replica.append(replica)
                 if status != 200:
-                    errors += 1
+                    driven.failed_at.append(replica)
         finally:
             writer.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started, errors
+    await asyncio.gather(*(connection(i % len(ports)) for i in range(concurrency)))
+    driven.seconds = time.perf_counter() - started
+    return driven
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,20 +446,21 @@ class _Rebuilds:
 
 
 async def _measure(
-    port: int,
+    ports: Sequence[int],
     requests: Sequence[tuple[str, bytes]],
     concurrency: int,
     token: str,
     admin_token: str | None,
-) -> tuple[tuple[list[float], float, int], _Rebuilds | None]:
-    """:func:`_drive` the scoring requests; with ``admin_token``, rebuilds meanwhile."""
+) -> tuple[_Driven, _Rebuilds | None]:
+    """:func:`_drive` the scoring requests; with ``admin_token``, rebuilds meanwhile
+    (asked of the first replica)."""
     if admin_token is None:
-        return await _drive(port, "POST", requests, concurrency, token), None
+        return await _drive(ports, "POST", requests, concurrency, token), None
     stop = asyncio.Event()
-    rebuilding = asyncio.create_task(_rebuild_until(stop, port, admin_token))
+    rebuilding = asyncio.create_task(_rebuild_until(stop, ports[0], admin_token))
     started = time.perf_counter()
     try:
-        measured = await _drive(port, "POST", requests, concurrency, token)
+        measured = await _drive(ports, "POST", requests, concurrency, token)
     finally:
         stop.set()
     ended = time.perf_counter()
@@ -429,6 +568,34 @@ def _cpu_seconds(pid: int) -> float:
         fields = stat.rpartition(")")[2].split()  # after "(comm)", which may hold spaces
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return total
+
+
+def _local_postgres_cpu() -> dict[int, float] | None:
+    """CPU seconds so far of each process on this host named ``postgres`` (a local
+    PostgreSQL's server and backends); None when the bench does not use PostgreSQL."""
+    if not (Settings().database_url or "").startswith("postgres"):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")].startswith("postgres"):
+            fields = stat.rpartition(")")[2].split()
+            found[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def _db_cpu_spent(before: dict[int, float] | None, after: dict[int, float] | None) -> float | None:
+    """What the processes of :func:`_local_postgres_cpu` spent between two readings (a
+    backend started in between counts from zero; one that ended is missed)."""
+    if before is None or after is None or not after:
+        return None
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 def _own_cpu_seconds() -> float:

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailsift.learning.learner import ModelStatus
+from mailsift.learning.tail import LogTail
 from mailsift.learning.trainlog import LogEntry, TrainingLogError
 from mailsift.reasons import limit_reason
 from mailsift.service import metrics
@@ -85,6 +86,7 @@ class StubLog:
 class StubState:
     learner: StubLearner
     trainlog: StubLog
+    tail: LogTail = field(default_factory=lambda: LogTail(behind_after=5.0))
 
 
 def build_app(state: StubState) -> FastAPI:
@@ -236,8 +238,22 @@ def test_model_gauges_describe_the_scraped_worker(client: TestClient, state: Stu
     state.learner.position = 9  # the worker catches up
     samples = scrape(client)
     assert value(samples, "mailsift_training_log_lag_entries") == 0
+    assert value(samples, "mailsift_training_log_behind") == 0
     assert value(samples, "mailsift_model_info", version="snap+4") == 1
     assert ("mailsift_model_info", frozenset({("version", "snap+2")})) not in samples
+
+
+def test_a_worker_long_short_of_the_head_is_behind(client: TestClient, state: StubState) -> None:
+    state.tail.behind_after = 0.05
+    samples = scrape(client)  # 7 of 9 applied: not at the head
+    assert value(samples, "mailsift_training_log_behind") == 0  # not for long yet
+    time.sleep(0.1)
+    samples = scrape(client)
+    assert value(samples, "mailsift_training_log_behind") == 1
+    assert value(samples, "mailsift_training_log_at_head_age_seconds") >= 0.05
+    state.learner.position = 9
+    samples = scrape(client)
+    assert value(samples, "mailsift_training_log_behind") == 0
 
 
 def test_unknown_ages_and_an_unreadable_log_are_nan_not_zero(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from dataclasses import replace
 
 from sqlalchemy import ColumnElement, Table, func, select
 
@@ -43,9 +44,11 @@ from mailsift.service.db import (
     nowait_raw_transaction,
     raw_runner,
 )
+from mailsift.service.pg import admission as pg_admission
+from mailsift.service.pg.pool import AsyncPool
 from mailsift.service.settings import Settings
 
-__all__ = ["SendingCounters"]
+__all__ = ["SendingCounters", "decide"]
 
 log = logging.getLogger("mailsift.accounts")
 
@@ -168,15 +171,9 @@ class SendingCounters:
             },
         )
         assert row is not None  # an aggregate: always one row
-        messages_hour, recipients_hour, messages_day = int(row[0]), int(row[1]), int(row[2])
-        wanted = {
-            "messages_per_hour": messages_hour + 1,
-            "messages_per_day": messages_day + 1,
-            "recipients_per_hour": recipients_hour + rcpts,
-        }
-        exceeded = tuple(name for name in LIMIT_NAMES if 0 < limits.of(name) < wanted[name])
-        record = not exceeded and not dry_run
-        if record:
+        before = (int(row[0]), int(row[1]), int(row[2]))
+        decision = decide(key, limits, rcpts, before, dry_run=dry_run)
+        if decision.recorded:
             run(
                 _HOT_SENT,
                 {
@@ -188,22 +185,40 @@ class SendingCounters:
                     "spam": 0,
                 },
             )
-            messages_hour, recipients_hour, messages_day = (
-                wanted["messages_per_hour"],
-                wanted["recipients_per_hour"],
-                wanted["messages_per_day"],
-            )
-        return SendingDecision(
+        return decision
+
+    async def admit_on_loop(
+        self, pool: AsyncPool, user: str, recipients: list[str], now: float
+    ) -> tuple[SendingDecision, AccountState]:
+        """:meth:`admit` on PostgreSQL in one statement on the event loop
+        (:func:`~mailsift.service.pg.admission.admit`): same lock, same rule, same rows.
+        Raises :class:`~mailsift.service.pg.pool.Unreachable` when the database is away."""
+        key = normalise_user(user)
+        limits = self.limits_for(key)
+        rcpts = _recipients(recipients)
+        cached = self.states.cached(key)
+        read_at = time.monotonic()
+        row = await pg_admission.admit(
+            pool,
             user=key,
-            allowed=not exceeded,
-            exceeded=exceeded,
-            limits=limits,
-            messages_hour=messages_hour,
-            messages_day=messages_day,
-            recipients_hour=recipients_hour,
-            recipients=rcpts,
-            recorded=record,
+            lock=user_lock(key),
+            minute=int(now // 60),
+            recipients=len(rcpts),
+            limits=(limits.messages_per_hour, limits.messages_per_day, limits.recipients_per_hour),
+            dry_run=cached is not None and cached.state == "suspended",
+            read_state=cached is None,
         )
+        account = cached or account_state(key, row.state)
+        if cached is None:
+            self.states.remember(account, read_at)
+        before = (row.messages_hour, row.recipients_hour, row.messages_day)
+        decision = decide(key, limits, len(rcpts), before, dry_run=account.state == "suspended")
+        if decision.recorded != row.recorded:  # the same rule on both sides: never
+            log.error("admission of %s: the database and this process disagree", key)
+            decision = replace(decision, recorded=row.recorded)
+        if decision.recorded:
+            self.queue.queue_sent(key, rcpts, now)
+        return decision, account
 
     def record_auth_failure(self, user: str, client_ip: str, now: float) -> int:
         """Count one failed login; returns the user's failures in the risk window."""
@@ -260,6 +275,39 @@ def _expired(now: float) -> list[tuple[Table, ColumnElement[bool]]]:
         (schema.hours, schema.hours.c.hour < hour - HOUR_RETENTION),
         (schema.domains, schema.domains.c.last_seen < now - DOMAIN_RETENTION_SECONDS),
     ]
+
+
+def decide(
+    key: str, limits: Limits, rcpts: int, before: tuple[int, int, int], *, dry_run: bool
+) -> SendingDecision:
+    """Whether one message of ``rcpts`` recipients fits, given the counts before it
+    (messages this hour, recipients this hour, messages today). Pure: the synchronous
+    path and the one-statement path (whose SQL applies the same rule) both use it."""
+    messages_hour, recipients_hour, messages_day = before
+    wanted = {
+        "messages_per_hour": messages_hour + 1,
+        "messages_per_day": messages_day + 1,
+        "recipients_per_hour": recipients_hour + rcpts,
+    }
+    exceeded = tuple(name for name in LIMIT_NAMES if 0 < limits.of(name) < wanted[name])
+    record = not exceeded and not dry_run
+    if record:
+        messages_hour, recipients_hour, messages_day = (
+            wanted["messages_per_hour"],
+            wanted["recipients_per_hour"],
+            wanted["messages_per_day"],
+        )
+    return SendingDecision(
+        user=key,
+        allowed=not exceeded,
+        exceeded=exceeded,
+        limits=limits,
+        messages_hour=messages_hour,
+        messages_day=messages_day,
+        recipients_hour=recipients_hour,
+        recipients=rcpts,
+        recorded=record,
+    )
 
 
 def _recipients(recipients: list[str]) -> set[str]:

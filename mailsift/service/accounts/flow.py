@@ -7,8 +7,9 @@ old); ``record_outbound`` queues how the message scored. A flush (``run_flusher`
 users in it, so a change of state shows about a second after the mail that caused it.
 ``settle`` does the same at once for one user. On SQLite these store calls run on the
 event loop itself and never wait there (see :func:`~mailsift.service.db.nowait_first`);
-on PostgreSQL in a threadpool. Alerts are raised on every state change, once
-(compare-and-set picks the one worker that alerts).
+on PostgreSQL the admission is one statement on the loop
+(:mod:`mailsift.service.pg.admission`), the rest in a threadpool. Alerts are raised on
+every state change, once (compare-and-set picks the one worker that alerts).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ async def before_outbound(
     one this process read or wrote within the last second or so.
     """
     store = state.accounts
+    if store.pool is not None:  # PostgreSQL: one statement, on the loop
+        return await store.admit_on_loop(store.pool, user, recipients, time.time())
     return await _call(store, store.admit, user, recipients, time.time())
 
 
@@ -190,6 +193,12 @@ async def _apply(
     """Write judged state changes, each a compare-and-set against the state judged from."""
     judgements = []
     for old, stats, new_state, reasons in changes:
+        if store.pool is not None:  # PostgreSQL: one statement, on the loop
+            changed, new = await store.set_state_on_loop(
+                store.pool, old.user, new_state, "; ".join(reasons), now, expected=old.state
+            )
+            judgements.append(_Judgement(old, new, changed, reasons, stats))
+            continue
         cas = functools.partial(store.set_state, expected=old.state)
         changed = await _call(store, cas, old.user, new_state, "; ".join(reasons), now)
         # After a lost compare-and-set another worker changed the state (and alerts for it).

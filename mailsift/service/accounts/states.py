@@ -26,6 +26,8 @@ from mailsift.service.accounts.schema import (
     user_lock,
 )
 from mailsift.service.accounts.window import bucket_counts
+from mailsift.service.pg import states as pg_states
+from mailsift.service.pg.pool import AsyncPool
 
 __all__ = [
     "MAX_CACHED_USERS",
@@ -75,6 +77,11 @@ class AccountStates:
         key = normalise_user(user)
         return self.cached(key) or self.get_state(key)
 
+    def last_known(self, key: str) -> AccountState | None:
+        """This process's copy of the state however old (the database being away)."""
+        hit = self._states.get(key)
+        return None if hit is None else hit[1]
+
     def cached(self, key: str) -> AccountState | None:
         """This process's copy of the state, if fresh enough; None to read it."""
         hit = self._states.get(key)
@@ -122,6 +129,39 @@ class AccountStates:
         self.remember(AccountState(key, state, now, reason[:MAX_REASON]), time.monotonic())
         log.warning("account %s: %s -> %s (%s)", key, old, state, reason[:200])
         return True
+
+    async def set_state_on_loop(
+        self,
+        pool: AsyncPool,
+        user: str,
+        state: RiskState,
+        reason: str,
+        now: float,
+        *,
+        expected: RiskState | None = None,
+        by: str = "mailsift",
+    ) -> tuple[bool, AccountState]:
+        """:meth:`set_state` as one statement on the event loop (PostgreSQL,
+        :mod:`mailsift.service.pg.states`): whether this call changed the state, and the
+        state now (another worker's, after a lost compare-and-set)."""
+        key = normalise_user(user)
+        risk_state(state)
+        read_at = time.monotonic()
+        done = await pg_states.change_state(
+            pool,
+            user=key,
+            lock=user_lock(key),
+            state=state,
+            reason=reason,
+            now=now,
+            expected=expected,
+            by=by,
+        )
+        current = account_state(key, done.state)
+        self.remember(current, read_at)
+        if done.changed:
+            log.warning("account %s: -> %s (%s)", key, state, reason[:200])
+        return done.changed, current
 
     def clear(self, user: str, by: str, now: float) -> AccountState:
         """An administrator's all-clear: back to ``ok``, judged afresh from now on.

@@ -37,6 +37,9 @@ from mailsift.service.accounts.pending import PendingCounts
 from mailsift.service.accounts.schema import create_tables, normalise_user
 from mailsift.service.accounts.states import STATE_CACHE_SECONDS, AccountStates
 from mailsift.service.accounts.usage import AccountUsage
+from mailsift.service.pg.admission import create_function
+from mailsift.service.pg.pool import AsyncPool
+from mailsift.service.pg.states import create_function as create_state_function
 from mailsift.service.settings import Settings
 
 __all__ = ["AccountStore", "normalise_user"]
@@ -73,7 +76,13 @@ class AccountStore:
         self.queue = PendingCounts(self.db)
         self.counters = SendingCounters(self.db, settings, self.states, self.queue)
         self.usage = AccountUsage(self.db, self.states, self.queue.write_best_effort)
+        self.pool: AsyncPool | None = None
+        """Set by the app on PostgreSQL: admission runs as one statement on the event
+        loop (:meth:`SendingCounters.admit_on_loop`)."""
         create_tables(engine)
+        if engine.dialect.name == "postgresql":
+            create_function(engine)
+            create_state_function(engine)
 
     @property
     def state_cache_seconds(self) -> float:
@@ -119,6 +128,21 @@ class AccountStore:
         """Whether one message fits under every limit, counted if so
         (:meth:`SendingCounters.check_and_record`)."""
         return self.counters.check_and_record(user, recipients, now, dry_run=dry_run)
+
+    async def admit_on_loop(
+        self, pool: AsyncPool, user: str, recipients: list[str], now: float
+    ) -> tuple[SendingDecision, AccountState]:
+        """:meth:`admit` in one statement on the event loop (PostgreSQL)."""
+        return await self.counters.admit_on_loop(pool, user, recipients, now)
+
+    def last_known_state(self, user: str) -> AccountState:
+        """The user's state as this process last saw it, however long ago ("ok" if
+        never): what scoring goes by while the database is away."""
+        try:
+            key = normalise_user(user)
+        except ValueError:
+            return AccountState(user, "ok", None, "")
+        return self.states.last_known(key) or AccountState(key, "ok", None, "")
 
     def record_outcome(self, user: str, verdict: str, now: float) -> None:
         """Queue how one outbound message of ``user`` scored."""
@@ -176,6 +200,22 @@ class AccountStore:
         """Move the user to ``state`` (compare-and-set with ``expected``); True when
         this call changed it."""
         return self.states.set_state(user, state, reason, now, expected=expected, by=by)
+
+    async def set_state_on_loop(
+        self,
+        pool: AsyncPool,
+        user: str,
+        state: RiskState,
+        reason: str,
+        now: float,
+        *,
+        expected: RiskState | None = None,
+    ) -> tuple[bool, AccountState]:
+        """:meth:`set_state` in one statement on the event loop (PostgreSQL): whether
+        this call changed it, and the state now."""
+        return await self.states.set_state_on_loop(
+            pool, user, state, reason, now, expected=expected
+        )
 
     def clear(self, user: str, by: str, now: float) -> AccountState:
         """An administrator's all-clear; the state before it.

@@ -66,6 +66,8 @@ class CheckContext:
     """The leak scan, when the message was scanned."""
     sending: SendingDecision | None = None
     """The outbound sender's counts against the sending limits."""
+    limits_unavailable: bool = False
+    """Outbound: the limits could not be checked (the state database is away)."""
     account: AccountState | None = None
     """The outbound sender's account state."""
     aliases: tuple[AliasHit, ...] = ()

@@ -22,6 +22,7 @@ import re
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.learning.sources import Via
@@ -37,6 +38,7 @@ from mailsift.service.errors import (
     NotFound,
     NotScoredForUser,
     RateLimited,
+    StateUnavailable,
 )
 from mailsift.service.http.body import read_message
 from mailsift.service.labelling import forget_example, kept_message, learn_as_admin, write_log
@@ -107,11 +109,14 @@ def _fingerprint(value: str) -> str:
 
 async def _scored_for(state: ServiceState, fingerprint: str, user: str) -> bool:
     audit = state.audit
-    if await run_in_threadpool(audit.scored_for, fingerprint, user):
-        return True
-    # Another worker may hold the scoring row in its buffer a moment longer.
-    await asyncio.sleep(audit.flush_seconds + 0.25)
-    return await run_in_threadpool(audit.scored_for, fingerprint, user)
+    try:
+        if await run_in_threadpool(audit.scored_for, fingerprint, user):
+            return True
+        # Another worker may hold the scoring row in its buffer a moment longer.
+        await asyncio.sleep(audit.flush_seconds + 0.25)
+        return await run_in_threadpool(audit.scored_for, fingerprint, user)
+    except SQLAlchemyError as exc:  # the database is away: nothing is acknowledged
+        raise StateUnavailable(f"the audit trail cannot be read ({type(exc).__name__})") from None
 
 
 def _report_body(result: ReportResult, fingerprint: str) -> dict[str, object]:

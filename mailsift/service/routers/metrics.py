@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
 from mailsift.service.deps import State
-from mailsift.service.metrics import exposition, observe_model
+from mailsift.service.metrics import exposition, observe_model, publish_tail
 
 router = APIRouter(tags=["metrics"])
 
@@ -25,7 +25,8 @@ async def metrics(state: State) -> Response:
     """Every metric of this service in the Prometheus text format."""
 
     def scrape() -> tuple[bytes, str]:
-        observe_model(state)  # this worker's model, measured now
+        facts = observe_model(state)  # this worker's model, measured now
+        publish_tail(state.tail, facts)
         return exposition()
 
     body, content_type = await run_in_threadpool(scrape)

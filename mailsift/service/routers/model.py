@@ -23,7 +23,14 @@ async def describe(state: State) -> dict[str, Any]:
         head = await run_in_threadpool(state.trainlog.head)
     except TrainingLogError as exc:
         raise ModelNotReady(str(exc)) from exc
+    tail = state.tail
+    tail.saw_head(head)
+    tail.caught_up(status.log_position, at_end=False)  # the head read just now counts too
     return {
+        "lag": tail.lag(status.log_position),
+        "behind": tail.behind(),
+        "at_head_seconds_ago": round(tail.unconfirmed_seconds(), 3),
+        "notifications": None if state.pg is None else state.pg.listener.connected,
         "version": status.version,
         "ham": status.ham,
         "spam": status.spam,

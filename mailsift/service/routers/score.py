@@ -37,6 +37,7 @@ from mailsift.service.http.body import read_message
 from mailsift.service.identity import identity_key, optional_identity
 from mailsift.service.metrics import observe_verdict
 from mailsift.service.monitor import note_gateway
+from mailsift.service.pg.pool import Unreachable
 from mailsift.service.schemas import ERRORS, IDENTITY_PATTERN, TEXT_PATTERN, ScoreOut
 from mailsift.service.state import ServiceState
 from mailsift.service.verdict import Verdict, decide, decide_for_recipient
@@ -168,8 +169,15 @@ async def score(request: Request) -> Response:
     model_score = state.learner.model.score(analysed.features, settings.explain_tokens, hide)
     account: AccountState | None = None
     sending: SendingDecision | None = None
+    limits_unavailable = False
     if outbound and sender:
-        sending, account = await before_outbound(state, sender, list(rcpt))
+        try:
+            sending, account = await before_outbound(state, sender, list(rcpt))
+        except (Unreachable, SQLAlchemyError):
+            # The documented rule: defer (limit_unavailable), judged with the state
+            # this process last knew of the sender.
+            limits_unavailable = True
+            account = state.accounts.last_known_state(sender)
     aliases: tuple[AliasHit, ...] = ()
     if not outbound and any(state.aliases.may_be_alias(r) for r in rcpt):
         aliases = await _alias_traffic(state, rcpt, sender_domain(msg.from_addr, mail_from))
@@ -185,6 +193,7 @@ async def score(request: Request) -> Response:
         lists=lists,
         dlp=dlp,
         sending=sending,
+        limits_unavailable=limits_unavailable,
         account=account,
         aliases=aliases,
     )
@@ -238,7 +247,7 @@ async def score(request: Request) -> Response:
         body["dlp"] = dlp.as_dict()
     body["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
     after = None
-    if outbound and sender and account is not None:
+    if outbound and sender and account is not None and sending is not None:
         # After the answer is on its way: count the outcome, maybe learn the message.
         after = BackgroundTask(
             _after_outbound, state, sender, account, raw, analysed, verdict, reasons, dlp
