@@ -9,7 +9,7 @@
 # (mailsift's own CPU per message) or db_cpu_ms_per_msg (the local PostgreSQL's).
 set -eu
 cd "$(dirname "$0")/.."
-CORPUS=${1:-/work/shared/corpora/spamassassin}
+CORPUS=${1:-../shared/corpora/spamassassin}
 PG=${2:-postgresql://127.0.0.1:5432/test}
 BIN=${BIN:-.venv/bin}
 DB=mailsift_bench_$$

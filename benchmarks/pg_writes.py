@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 SERVER = os.environ.get("MAILSIFT_BENCH_PG", "postgresql://127.0.0.1:5432/test")
-CORPUS = "/work/shared/corpora/spamassassin"
+CORPUS = os.environ.get("MAILSIFT_BENCH_CORPUS", "../shared/corpora/spamassassin")
 TRAINING_TABLES = {"trainlog_entries", "trainlog_labels", "trainlog_meta", "published_models"}
 
 

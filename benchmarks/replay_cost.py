@@ -32,7 +32,7 @@ from mailsift.training.train import train_log
 
 
 def main() -> None:
-    corpus = sys.argv[1] if len(sys.argv) > 1 else "/work/shared/corpora/spamassassin"
+    corpus = sys.argv[1] if len(sys.argv) > 1 else "../shared/corpora/spamassassin"
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         settings = Settings(data_dir=data)
