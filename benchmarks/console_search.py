@@ -4,7 +4,9 @@ Fills a fresh state database with N audit rows (default 1,000,000) spread over t
 seven days — dense: a week of a busy site, the worst case for the time-bounded scans —
 through the audit trail's own writer, then times each kind of search the History page
 runs (``mailsift.service.console.search``), on a day's and a week's window, plus the
-Overview's traffic query. Prints JSON: per query the median and slowest of 5 runs in ms,
+Overview's traffic query (its slowest run is the first draw, which groups every row of
+the range; the median is a redraw, which reads only the buckets not yet settled).
+Prints JSON: per query the median and slowest of 5 runs in ms,
 the rows found and how many hours back the answer looked (a search for something rare
 stops at its time budget and offers to go on: see ``mailsift.service.console.search``).
 
