@@ -67,7 +67,6 @@ from kilter.protocol.messages import (
 )
 
 from mailsift.gateway.client import (
-    Direction,
     GatewayMisconfigured,
     RequestRefused,
     ScoreAnswer,
@@ -406,6 +405,17 @@ class MilterConnection:
         sasl = self.macros.get("{auth_authen}") or None
         local = is_local_submission(self.address, self.port)
         direction = direction_of(None if local else self.address, sasl, self.settings.networks)
+        refuse_oversize = self.settings.oversize_outbound == "reject"
+        if txn.truncated and direction == "outbound" and refuse_oversize:
+            # Refused whatever its start holds: not scored, so neither counted against
+            # the sender's limits nor learned from.
+            log.info(
+                "%s: outbound larger than %d bytes: rejected, too large to scan",
+                queue_id,
+                txn.limit,
+            )
+            DECISIONS.labels("milter", "reject").inc()
+            return oversize_outcome()
         sender = (
             identity_of(self.settings, sasl, txn.headers, self.address, local)
             if direction == "outbound"
@@ -485,7 +495,7 @@ class MilterConnection:
                 answer, self.settings.subject_prefix, junk, dropped, txn.rcpts, aliases
             )
             if txn.truncated:
-                outcome = self._oversize(outcome, direction, queue_id, txn.limit)
+                outcome = self._oversize(outcome, queue_id, txn.limit)
             if outcome.dropped:
                 log.info(
                     "%s: refused for %s (their own block list), delivered to the others",
@@ -505,19 +515,9 @@ class MilterConnection:
         DECISIONS.labels("milter", outcome.kind).inc()
         return outcome
 
-    def _oversize(
-        self, outcome: Outcome, direction: Direction, queue_id: str | None, limit: int
-    ) -> Outcome:
-        """A message past ``limit`` was scored on its start: that decides inbound, and
-        outbound too when it already refuses the message or ``oversize_outbound`` is
-        ``scan-start``; otherwise outbound is refused, its end unscanned for leaks."""
-        refused = outcome.kind in ("reject", "defer")
-        strict = self.settings.oversize_outbound == "reject"
-        if direction == "outbound" and strict and not refused:
-            log.info(
-                "%s: outbound larger than %d bytes: rejected, too large to scan", queue_id, limit
-            )
-            return oversize_outcome()
+    def _oversize(self, outcome: Outcome, queue_id: str | None, limit: int) -> Outcome:
+        """A message past ``limit`` was scored on its start, which decides (outbound
+        only with ``oversize_outbound`` ``scan-start``: otherwise it was refused unscored)."""
         log.info("%s: larger than %d bytes: scored on its first %d", queue_id, limit, limit)
         return outcome
 
