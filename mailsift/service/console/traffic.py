@@ -4,6 +4,7 @@ unwatched console costs the service nothing)."""
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ _settled: weakref.WeakKeyDictionary[Engine, dict[float, dict[int, _Counts]]] = (
 )
 """Per engine and bucket size, the counts of settled buckets, filled as pages are shown:
 a week's chart reads only what is new since it was last drawn, not a million rows."""
+_lock = threading.Lock()
 
 
 def traffic(engine: Engine, span_name: str, now: float | None = None) -> Traffic:
@@ -53,20 +55,26 @@ def traffic(engine: Engine, span_name: str, now: float | None = None) -> Traffic
     now = time.time() if now is None else now
     first = int((now - span) // bucket) + 1
     n = int(span // bucket)
-    settled = _settled.setdefault(engine, {}).setdefault(bucket, {})
-    for old in [slot for slot in settled if slot < first]:
-        del settled[old]
     last_settled = int((now - SETTLE_SECONDS) // bucket) - 1
-    since = next((slot for slot in range(first, last_settled + 1) if slot not in settled), None)
-    since = last_settled + 1 if since is None else since
+    with _lock:  # pages are drawn in threads, maybe two at once
+        settled = _settled.setdefault(engine, {}).setdefault(bucket, {})
+        for old in [slot for slot in settled if slot < first]:
+            del settled[old]
+        known: dict[int, _Counts] = {}
+        for slot in range(first, last_settled + 1):
+            if slot not in settled:
+                break
+            known[slot] = settled[slot]
+    since = first + len(known)
     fresh = _count(engine, bucket, since)
-    for slot in range(since, last_settled + 1):
-        settled[slot] = fresh.get(slot, {})
+    with _lock:
+        for slot in range(since, last_settled + 1):
+            settled[slot] = fresh.get(slot, {})
     per_minute = {(d, v): [0.0] * n for d in DIRECTIONS for v in VERDICTS}
     total = 0
     for i in range(n):
         slot = first + i
-        for key, count in (settled[slot] if slot < since else fresh.get(slot, {})).items():
+        for key, count in (known[slot] if slot < since else fresh.get(slot, {})).items():
             if key in per_minute:
                 per_minute[key][i] += count * 60.0 / bucket
                 total += count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -130,5 +131,30 @@ def test_a_redrawn_chart_reads_only_what_is_not_yet_settled(
     assert reads and min(reads) >= NOW - HOUR - SETTLE_SECONDS - HOUR  # its last buckets
     assert again.total == first.total + 1 == 4
     assert again.per_minute[("inbound", "spam")] == first.per_minute[("inbound", "spam")]
-    fresh = traffic(create_engine(state_engine.url), "week", NOW + 60)  # nothing kept
+    alone = create_engine(state_engine.url)  # nothing kept
+    fresh = traffic(alone, "week", NOW + 60)
+    alone.dispose()
     assert fresh.per_minute == again.per_minute
+
+
+def test_charts_drawn_at_once_in_several_threads_agree(
+    trail: AuditTrail, state_engine: Engine
+) -> None:
+    """Pages are drawn in worker threads: the kept buckets are shared, and two draws at
+    once, at moments an hour apart, must neither fail nor see each other's pruning."""
+    for hours in range(0, 160, 7):
+        trail.record(_row(NOW - hours * HOUR))
+    trail.flush()
+    moments = [NOW + k * HOUR for k in range(6)]
+    expected = {}
+    for at in moments:  # each counted afresh, by an engine with nothing kept
+        alone = create_engine(state_engine.url)
+        expected[at] = traffic(alone, "week", at).total
+        alone.dispose()
+
+    def draw(at: float) -> tuple[float, int]:
+        return at, traffic(state_engine, "week", at).total
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        drawn = list(pool.map(draw, moments * 5))
+    assert all(total == expected[at] for at, total in drawn), drawn
