@@ -37,9 +37,8 @@ from mailsift.service.accounts.pending import PendingCounts
 from mailsift.service.accounts.schema import create_tables, normalise_user
 from mailsift.service.accounts.states import STATE_CACHE_SECONDS, AccountStates
 from mailsift.service.accounts.usage import AccountUsage
-from mailsift.service.pg.admission import create_function
+from mailsift.service.pg.functions import create_functions
 from mailsift.service.pg.pool import AsyncPool
-from mailsift.service.pg.states import create_function as create_state_function
 from mailsift.service.settings import Settings
 
 __all__ = ["AccountStore", "normalise_user"]
@@ -81,8 +80,7 @@ class AccountStore:
         loop (:meth:`SendingCounters.admit_on_loop`)."""
         create_tables(engine)
         if engine.dialect.name == "postgresql":
-            create_function(engine)
-            create_state_function(engine)
+            create_functions(engine)
 
     @property
     def state_cache_seconds(self) -> float:

@@ -10,5 +10,6 @@ synchronous engine would put every call in a thread. Here instead:
 * :mod:`.link`: the two of them, opened and closed with the worker;
 * :mod:`.admission`: a sender's limit check and count as one statement;
 * :mod:`.states`: a sender's risk-state change (compare-and-set) as one statement;
-* :mod:`.incidents`: raising and resolving an alert incident, one statement each.
+* :mod:`.incidents`: raising and resolving an alert incident, one statement each;
+* :mod:`.functions`: the PL/pgSQL functions of the two above, installed at start.
 """

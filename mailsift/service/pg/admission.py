@@ -18,17 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
-
-from mailsift.service.db import lock_key_for, write_transaction
 from mailsift.service.pg.pool import AsyncPool
 
-__all__ = ["AdmitRow", "admit", "create_function"]
+__all__ = ["DDL", "AdmitRow", "admit"]
 
 FUNCTION = "mailsift_admit_v1"
 """Versioned: replicas of two releases side by side each call their own."""
 
-_DDL = f"""
+DDL = f"""
 CREATE OR REPLACE FUNCTION {FUNCTION}(
     p_user text, p_lock bigint, p_minute integer, p_recipients integer,
     p_max_hour integer, p_max_day integer, p_max_recipients integer,
@@ -78,12 +75,6 @@ class AdmitRow:
     recorded: bool
     state: tuple[str, float, str] | None
     """(state, since, reason) when asked for and the user has a row; else None."""
-
-
-def create_function(engine: Engine) -> None:
-    """Create (or replace) the function; once across workers starting together."""
-    with write_transaction(engine, lock_key=lock_key_for("accounts:schema")) as conn:
-        conn.execute(text(_DDL))
 
 
 async def admit(

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
-
 from mailsift.service.accounts.schema import MAX_REASON, MAX_USER
-from mailsift.service.db import lock_key_for, write_transaction
 from mailsift.service.pg.pool import AsyncPool
 
-__all__ = ["StateChanged", "change_state", "create_function"]
+__all__ = ["DDL", "StateChanged", "change_state"]
 
 FUNCTION = "mailsift_set_state_v1"
 
-_DDL = f"""
+DDL = f"""
 CREATE OR REPLACE FUNCTION {FUNCTION}(
     p_user text, p_lock bigint, p_state text, p_reason text, p_now double precision,
     p_expected text, p_by text)
@@ -60,12 +57,6 @@ class StateChanged:
     changed: bool
     state: tuple[str, float, str] | None
     """(state, since, reason) now; None for a user never judged (``ok``)."""
-
-
-def create_function(engine: Engine) -> None:
-    """Create (or replace) the function; once across workers starting together."""
-    with write_transaction(engine, lock_key=lock_key_for("accounts:schema")) as conn:
-        conn.execute(text(_DDL))
 
 
 async def change_state(
