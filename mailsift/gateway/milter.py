@@ -494,8 +494,13 @@ class MilterConnection:
             outcome = outcome_of(
                 answer, self.settings.subject_prefix, junk, dropped, txn.rcpts, aliases
             )
-            if txn.truncated:
-                outcome = self._oversize(outcome, queue_id, txn.limit)
+            if txn.truncated:  # outbound only with scan-start: else refused unscored above
+                log.info(
+                    "%s: larger than %d bytes: scored on its first %d",
+                    queue_id,
+                    txn.limit,
+                    txn.limit,
+                )
             if outcome.dropped:
                 log.info(
                     "%s: refused for %s (their own block list), delivered to the others",
@@ -513,12 +518,6 @@ class MilterConnection:
                 log.info("%s: %d recipient(s) marked for Junk", queue_id, len(outcome.junk))
                 JUNK_MARKS.inc(len(outcome.junk))
         DECISIONS.labels("milter", outcome.kind).inc()
-        return outcome
-
-    def _oversize(self, outcome: Outcome, queue_id: str | None, limit: int) -> Outcome:
-        """A message past ``limit`` was scored on its start, which decides (outbound
-        only with ``oversize_outbound`` ``scan-start``: otherwise it was refused unscored)."""
-        log.info("%s: larger than %d bytes: scored on its first %d", queue_id, limit, limit)
         return outcome
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
