@@ -175,6 +175,16 @@ def feedback(
     return r.json()  # type: ignore[no-any-return]
 
 
+def score_head(length: int) -> bytes:
+    """The head of a raw ``POST /v1/score`` announcing a ``length``-byte message (for tests
+    that send the body themselves, slowly or not at all)."""
+    return (
+        f"POST /v1/score?direction=inbound HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: message/rfc822\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def message(n: int, spammy: bool) -> bytes:
     """A small distinct message; spammy ones share spam words, hammy ones work words."""
     if spammy:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.server import ADMIN_TOKEN, Service, wait_for
+from tests.service.server import Service, score_head, wait_for
 
 HEAD_SECONDS = 1.0
 BODY_IDLE = 1.5
@@ -36,14 +36,6 @@ def until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
     while chunk := sock.recv(65536):
         answer += chunk
     return answer, time.monotonic() - started
-
-
-def score_head(length: int) -> bytes:
-    return (
-        f"POST /v1/score?direction=inbound HTTP/1.1\r\nHost: t\r\n"
-        f"Authorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: message/rfc822\r\n"
-        f"Content-Length: {length}\r\n\r\n"
-    ).encode()
 
 
 def test_a_connection_that_sends_nothing_is_closed(service: Service) -> None:

@@ -16,17 +16,13 @@ from pathlib import Path
 import pytest
 
 from mailsift.service.http.listeners import SHUTDOWN_GRACE_SECONDS
-from tests.service.server import ADMIN_TOKEN, Service
+from tests.service.server import Service, score_head
 
 
 def _held(port: int, stalled: bool) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     if stalled:  # a message upload that stops after three of its 1,000 bytes
-        sock.sendall(
-            b"POST /v1/score?direction=inbound HTTP/1.1\r\nHost: x\r\n"
-            + f"Authorization: Bearer {ADMIN_TOKEN}\r\n".encode()
-            + b"Content-Type: message/rfc822\r\nContent-Length: 1000\r\n\r\nabc"
-        )
+        sock.sendall(score_head(1000) + b"abc")
     else:  # one request answered, the connection kept for the next
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
