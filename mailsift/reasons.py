@@ -25,6 +25,7 @@ __all__ = [
     "DMARC_PASS",
     "DMARC_QUARANTINE_POLICY_FAIL",
     "DMARC_REJECT_POLICY_FAIL",
+    "GATEWAY_TRUNCATED",
     "LABELLED_HAM",
     "LABELLED_SPAM",
     "LIMITS_UNAVAILABLE",
@@ -48,6 +49,11 @@ MODEL = "model"
 """The model's opinion (its log-odds are the reason's weight)."""
 MODEL_LEARNING = "model_learning"
 """The model has not learned enough yet; its opinion does not count."""
+
+# -- what the gateway sent ----------------------------------------------------------------
+GATEWAY_TRUNCATED = "gateway_truncated"
+"""The gateway sent only the start of a message larger than its limit: the rest was not
+scanned, so the message is never learned from."""
 
 # -- labels of this very message -----------------------------------------------------------
 LABELLED_SPAM = "labelled_spam"

@@ -134,6 +134,8 @@ class ScoreRequest:
     helo: str | None = None
     user: str | None = None
     queue_id: str | None = None
+    truncated: bool = False
+    """``raw`` is only the start of a message larger than the gateway's limit."""
 
 
 def _action(value: Any) -> Action:
@@ -269,6 +271,8 @@ class ServiceClient:
             if value:
                 params.append((name, value))
         params += [("rcpt", r) for r in recipients_that_fit(request.rcpt)]
+        if request.truncated:
+            params.append(("truncated", "true"))
         if self.gateway:
             params.append(("gateway", self.gateway))
         body = await self._call(

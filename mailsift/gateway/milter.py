@@ -431,6 +431,7 @@ class MilterConnection:
             helo=self.helo or None,
             user=sender.user if sender else None,
             queue_id=queue_id,
+            truncated=txn.truncated,
         )
         started = time.perf_counter()
         try:

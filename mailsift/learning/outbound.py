@@ -66,18 +66,22 @@ def eligible(
     account_state: str,
     model_ready: bool,
     settings: Settings,
+    truncated: bool,
 ) -> Refusal | None:
     """``None`` when the message may be learned as ham, else why not. Pure.
 
     Guards: learning enabled; the model is past its learning phase (an empty model's
     "ham" means nothing); verdict ham with margin (score at most
     ``outbound_learn_max_score``); no forced action from any check; no DLP finding
-    above low; sender under its limits and in state ``ok``.
+    above low; sender under its limits and in state ``ok``; the whole message seen (a
+    gateway that sends only the start of a large one leaves the rest unchecked).
     """
     if not settings.outbound_learning:
         return Refusal("outbound learning is off")
     if not model_ready:
         return Refusal("the model is still learning")
+    if truncated:
+        return Refusal("only the start of the message was sent")
     if verdict != "ham" or score > settings.outbound_learn_max_score:
         return Refusal("not ham with margin")
     if any(r.action is not None for r in reasons):

@@ -703,6 +703,9 @@ def test_outbound_mail_over_the_size_limit_is_refused_unless_told(
     assert isinstance(small[-1], Accept) and isinstance(inbound[-1], Accept)
     oversize = [4096] if expected == "accept" else []  # scored only with scan-start
     assert [len(body) for body in canned.bodies] == [*oversize, len(message(6, False)), 4096]
+    # Whatever was cut says so (the service then never learns it); whole mail does not.
+    cut = [["true"]] if expected == "accept" else []
+    assert [call.get("truncated") for call in canned.calls] == [*cut, None, ["true"]]
 
 
 def test_a_service_that_takes_less_than_the_gateway_sends_is_a_misconfiguration(

@@ -9,7 +9,13 @@ from typing import Any
 
 import httpx
 
-from mailsift.reasons import ACCOUNT_SUSPENDED, ALLOWLIST_UNVERIFIED, ALLOWLISTED, limit_reason
+from mailsift.reasons import (
+    ACCOUNT_SUSPENDED,
+    ALLOWLIST_UNVERIFIED,
+    ALLOWLISTED,
+    GATEWAY_TRUNCATED,
+    limit_reason,
+)
 from tests.service.server import Service, message, score, train, wait_for
 from tests.service.webhook import Webhook
 
@@ -17,7 +23,12 @@ RFC822 = {"content-type": "message/rfc822"}
 
 
 def outbound(
-    client: httpx.Client, raw: bytes, user: str, rcpt: list[str] | None = None
+    client: httpx.Client,
+    raw: bytes,
+    user: str,
+    rcpt: list[str] | None = None,
+    *,
+    truncated: bool = False,
 ) -> dict[str, Any]:
     r = client.post(
         "/v1/score",
@@ -26,6 +37,7 @@ def outbound(
             "user": user,
             "mail_from": user,
             "rcpt": rcpt or ["bob@partner.example"],
+            **({"truncated": "true"} if truncated else {}),
         },
         content=raw,
         headers=RFC822,
@@ -113,6 +125,29 @@ def test_compromised_account_is_suspended_alerted_and_does_not_teach_ham(tmp_pat
             assert c.post(f"/v1/accounts/{user}/clear").status_code == 200
             assert c.get(f"/v1/accounts/{user}").json()["state"] == "ok"
             assert outbound(c, message(4000, spammy=False), user)["action"] == "accept"
+
+
+def test_outbound_mail_the_gateway_cut_short_is_scored_but_never_learned(tmp_path: Path) -> None:
+    """A gateway that sends only the start of an oversize message (the milter's
+    ``--oversize-outbound scan-start``) says so: the verdict names it, and the unscanned
+    rest can never turn the message into a ham example. The same clean mail sent whole
+    is learned, so the count below would be three higher if the flag were ignored."""
+    env = {
+        "MAILSIFT_MIN_EXAMPLES_PER_CLASS": "5",
+        "MAILSIFT_OUTBOUND_LEARN_MAX_SCORE": "0.5",
+        "MAILSIFT_OUTBOUND_LEARN_PER_MINUTE": "6000",
+    }
+    with Service(tmp_path / "data", env=env) as svc, svc.client() as c:
+        teach_basics(c)
+        for i in range(3):
+            cut = outbound(c, message(5000 + i, spammy=False), "fay@corp.example", truncated=True)
+            assert cut["action"] == "accept"
+            assert GATEWAY_TRUNCATED in [r["name"] for r in cut["reasons"]]
+        for i in range(3):
+            whole = outbound(c, message(6000 + i, spammy=False), "gus@corp.example")
+            assert GATEWAY_TRUNCATED not in [r["name"] for r in whole["reasons"]]
+        assert wait_for(lambda: c.get("/v1/model").json()["ham"] >= 12 + 3, timeout=10)
+        assert settled(lambda: c.get("/v1/model").json()["ham"], timeout=10) == 12 + 3
 
 
 def test_outbound_leak_is_reported_redacted_and_acted_on(tmp_path: Path) -> None:

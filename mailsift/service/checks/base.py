@@ -32,6 +32,8 @@ class Envelope:
     user: str | None = None
     queue_id: str | None = None
     gateway: str | None = None
+    truncated: bool = False
+    """The gateway sent only the message's first bytes (it was larger than the gateway's limit)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Hostile or broken MIME structure: a sign of crafted mail, and work the parser refused."""
+"""Hostile or broken MIME structure (a sign of crafted mail), and what was not examined:
+work the parser refused, or the part of a message the gateway did not send."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from mailsift.models.parse import (
     TRUNCATED_MESSAGE,
     UNPARSEABLE,
 )
-from mailsift.reasons import mime_reason
+from mailsift.reasons import GATEWAY_TRUNCATED, mime_reason
 from mailsift.service.checks.base import CheckContext, Reason
 
 # Log-odds per parser defect: caps that bite are rare in legitimate mail.
@@ -51,3 +52,10 @@ def structure_reasons(ctx: CheckContext) -> Iterator[Reason]:
                 _WEIGHTS[defect],
                 _DETAILS[defect],
             )
+    if ctx.envelope.truncated:
+        yield Reason(
+            GATEWAY_TRUNCATED,
+            0.0,
+            "the gateway sent only the start of a message larger than its limit; "
+            "the rest was not scanned",
+        )

@@ -93,6 +93,11 @@ class ScoreQuery(BaseModel):
     user: Address = None
     queue_id: Short = None
     gateway: Short = None
+    truncated: bool = Field(
+        False,
+        description="The body is only the first bytes of a larger message (the gateway's "
+        "size limit): it is scored on them and never learned from.",
+    )
 
 
 _REPEATED = frozenset({"rcpt"})
@@ -149,7 +154,15 @@ async def score(request: Request) -> Response:
     raw = await read_message(request, state.settings.max_message_bytes)
     analysed = await analyse(raw, state, request)
     envelope = Envelope(
-        direction, mail_from, tuple(rcpt), client_ip, query.helo, user, query.queue_id, gateway
+        direction,
+        mail_from,
+        tuple(rcpt),
+        client_ip,
+        query.helo,
+        user,
+        query.queue_id,
+        gateway,
+        query.truncated,
     )
     settings = state.settings
     msg = analysed.message
@@ -250,7 +263,16 @@ async def score(request: Request) -> Response:
     if outbound and sender and account is not None and sending is not None:
         # After the answer is on its way: count the outcome, maybe learn the message.
         after = BackgroundTask(
-            _after_outbound, state, sender, account, raw, analysed, verdict, reasons, dlp
+            _after_outbound,
+            state,
+            sender,
+            account,
+            raw,
+            analysed,
+            verdict,
+            reasons,
+            dlp,
+            query.truncated,
         )
     # orjson: the standard library's encoder took 17 us of the ~2 ms a message costs.
     return Response(orjson.dumps(body), media_type="application/json", background=after)
@@ -326,6 +348,7 @@ async def _after_outbound(
     verdict: Verdict,
     reasons: list[Reason],
     dlp: DlpReport | None,
+    truncated: bool,
 ) -> None:
     """Queue the outcome for the sender's judgement; learn the message as ham if the
     learning budget has room and every guard passes, the sender judged with it counted."""
@@ -341,6 +364,7 @@ async def _after_outbound(
         over_limit=any(r.name.startswith(LIMIT_PREFIX) for r in reasons),
         account_state=account.state,
         model_ready=state.model_ready,
+        truncated=truncated,
         settings=state.settings,
     )
     if refusal is not None:
