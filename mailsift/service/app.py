@@ -193,7 +193,7 @@ async def _open_state(settings: Settings) -> ServiceState:
 
     def build() -> ServiceState:
         trainlog = open_training_log(settings.database_url, settings.data_dir)
-        engine = open_state_engine(settings.database_url, settings.data_dir)
+        engine = open_state_engine(settings.database_url, settings.data_dir, trainlog.engine)
         learner = Learner(
             trainlog,
             PublishedModels(trainlog.engine),

@@ -636,14 +636,21 @@ def lock_key_for(name: str) -> int:
     )
 
 
-def open_state_engine(database_url: str | None, data_dir: Path) -> Engine:
+def open_state_engine(
+    database_url: str | None, data_dir: Path, training_log: Engine | None = None
+) -> Engine:
     """The engine for operational state: limits, account risk, lists, audit trail.
 
-    With PostgreSQL it is the same database as the training log (replicas share it);
-    with SQLite a separate ``state.db`` so that frequent small writes neither wait for
-    nor slow down the fully synchronous training log.
+    With PostgreSQL it is the same database as the training log (replicas share it),
+    and ``training_log``'s engine when one is given: one connection pool per worker
+    instead of two, since connections are what a PostgreSQL serving many replicas runs
+    out of first (docs/scale-out.md). With SQLite a separate ``state.db`` so that
+    frequent small writes neither wait for nor slow down the fully synchronous training log.
     """
     url = resolve_url(database_url, data_dir)
-    if url.get_backend_name() == "sqlite" and not database_url:
-        url = url.set(database=str(data_dir / STATE_FILENAME))
+    if url.get_backend_name() == "sqlite":
+        if not database_url:
+            url = url.set(database=str(data_dir / STATE_FILENAME))
+    elif training_log is not None and training_log.url == url:
+        return training_log
     return create_db_engine(url, durable=False)

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from mailsift.learning.trainlog import open_training_log
 from mailsift.service.accounts.store import AccountStore
 from mailsift.service.alerts import Alerter
 from mailsift.service.audit import AuditRecord, AuditTrail
 from mailsift.service.auth import TokenStore
-from mailsift.service.db import open_state_engine, resolve_url
+from mailsift.service.db import STATE_FILENAME, open_state_engine, resolve_url
 from mailsift.service.pg.link import PgLink, pg_link
 from mailsift.service.settings import Settings
 from mailsift.service.token_cache import TokenCache
@@ -45,6 +46,25 @@ def _link(settings: Settings) -> PgLink:
 def test_a_pg_link_exists_only_for_postgresql(tmp_path: Path, settings: Settings) -> None:
     assert pg_link(Settings(data_dir=tmp_path)) is None
     assert resolve_url(settings.database_url, tmp_path).get_backend_name() == "postgresql"
+
+
+def test_a_worker_keeps_one_connection_pool_for_the_log_and_the_state(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """On PostgreSQL the state lives in the log's database, so it takes the log's engine:
+    one SQLAlchemy pool per worker, not two (connections are what replicas exhaust
+    first). On SQLite the state keeps its own file, never waiting on the log's syncs."""
+    log = open_training_log(settings.database_url, settings.data_dir)
+    lite = open_training_log(None, tmp_path / "lite")
+    try:
+        assert open_state_engine(settings.database_url, settings.data_dir, log.engine) is log.engine
+        state = open_state_engine(None, tmp_path / "lite", lite.engine)
+        assert state is not lite.engine
+        assert str(state.url.database).endswith(STATE_FILENAME)
+        state.dispose()
+    finally:
+        log.close()
+        lite.close()
 
 
 def test_admission_in_one_statement_is_exact_and_shares_counts_with_the_sync_path(
