@@ -102,22 +102,25 @@ def publish(trainlog: TrainingLog, rebuilt: Rebuilt) -> tuple[int, str]:
 def rebuild_lock(trainlog: TrainingLog, data_dir: Path, *, wait: bool) -> Iterator[None]:
     """One rebuild at a time: an advisory lock on PostgreSQL (every replica), a file lock
     in the data dir on SQLite (whose workers all share that dir). Raises
-    :class:`RebuildBusy` when ``wait`` is false and another rebuild runs."""
+    :class:`RebuildBusy` when ``wait`` is false and another rebuild runs.
+
+    On PostgreSQL the lock belongs to a transaction held open for the whole rebuild,
+    not to the session: behind PgBouncer in transaction mode a session lock stays on a
+    server connection that the next client is handed, which would then hold it too; an
+    open transaction keeps its server connection to itself, and ends, lock and all, if
+    the rebuild dies. (It holds back vacuum while it is open, as the rebuild's own
+    one-snapshot read of the log does for nearly as long.)
+    """
     engine = trainlog.engine
     if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
+        with engine.connect() as conn, conn.begin():
             if wait:
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
             elif not conn.execute(
-                text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}
+                text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": _LOCK_KEY}
             ).scalar():
                 raise RebuildBusy("another rebuild is running")
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
-                conn.commit()
+            yield
         return
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(data_dir / "rebuild.lock", "a+b") as fh:

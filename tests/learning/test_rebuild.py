@@ -20,6 +20,7 @@ from mailsift.models.parse import DEFAULT_LIMITS, TIME_BUDGET, ParseLimits, pars
 from mailsift.models.snapshot import snapshot_from_bytes
 from mailsift.models.stored import encode_features
 from tests.learning.examples import CONFIG, VERSION, ex, slow_to_parse
+from tests.service.pgbouncer import PGBOUNCER, pgbouncer
 from tests.service.server import message
 
 ADMIN = Source.ADMIN
@@ -151,6 +152,34 @@ def test_one_rebuild_at_a_time_across_replicas(pg_url: str, tmp_path: Path) -> N
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="no pgbouncer installed")
+def test_one_rebuild_at_a_time_behind_pgbouncer_in_transaction_mode(
+    pg_database: tuple[str, str], tmp_path: Path
+) -> None:
+    """Replicas behind PgBouncer share its server connections a transaction at a time:
+    a lock left on a session would be handed to the next client along with the
+    connection, and two rebuilds would run at once."""
+    with pgbouncer(*pg_database) as url:
+        first, second = (
+            open_training_log(url, tmp_path / "a"),
+            open_training_log(url, tmp_path / "b"),
+        )
+        try:
+            for _ in range(3):  # whichever server connection the pooler hands out
+                with rebuild_lock(first, tmp_path / "a", wait=False):
+                    with (
+                        pytest.raises(RebuildBusy),
+                        rebuild_lock(second, tmp_path / "b", wait=False),
+                    ):
+                        pass
+                    first.head()  # the holder's own work goes on meanwhile
+                with rebuild_lock(second, tmp_path / "b", wait=False):
+                    pass
+        finally:
+            first.close()
+            second.close()
 
 
 def test_a_tiny_parse_budget_stores_the_same_features_as_an_idle_machine() -> None:

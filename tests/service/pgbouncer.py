@@ -1,0 +1,75 @@
+"""A private PgBouncer in transaction mode in front of the machine's PostgreSQL, for the
+tests of what must work behind one (docs/scale-out.md: the pooler for many replicas).
+
+PgBouncer refuses to run as root, so under root it runs as the ``postgres`` system user
+(``runuser``) from a fresh directory under /tmp that user can read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.service.server import free_port
+
+__all__ = ["PGBOUNCER", "pgbouncer"]
+
+PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+
+
+@contextlib.contextmanager
+def pgbouncer(user: str, database: str, *, pool_size: int = 2) -> Iterator[str]:
+    """A URL for ``database`` through a PgBouncer that shares ``pool_size`` server
+    connections between its clients a transaction at a time."""
+    root = Path(tempfile.mkdtemp(prefix="mailsift-pgbouncer-"))
+    port = free_port()
+    (root / "users.txt").write_text(f'"{user}" ""\n')
+    (root / "pgbouncer.ini").write_text(
+        "[databases]\n"
+        f"{database} = host=127.0.0.1 port=5432 dbname={database} user={user}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {root}/users.txt\n"
+        f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 50\n"
+        f"logfile = {root}/pgbouncer.log\n"
+    )
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        for path in (root, *root.iterdir()):
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    process = subprocess.Popen(
+        [*run_as, PGBOUNCER, str(root / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log = root / "pgbouncer.log"
+                    raise RuntimeError(
+                        f"PgBouncer did not start: {log.read_text() if log.exists() else ''}"
+                    ) from None
+                time.sleep(0.05)
+        yield f"postgresql://{user}@127.0.0.1:{port}/{database}"
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+        shutil.rmtree(root, ignore_errors=True)
