@@ -293,7 +293,8 @@ class Learner:
         """The next batch of entries with the features each learns and unlearns, decoded
         or parsed from raw bytes: in a thread, so a replay never parses on the loop."""
         return [
-            (entry, *self._entry_features(entry)) for entry in self.trainlog.read(after, _BATCH)
+            (entry, *self._entry_features(entry))
+            for entry in self.trainlog.read(after, _BATCH, features_version=self.features_version)
         ]
 
     def _entry_features(self, entry: LogEntry) -> tuple[Features | None, Features | None]:

@@ -25,7 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    case,
+    delete,
+    func,
+    insert,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError, StatementError
 
@@ -275,15 +286,27 @@ class TrainingLog:
 
     # -- reading -----------------------------------------------------------------------
 
-    def read(self, after: int, limit: int = 500) -> list[LogEntry]:
-        """Entries with position > ``after``, ascending, at most ``limit`` of them."""
+    def read(
+        self, after: int, limit: int = 500, *, features_version: str | None = None
+    ) -> list[LogEntry]:
+        """Entries with position > ``after``, ascending, at most ``limit`` of them.
+
+        With ``features_version``, an entry whose stored features are of that version
+        comes without its message bytes (``raw`` empty): a follower learns from the
+        features and would only read and decompress the bytes to drop them, a quarter
+        of what every worker of every replica reads per entry.
+        """
         if not 1 <= limit <= MAX_READ:
             raise ValueError(f"limit must be between 1 and {MAX_READ}")
+        e = schema.entries.c
         undone = schema.entries.alias("undone")
         query = (
             select(
-                schema.entries,
-                undone.c.raw.label("undo_raw"),
+                *(column for column in schema.entries.c if column.name != "raw"),
+                _bytes_unless(e.raw, e.features_version, features_version).label("raw"),
+                _bytes_unless(undone.c.raw, undone.c.features_version, features_version).label(
+                    "undo_raw"
+                ),
                 undone.c.features.label("undo_features"),
                 undone.c.features_version.label("undo_features_version"),
             )
@@ -522,6 +545,13 @@ def open_training_log(database_url: str | None, data_dir: Path) -> TrainingLog:
             f"this mailsift reads version {SCHEMA_VERSION}"
         )
     return TrainingLog(engine, url)
+
+
+def _bytes_unless(raw: Any, version: Any, wanted: str | None) -> Any:
+    """The column ``raw``, or NULL where ``version`` is ``wanted`` (no bytes needed)."""
+    if wanted is None:
+        return raw
+    return case((version == wanted, null()), else_=raw)
 
 
 def _entry(row: Row[Any, *tuple[Any, ...]]) -> LogEntry:

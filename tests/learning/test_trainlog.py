@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import queue
 import random
@@ -34,7 +35,7 @@ from mailsift.learning.trainlog import (
 )
 from mailsift.models.stored import decode_features
 from tests.conftest import PG_HOST, PG_PORT, pg_admin
-from tests.learning.examples import ex
+from tests.learning.examples import VERSION, ex
 
 WORKERS = 4
 APPENDS_PER_WORKER = 50
@@ -159,6 +160,37 @@ def test_read_pages_in_order(log: TrainingLog) -> None:
     assert [e.raw for e in log.read(4, limit=2)] == [b"m5", b"m6"]
     assert log.read(7) == []
     assert log.read(-5, limit=1)[0].position == 1
+
+
+def test_a_follower_with_the_stored_features_reads_no_message_bytes(log: TrainingLog) -> None:
+    """Bytes come only with entries whose stored features are of another version (a
+    follower must compute those afresh); undone entries alike."""
+    log.append(fp(1), "spam", ex(b"current"), source=Source.ADMIN, actor="a")
+    older = dataclasses.replace(ex(b"older"), features_version="older-settings")
+    log.append(fp(2), "spam", older, source=Source.ADMIN, actor="a")
+    log.append(fp(1), "ham", ex(b"current"), source=Source.ADMIN, actor="a")
+    log.append(fp(2), "ham", ex(b"older"), source=Source.ADMIN, actor="a")
+    lean = log.read(0, features_version=VERSION)
+    assert [(e.raw, e.undo_raw) for e in lean] == [
+        (b"", b""),
+        (b"older", b""),
+        (b"", b""),
+        (b"", b"older"),
+    ]
+    assert all(e.features is not None for e in lean)
+    full = log.read(0)
+    assert [(e.raw, e.undo_raw) for e in full] == [
+        (b"current", b""),
+        (b"older", b""),
+        (b"current", b"current"),
+        (b"older", b"older"),
+    ]
+
+    # Apart from the bytes, the entries are the same.
+    def bare(entries: list[LogEntry]) -> list[LogEntry]:
+        return [dataclasses.replace(e, raw=b"", undo_raw=b"") for e in entries]
+
+    assert bare(full) == bare(lean)
 
 
 def test_persists_across_reopen(backend: Backend) -> None:
