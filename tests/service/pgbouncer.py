@@ -2,14 +2,12 @@
 tests of what must work behind one (docs/scale-out.md: the pooler for many replicas).
 
 PgBouncer refuses to run as root, so under root it runs as the ``postgres`` system user
-(``runuser``) from a fresh directory under /tmp that user can read.
+from a fresh directory under /tmp (see :func:`~tests.service.private_pg.owned_by_postgres`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -18,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.service.private_pg import owned_by_postgres
 from tests.service.server import free_port
 
 __all__ = ["PGBOUNCER", "pgbouncer"]
@@ -41,12 +40,7 @@ def pgbouncer(user: str, database: str, *, pool_size: int = 2) -> Iterator[str]:
         f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 50\n"
         f"logfile = {root}/pgbouncer.log\n"
     )
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        for path in (root, *root.iterdir()):
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
+    run_as = owned_by_postgres(root, *root.iterdir())
     process = subprocess.Popen(
         [*run_as, PGBOUNCER, str(root / "pgbouncer.ini")],
         stdout=subprocess.DEVNULL,

@@ -19,7 +19,19 @@ from pathlib import Path
 
 from tests.service.server import free_port
 
-__all__ = ["PrivateCluster", "find_bin"]
+__all__ = ["PrivateCluster", "find_bin", "owned_by_postgres"]
+
+
+def owned_by_postgres(*paths: Path) -> list[str]:
+    """PostgreSQL's programs refuse to run as root: under root, hand ``paths`` to the
+    ``postgres`` system user and return the prefix that runs a command as it (``[]``
+    when not root)."""
+    if os.geteuid() != 0:
+        return []
+    owner = pwd.getpwnam("postgres")
+    for path in paths:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+    return ["runuser", "-u", "postgres", "--"]
 
 
 def find_bin() -> Path | None:
@@ -42,11 +54,7 @@ class PrivateCluster:
         self.root = Path(tempfile.mkdtemp(prefix="mailsift-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
-        self._as: list[str] = []
-        if os.geteuid() == 0:
-            owner = pwd.getpwnam("postgres")
-            os.chown(self.root, owner.pw_uid, owner.pw_gid)
-            self._as = ["runuser", "-u", "postgres", "--"]
+        self._as = owned_by_postgres(self.root)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
 
     @property
