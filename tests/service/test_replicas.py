@@ -21,7 +21,7 @@ import pytest
 from mailsift.reasons import LIMITS_UNAVAILABLE, PERSONAL_REPORT, limit_reason
 from tests.gateway.processes import gateway_token
 from tests.service.private_pg import PrivateCluster, find_bin
-from tests.service.server import Service, message, wait_for
+from tests.service.server import Service, feedback, message, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -130,13 +130,7 @@ def test_feedback_on_one_replica_is_visible_on_the_others_within_a_second(
     first, others = replicas[0], replicas[1:]
     assert not any(_report_seen(r, raw, user) for r in replicas)
     with first.client() as admin:
-        r = admin.post(
-            "/v1/feedback",
-            params={"label": "spam", "user": user},
-            content=raw,
-            headers={"content-type": "message/rfc822"},
-        )
-        assert r.status_code == 200, r.text
+        feedback(admin, raw, "spam", user)
         acknowledged = time.monotonic()
     for other in others:
         assert wait_for(lambda other=other: _report_seen(other, raw, user), timeout=1.0)
@@ -220,15 +214,7 @@ def test_a_database_outage_keeps_scoring_loses_nothing_and_heals(
     user = "before@example.org"
     assert not _report_seen(replicas[0], raw, user)  # delivered to them first
     with replicas[0].client() as admin:
-        assert (
-            admin.post(
-                "/v1/feedback",
-                params={"label": "spam", "user": user},
-                content=raw,
-                headers={"content-type": "message/rfc822"},
-            ).status_code
-            == 200
-        )
+        feedback(admin, raw, "spam", user)
     for r in replicas:  # every replica has seen the token, and the report
         assert wait_for(lambda r=r: _report_seen(r, raw, user), timeout=2.0)
     load = _Load(replicas, gateway)
@@ -289,13 +275,7 @@ def test_a_database_outage_keeps_scoring_loses_nothing_and_heals(
     raw2 = message(9003, spammy=True)
     assert not _report_seen(replicas[2], raw2, user)
     with replicas[2].client() as admin:
-        r2 = admin.post(
-            "/v1/feedback",
-            params={"label": "spam", "user": user},
-            content=raw2,
-            headers={"content-type": "message/rfc822"},
-        )
-        assert r2.status_code == 200, r2.text
+        feedback(admin, raw2, "spam", user)
     for r in replicas:
         assert wait_for(lambda r=r: _report_seen(r, raw2, user), timeout=5.0)
         with r.client() as admin:
