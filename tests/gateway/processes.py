@@ -40,13 +40,17 @@ def gateway_token(data_dir: Path, env: dict[str, str], *role: str) -> str:
     return done.stdout.split()[-1]
 
 
-def gateway_options(data_dir: Path, env: dict[str, str], url: str, network: str) -> tuple[str, ...]:
+def gateway_options(
+    data_dir: Path, env: dict[str, str], url: str, network: str | None = None
+) -> tuple[str, ...]:
     """What every gateway process of a test stack is started with: the service's URL, a
-    stored gateway token in a private file beside the data dir, the internal networks."""
+    stored gateway token in a private file beside the data dir, the internal networks
+    (the gateway's default when None)."""
     token_file = data_dir.parent / "gateway.token"
     token_file.write_text(gateway_token(data_dir, env) + "\n")
     token_file.chmod(0o600)
-    return ("--service-url", url, "--token-file", str(token_file), "--internal-networks", network)
+    options = ("--service-url", url, "--token-file", str(token_file))
+    return options + (("--internal-networks", network) if network else ())
 
 
 class GatewayProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway.processes import GatewayProcess, gateway_token
+from tests.gateway.processes import GatewayProcess, gateway_options, gateway_token
 from tests.gateway.test_milter import Mta, connect, transaction
 from tests.gateway.test_policy_server import PolicyClient, outbound
 from tests.service.server import Service, free_port
@@ -119,9 +119,7 @@ def test_an_identity_the_service_refuses_is_refused_not_passed(
     """A recipient that lower-casing lengthens past 320 characters: the service's 400 is
     no outage (it was, and the message passed unscanned), so the milter rejects the
     message even failing open."""
-    token = tmp_path / "token"
-    token.write_text(gateway_token(service.data_dir, service.env))
-    args = ("--service-url", service.url, "--token-file", str(token), "--fail-mode", "open")
+    args = (*gateway_options(service.data_dir, service.env, service.url), "--fail-mode", "open")
     with GatewayProcess("milter", tmp_path, *args) as milter:
         mta = Mta(milter.port)
         try:

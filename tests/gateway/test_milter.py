@@ -59,7 +59,7 @@ from mailsift.reasons import (
     dlp_reason,
     limit_reason,
 )
-from tests.gateway.processes import CannedService, GatewayProcess, gateway_token
+from tests.gateway.processes import CannedService, GatewayProcess, gateway_options
 from tests.service.server import Service, free_port, message, train, wait_for
 
 EVERYTHING = ProtocolFlags(sum(f.value for f in ProtocolFlags))
@@ -298,9 +298,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
 def test_the_milter_marks_ham_and_rejects_spam_on_one_connection(
     tmp_path: Path, service: Service
 ) -> None:
-    token = tmp_path / "token"
-    token.write_text(gateway_token(service.data_dir, service.env))
-    args = ("--service-url", service.url, "--token-file", str(token))
+    args = gateway_options(service.data_dir, service.env, service.url)
     with GatewayProcess("milter", tmp_path, *args) as milter:
         mta = Mta(milter.port)
         try:
@@ -651,9 +649,8 @@ def test_a_message_over_the_size_limit_is_scored_on_its_start(
 ) -> None:
     """Padding a message past ``--max-message-bytes`` is no way round the filter:
     inbound spam is still refused (it passed unscanned before), inbound ham is marked."""
-    token = tmp_path / "token"
-    token.write_text(gateway_token(service.data_dir, service.env))
-    args = ("--service-url", service.url, "--token-file", str(token), "--max-message-bytes", "4096")
+    args = gateway_options(service.data_dir, service.env, service.url)
+    args += ("--max-message-bytes", "4096")
     with GatewayProcess("milter", tmp_path, *args) as milter:
         mta = Mta(milter.port)
         try:
@@ -715,9 +712,7 @@ def test_a_service_that_takes_less_than_the_gateway_sends_is_a_misconfiguration(
     limit: a configuration error, so the message is deferred even failing open (before,
     it passed unscanned) and the log says which two settings to make equal."""
     with Service(tmp_path / "data", env={"MAILSIFT_MAX_MESSAGE_BYTES": "2048"}) as small:
-        token = tmp_path / "token"
-        token.write_text(gateway_token(small.data_dir, small.env))
-        args = ("--service-url", small.url, "--token-file", str(token), "--fail-mode", "open")
+        args = (*gateway_options(small.data_dir, small.env, small.url), "--fail-mode", "open")
         with GatewayProcess("milter", tmp_path, *args) as milter:
             mta = Mta(milter.port)
             try:

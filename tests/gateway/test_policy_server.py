@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gateway.processes import GatewayProcess, gateway_token
+from tests.gateway.processes import GatewayProcess, gateway_options
 from tests.service.server import Service, free_port, message
 
 USER = "carol@corp.example"
@@ -54,12 +54,10 @@ def service(tmp_path: Path) -> Iterator[Service]:
 def test_policy_answers_recipients_and_limits_from_the_service(
     tmp_path: Path, service: Service
 ) -> None:
-    token = tmp_path / "token"
-    token.write_text(gateway_token(service.data_dir, service.env))
     recipients = tmp_path / "recipients"
     recipients.write_text("alice@example.org\n")
-    args = ("--service-url", service.url, "--token-file", str(token))
-    args += ("--internal-networks", "10.0.0.0/8", "--recipients-file", str(recipients))
+    args = gateway_options(service.data_dir, service.env, service.url, "10.0.0.0/8")
+    args += ("--recipients-file", str(recipients))
     with GatewayProcess("policy", tmp_path, *args) as policy:
         client = PolicyClient(policy.port)
         try:
