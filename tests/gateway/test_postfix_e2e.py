@@ -32,7 +32,7 @@ from mailsift.gateway.decisions import stricter
 from mailsift.reasons import MODEL
 from tests.gateway.postfix import DOMAIN, POSTQUEUE, POSTSUPER, Postfix, postfix_missing
 from tests.gateway.processes import CannedService, GatewayProcess, gateway_options, gateway_token
-from tests.service.server import Service, message, train, wait_for
+from tests.service.server import Service, feedback, message, train, wait_for
 
 pytestmark = [
     pytest.mark.postfix,
@@ -329,13 +329,7 @@ def test_a_report_files_that_users_copy_into_junk_and_nobody_elses(stack: Stack)
 
     bobs_token = gateway_token(stack.data, stack.service.env, "--role", "user", "--address", bob)
     with stack.service.client(bobs_token) as as_bob:
-        reported = as_bob.post(
-            "/v1/feedback",
-            params={"label": "spam", "user": bob},
-            content=as_received,
-            headers={"content-type": "message/rfc822"},
-        )
-        assert reported.status_code == 200, reported.text
+        feedback(as_bob, as_received, "spam", bob)
 
     probe = _from(sender, 33, "probe-33@sender.test")
     answers: list[object] = []
