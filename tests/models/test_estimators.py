@@ -282,6 +282,44 @@ def test_naive_bayes_counts_presence_once_per_message() -> None:
     assert nb.spam_counts_.sum() == 2
 
 
+def _taught(nb: NaiveBayes) -> NaiveBayes:
+    """Token 1 in the one spam and in one of four hams; token 2 in the spam only."""
+    nb.learn_one(np.array([1, 2]), 1)
+    for idx in ([1, 3], [3], [3], [3]):
+        nb.learn_one(np.array(idx), 0)
+    return nb
+
+
+def test_naive_bayes_ham_weight_makes_a_token_shared_with_ham_less_spammy() -> None:
+    plain = _taught(NaiveBayes(n_features=16))
+    costly = _taught(NaiveBayes(n_features=16, ham_weight=4.0))
+    shared, spam_only = np.array([1]), np.array([2])
+    # Token 1 is in every spam and a quarter of the hams: 0.8 spammy (shrunk) if a ham
+    # counts once, exactly 0.5 (neither way) if it counts four times.
+    assert plain.token_spamminess(shared)[0] > 0.7
+    assert costly.token_spamminess(shared)[0] == pytest.approx(0.5)
+    assert plain.decision_one(shared) > 0 == costly.decision_one(shared)
+    # A token no ham carries reads the same, and the counts are the same counts.
+    assert costly.token_spamminess(spam_only) == pytest.approx(plain.token_spamminess(spam_only))
+    assert np.array_equal(costly.ham_counts_, plain.ham_counts_)
+
+
+def test_naive_bayes_unlearn_stays_exact_with_a_ham_weight() -> None:
+    nb = _taught(NaiveBayes(n_features=16, ham_weight=4.0))
+    before, score = _nb_state(nb), nb.decision_one(np.array([1, 2, 3]))
+    nb.learn_one(np.array([1, 2]), 0).unlearn_one(np.array([1, 2]), 0)
+    _assert_nb_state(nb, before)
+    assert nb.decision_one(np.array([1, 2, 3])) == score
+
+
+def test_the_ensemble_reads_its_bayes_counts_with_its_own_ham_weight(tmp_path: Path) -> None:
+    model = SpamModel(CONFIG, ham_weight=2.5)
+    assert model.bayes.ham_weight == 2.5
+    save_snapshot(model, tmp_path / "m.snap")
+    loaded, _ = load_snapshot(tmp_path / "m.snap", CONFIG)
+    assert loaded.bayes.ham_weight == 2.5
+
+
 # -- the ensemble ----------------------------------------------------------------------
 
 
