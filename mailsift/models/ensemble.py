@@ -220,10 +220,10 @@ class SpamModel:
         """One step of both linear members; ham steps count ``ham_weight`` times.
 
         A ham lost in quarantine costs far more than a spam let through, so ham errors
-        teach harder: cost-sensitive learning, the usual remedy in mail filtering (naive
-        Bayes reads its ham counts with the same weight, see :mod:`mailsift.models.naive_bayes`). Their
+        teach harder: cost-sensitive learning, the usual remedy in mail filtering. Their
         cap is ``ham_cap_scale`` times longer too (not ``ham_weight`` times: a message
-        wrongly labelled ham would then move its look-alikes six times further).
+        wrongly labelled ham would then move its look-alikes six times further). Naive
+        Bayes reads its ham counts with the same weight (:mod:`mailsift.models.naive_bayes`).
         """
         weight, cap_scale = (1.0, 1.0) if y else (self.ham_weight, self.ham_cap_scale)
         self.words.learn_one(f.word_idx, f.word_val, y, weight, cap_scale)
