@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from mailsift.models.snapshot import load_snapshot
+from tests.corpora import SPAMASSASSIN, require
 
 MAILSIFT = Path(sys.executable).parent / "mailsift"
-SPAMASSASSIN = Path(__file__).resolve().parents[2] / "shared/corpora/spamassassin"
 # The folder reader yields ham/ before spam/; more ham than spam keeps both classes in
 # the second half of the stream, so every measure in the summary is defined.
 N_HAM, N_SPAM = 12, 8
@@ -167,8 +167,7 @@ def test_train_keeps_the_first_label_of_a_message_given_both(corpus: Path, tmp_p
 @pytest.mark.corpus
 def test_train_the_spamassassin_corpus_and_one_of_its_own_folders(tmp_path: Path) -> None:
     """A real overlap: the TREC corpus, then its spam-1 folder (a plain folder of files)."""
-    if not (SPAMASSASSIN / "full/index").is_file():
-        pytest.skip(f"SpamAssassin corpus not found at {SPAMASSASSIN}")
+    require(SPAMASSASSIN)
     model = tmp_path / "model.snapshot"
     done = mailsift("train", SPAMASSASSIN, f"spam:{SPAMASSASSIN / 'data/spam-1'}", "--model", model)
     assert done.code == 0, done.err

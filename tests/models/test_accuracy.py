@@ -16,17 +16,14 @@ from mailsift.models.ensemble import SpamModel
 from mailsift.models.snapshot import load_snapshot, save_snapshot
 from mailsift.training.corpus import open_source
 from mailsift.training.evaluate import EvalResult, evaluate
+from tests.corpora import SPAMASSASSIN, require
 
 pytestmark = pytest.mark.corpus
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared/corpora/spamassassin"
 
 
 @pytest.fixture(scope="module")
 def corpus() -> str:
-    if not (CORPUS / "full" / "index").is_file():
-        pytest.skip(f"SpamAssassin corpus not found at {CORPUS} (expected full/index)")
-    return str(CORPUS)
+    return str(require(SPAMASSASSIN))
 
 
 @pytest.fixture(scope="module")

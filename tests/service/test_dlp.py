@@ -42,9 +42,9 @@ from mailsift.service.errors import install_error_handlers
 from mailsift.service.routers import dlp as dlp_router
 from mailsift.service.settings import Settings
 from mailsift.training.corpus import read_trec
+from tests.corpora import SPAMASSASSIN, require
 from tests.service.dlp_cases import Case, Gen, build_cases, grouped, mime, spaced_iban
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared/corpora/spamassassin"
 ALL_KINDS = {
     "card", "iban", "ssn", "private_key", "aws_access_key", "aws_secret_key", "github_token",
     "slack_token", "stripe_key", "google_api_key", "jwt", "password", "label",
@@ -638,12 +638,11 @@ def test_nothing_planted_reaches_responses_or_logs(
 
 @pytest.mark.corpus
 def test_ham_corpus_has_no_high_findings(config: DlpConfig) -> None:
-    if not (CORPUS / "full" / "index").is_file():
-        pytest.skip(f"SpamAssassin corpus not found at {CORPUS} (expected full/index)")
+    require(SPAMASSASSIN)
     ham = medium = 0
     high: list[str] = []
     elapsed: list[float] = []
-    for item in read_trec(CORPUS):
+    for item in read_trec(SPAMASSASSIN):
         if item.label != "ham":
             continue
         ham += 1

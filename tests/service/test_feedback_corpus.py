@@ -23,11 +23,11 @@ from mailsift.models.fingerprint import fingerprint
 from mailsift.models.parse import DEFAULT_LIMITS, parse_message
 from mailsift.training.corpus import LabelledMessage, open_source
 from mailsift.training.train import train_log
+from tests.corpora import CORPORA, require
 from tests.service.server import Service
 
 pytestmark = [pytest.mark.corpus, pytest.mark.slow]
 
-CORPORA = Path(__file__).resolve().parents[3] / "shared/corpora"
 RFC822 = {"content-type": "message/rfc822"}
 BOB, CAROL = "bob@corp.example", "carol@corp.example"
 REPORTERS = ("dave@corp.example", "erin@corp.example", "frank@corp.example")
@@ -86,9 +86,7 @@ class Trained:
 def trained(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Trained]:
-    corpus = CORPORA / request.param
-    if not (corpus / "full" / "index").is_file():
-        pytest.skip(f"corpus not found at {corpus} (expected full/index)")
+    corpus = require(CORPORA / request.param)
     messages: list[LabelledMessage] = list(open_source(str(corpus)))
     cut = int(len(messages) * 0.8)
     data = tmp_path_factory.mktemp(f"trained-{request.param}") / "data"

@@ -25,13 +25,13 @@ from mailsift.models.parse import DEFAULT_LIMITS, TIME_BUDGET
 from mailsift.models.stored import features_version
 from mailsift.reasons import mime_reason
 from mailsift.training.corpus import open_source
+from tests.corpora import SPAMASSASSIN, require
 from tests.learning.examples import slow_to_parse
 from tests.service.server import Service, message, train, wait_for
 
 RFC822 = {"content-type": "message/rfc822"}
 BASE = [(message(n, spammy=bool(n % 2)), "spam" if n % 2 else "ham") for n in range(30)]
 PROBES = [message(2000 + n, spammy=bool(n % 3 == 0)) for n in range(25)]
-CORPUS = Path(__file__).resolve().parents[3] / "shared/corpora/spamassassin"
 
 
 def logits(client: httpx.Client, raws: list[bytes]) -> list[float]:
@@ -104,9 +104,7 @@ def _token(data_dir: Path, env: dict[str, str], address: str) -> str:
 @pytest.mark.corpus
 @pytest.mark.slow
 def test_replicas_on_postgresql_serve_identical_scores(tmp_path: Path, pg_url: str) -> None:
-    if not (CORPUS / "full" / "index").is_file():
-        pytest.skip(f"corpus not found at {CORPUS}")
-    messages = list(open_source(str(CORPUS)))
+    messages = list(open_source(str(require(SPAMASSASSIN))))
     batch = tmp_path / "batch"
     for i, m in enumerate(messages[:1500]):
         (batch / str(m.label)).mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,7 @@ from mailsift.training.corpus import (
     read_trec,
     source_labels,
 )
-
-SPAMASSASSIN = Path(__file__).resolve().parents[3] / "shared/corpora/spamassassin"
+from tests.corpora import SPAMASSASSIN, require
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -323,8 +322,7 @@ def test_count_messages(trec: Path, folder: Path, tmp_path: Path) -> None:
 
 @pytest.mark.corpus
 def test_spamassassin_corpus() -> None:
-    if not (SPAMASSASSIN / "full/index").is_file():
-        pytest.skip(f"SpamAssassin corpus not found at {SPAMASSASSIN}")
+    require(SPAMASSASSIN)
     labels = [m.label for m in read_trec(SPAMASSASSIN)]
     assert len(labels) == 6046
     assert labels.count("spam") == 1896

@@ -14,6 +14,7 @@ from mailsift.models.ensemble import SpamModel
 from mailsift.models.features import FeatureConfig
 from mailsift.training.corpus import CorpusError, Label, LabelledMessage, open_source
 from mailsift.training.influence import InfluenceReport, measure_influence
+from tests.corpora import SPAMASSASSIN, require
 
 MAILSIFT = Path(sys.executable).parent / "mailsift"
 N = 40  # messages; every 4th is spam
@@ -129,13 +130,9 @@ def test_command_prints_one_json_object(tmp_path: Path) -> None:
     assert len(report["ham_as_spam"]) == len(report["spam_as_ham"]) == 2
 
 
-SPAMASSASSIN = Path(__file__).resolve().parents[3] / "shared/corpora/spamassassin"
-
-
 @pytest.mark.corpus
 def test_one_ham_labelled_spam_moves_other_hams_a_bounded_way_on_the_developer_corpus() -> None:
-    if not (SPAMASSASSIN / "full" / "index").is_file():
-        pytest.skip(f"SpamAssassin corpus not found at {SPAMASSASSIN} (expected full/index)")
+    require(SPAMASSASSIN)
     report = measure_influence(open_source(str(SPAMASSASSIN)), examples=5)
     # Learned 4,836 messages: each linear member's step is capped at
     # max_step * (1 + step_warmup / 4,837).
