@@ -37,6 +37,7 @@ from mailsift.service.http.gate import RequestGate
 from mailsift.service.http.listeners import ListenerGuard
 from mailsift.service.http.operations import document_links, document_refusals, operations
 from mailsift.service.lists.store import ListStore
+from mailsift.service.memory import fix_mmap_threshold
 from mailsift.service.metrics import MetricsMiddleware
 from mailsift.service.monitor import GatewaySeen
 from mailsift.service.pg.link import pg_link
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        fix_mmap_threshold()  # before the model is loaded: its arrays get their own mappings
         state = await _open_state(settings)
         await _link(state)
         learner = state.learner
