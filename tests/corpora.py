@@ -16,7 +16,6 @@ CORPORA = Path(
     os.environ.get("MAILSIFT_CORPORA") or Path(__file__).resolve().parents[2] / "shared/corpora"
 )
 SPAMASSASSIN = CORPORA / "spamassassin"
-TREC07P_DEV = CORPORA / "trec07p_dev"
 
 
 def require(corpus: Path) -> Path:
