@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from mailsift.learning.outbound import eligible
 from mailsift.learning.sources import Source
 from mailsift.learning.trainlog import TrainingLogError
-from mailsift.reasons import LIMIT_PREFIX
+from mailsift.reasons import GATEWAY_TRUNCATED, LIMIT_PREFIX
 from mailsift.service.accounts import AccountState, SendingDecision
 from mailsift.service.accounts.flow import before_outbound, record_outbound, settle
 from mailsift.service.aliases.traffic import AliasHit, observe, sender_domain
@@ -263,16 +263,7 @@ async def score(request: Request) -> Response:
     if outbound and sender and account is not None and sending is not None:
         # After the answer is on its way: count the outcome, maybe learn the message.
         after = BackgroundTask(
-            _after_outbound,
-            state,
-            sender,
-            account,
-            raw,
-            analysed,
-            verdict,
-            reasons,
-            dlp,
-            query.truncated,
+            _after_outbound, state, sender, account, raw, analysed, verdict, reasons, dlp
         )
     # orjson: the standard library's encoder took 17 us of the ~2 ms a message costs.
     return Response(orjson.dumps(body), media_type="application/json", background=after)
@@ -348,7 +339,6 @@ async def _after_outbound(
     verdict: Verdict,
     reasons: list[Reason],
     dlp: DlpReport | None,
-    truncated: bool,
 ) -> None:
     """Queue the outcome for the sender's judgement; learn the message as ham if the
     learning budget has room and every guard passes, the sender judged with it counted."""
@@ -364,7 +354,7 @@ async def _after_outbound(
         over_limit=any(r.name.startswith(LIMIT_PREFIX) for r in reasons),
         account_state=account.state,
         model_ready=state.model_ready,
-        truncated=truncated,
+        truncated=any(r.name == GATEWAY_TRUNCATED for r in reasons),
         settings=state.settings,
     )
     if refusal is not None:
