@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,13 +16,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.service.server import _started, free_port, wait_for
-
-
-def accepts(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+from tests.service.server import _started, accepts, free_port, wait_for
 
 
 def gateway_token(data_dir: Path, env: dict[str, str], *role: str) -> str:

@@ -39,8 +39,8 @@ import httpx
 import pytest
 
 from mailsift.reasons import PERSONAL_NOT_SPAM, PERSONAL_REPORT
-from tests.gateway.processes import accepts, gateway_token
-from tests.service.server import Service, _started, free_port, score, wait_for
+from tests.gateway.processes import gateway_token
+from tests.service.server import Service, _started, accepts, free_port, score, wait_for
 
 SHIPPED = Path(__file__).resolve().parents[2] / "integrations" / "dovecot"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.service.private_pg import owned_by_postgres
-from tests.service.server import free_port
+from tests.service.server import accepts, free_port, wait_for
 
 __all__ = ["PGBOUNCER", "pgbouncer"]
 
@@ -47,18 +45,12 @@ def pgbouncer(user: str, database: str, *, pool_size: int = 2) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log = root / "pgbouncer.log"
-                    raise RuntimeError(
-                        f"PgBouncer did not start: {log.read_text() if log.exists() else ''}"
-                    ) from None
-                time.sleep(0.05)
+        up = wait_for(lambda: accepts(port) or process.poll() is not None, timeout=10)
+        if not up or process.poll() is not None:
+            log = root / "pgbouncer.log"
+            raise RuntimeError(
+                f"PgBouncer did not start: {log.read_text() if log.exists() else ''}"
+            )
         yield f"postgresql://{user}@127.0.0.1:{port}/{database}"
     finally:
         process.terminate()

@@ -24,6 +24,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def accepts(port: int) -> bool:
+    """Something listens on ``port`` of the loopback address."""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 ADMIN_TOKEN = "test-admin-token-0123456789"
 _started: list[subprocess.Popen[bytes]] = []
 
